@@ -1,0 +1,4 @@
+"""``python -m dpdkeni``."""
+from .cli import run
+
+run()

@@ -1,0 +1,68 @@
+"""The ``dpdkeni`` command: parse, call the library, print. Thin on purpose.
+
+Subcommands live in :mod:`dpdkeni.commands`, one module per family, each with ``register(subparsers)``;
+handlers take the parsed args and return the exit status. Library errors are caught once here and printed as
+one line: ``dpdkeni: error: message (hint)``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import pkgutil
+import sys
+from typing import List, NoReturn, Optional
+
+from . import __version__, commands
+from .errors import Error
+
+log = logging.getLogger("dpdkeni")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def emit_json(obj: object) -> None:
+    """Print one JSON document on stdout (``--json`` output)."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def build_parser() -> Parser:
+    """The whole command tree, assembled from every module in :mod:`dpdkeni.commands`."""
+    parser = Parser(prog="dpdkeni", description="Hand hot-plugged NICs to containers, as kernel "
+                    "interfaces or DPDK ports.")
+    parser.add_argument("--version", action="version", version=f"dpdkeni {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log on stderr (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the CLI; returns the exit status (0 done, 1 failed, 2 bad input, 3 refused by a guard)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+                        format="dpdkeni: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except Error as exc:
+        print(f"dpdkeni: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def run() -> NoReturn:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Shared fixtures: synthetic sysfs trees, and real namespaces, veth pairs and "containers" that are always
+removed, even when the test fails. Every name is unique to this test run (prefix ``dk`` + pid)."""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Callable, Iterator, List
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from sysfs_tree import SysfsTree  # noqa: E402
+
+_counter = itertools.count()
+
+
+def unique(prefix: str = "dk") -> str:
+    """A short unique name (fits the 15-byte interface name limit)."""
+    return f"{prefix}{os.getpid() % 100000}x{next(_counter)}"[:15]
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+needs_root = pytest.mark.skipif(not is_root(), reason="needs root (namespaces, links, cgroups)")
+
+
+@pytest.fixture
+def sysfs_tree(tmp_path) -> SysfsTree:
+    """An empty synthetic sysfs tree."""
+    return SysfsTree(str(tmp_path / "root"))
+
+
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch) -> str:
+    """A private dpdkeni state dir (ledger), set in the environment for the library and subprocesses."""
+    path = str(tmp_path / "state")
+    os.makedirs(path)
+    monkeypatch.setenv("DPDKENI_STATE_DIR", path)
+    return path
+
+
+@pytest.fixture
+def netns_factory() -> Iterator[Callable[[], str]]:
+    """Make named network namespaces (``/run/netns/<name>``); all are removed at teardown."""
+    from pyroute2 import netns
+
+    made: List[str] = []
+
+    def make() -> str:
+        name = unique("dkns")
+        netns.create(name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        try:
+            netns.remove(name)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def veth_factory() -> Iterator[Callable[..., tuple]]:
+    """Make veth pairs in the root netns (``make(peer_netns=None)`` -> (name, peer)); removed at teardown."""
+    from pyroute2 import IPRoute, NetNS
+
+    made: List[tuple] = []
+
+    def make(peer_netns: str = None) -> tuple:
+        a, b = unique("dkv"), unique("dkp")
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=a, kind="veth", peer=b)
+            if peer_netns:
+                idx = ipr.link_lookup(ifname=b)[0]
+                ipr.link("set", index=idx, net_ns_fd=peer_netns)
+        made.append((a, b, peer_netns))
+        return a, b
+
+    yield make
+    with IPRoute() as ipr:
+        for a, b, _ in made:
+            for name in (a, b):
+                idx = ipr.link_lookup(ifname=name)
+                if idx:
+                    try:
+                        ipr.link("del", index=idx[0])
+                    except Exception:
+                        pass
+
+
+class Container:
+    """A stand-in container: a process in its own network and mount namespaces."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            ["unshare", "--net", "--mount", "--propagation", "private", "sleep", "3600"],
+            stdin=subprocess.DEVNULL)
+        deadline = time.time() + 5
+        # the child execs sleep once the namespaces exist: wait until its netns differs from ours
+        while time.time() < deadline:
+            try:
+                if os.readlink(f"/proc/{self.proc.pid}/ns/net") != os.readlink("/proc/self/ns/net") and \
+                        os.readlink(f"/proc/{self.proc.pid}/exe").endswith("sleep"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.005)
+        else:
+            self.kill()
+            raise RuntimeError("stand-in container did not start")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def target(self) -> str:
+        return f"pid:{self.proc.pid}"
+
+    def run(self, *argv: str, **kw) -> subprocess.CompletedProcess:
+        """Run a command inside the container's namespaces (test helper only: nsenter)."""
+        return subprocess.run(["nsenter", "-t", str(self.pid), "-n", "-m", *argv],
+                              capture_output=True, text=True, **kw)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def container_factory() -> Iterator[Callable[[], Container]]:
+    """Start stand-in containers; all are killed at teardown."""
+    made: List[Container] = []
+
+    def make() -> Container:
+        c = Container()
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.kill()
+
+
+def dpdkeni_cli(*args: str, env: dict = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would (``python -m dpdkeni``), capturing stdout/stderr."""
+    return subprocess.run([sys.executable, "-m", "dpdkeni", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture
+def cli() -> Callable[..., subprocess.CompletedProcess]:
+    return dpdkeni_cli
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hugepages_unchanged():
+    """Every test run leaves nr_hugepages as it found it."""
+    paths = [f"/sys/kernel/mm/hugepages/{d}/nr_hugepages" for d in os.listdir("/sys/kernel/mm/hugepages")] \
+        if os.path.isdir("/sys/kernel/mm/hugepages") else []
+    before = {p: open(p).read() for p in paths}
+    yield
+    for p, v in before.items():
+        if open(p).read() != v:
+            with open(p, "w") as f:
+                f.write(v)
+            pytest.fail(f"{p} changed during the run and was put back to {v.strip()}")

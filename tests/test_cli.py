@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+import dpdkeni
+
+
+@pytest.mark.parametrize("spec,word", [
+    ("nosuch0", "no NIC 'nosuch0'"),
+    ("0000:zz:03.0", "malformed PCI address"),
+    ("52:54:00:12:34", "malformed MAC address"),
+    ("0000:00:1f.7", "no NIC"),
+])
+def test_bad_nic_spec_one_line_exit_2(cli, spec, word):
+    out = cli("show", spec)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and word in lines[0] and lines[0].startswith("dpdkeni: error:")
+    assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_usage_error_is_one_line(cli):
+    out = cli("list", "--bogus")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_show_json(cli):
+    out = cli("show", "lo", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["ifname"] == "lo"
+
+
+def test_doctor_json(cli):
+    out = cli("doctor", "--json")
+    assert out.returncode == 0, out.stderr
+    checks = {c["name"]: c for c in json.loads(out.stdout)}
+    assert {"vfio", "iommu", "udevd", "cgroup", "devices controller", "capabilities"} <= set(checks)
+    assert all(c["status"] in ("ok", "warn", "fail") for c in checks.values())
+
+
+def test_doctor_text(cli):
+    out = cli("doctor")
+    assert out.returncode == 0 and "[" in out.stdout and "udevd" in out.stdout
+
+
+def test_module_and_version(cli):
+    out = cli("--version")
+    assert out.returncode == 0 and dpdkeni.__version__ in out.stdout
+
+
+def test_all_is_sorted_and_resolves():
+    assert dpdkeni.__all__ == sorted(dpdkeni.__all__)
+    for name in ("Error", "GuardError", "list_nics", "find_nic", "Nic"):
+        assert getattr(dpdkeni, name)
