@@ -1,0 +1,189 @@
+"""The leases: which NIC is handed to which target, with everything needed to give it back.
+
+One JSON file (``leases.json``) under the state dir (``DPDKENI_STATE_DIR``, default ``/run/dpdkeni``), changed only
+inside :meth:`Ledger.transaction`, which holds an exclusive ``flock`` on ``leases.lock`` and writes the file
+atomically (temp file, fsync, rename, fsync of the directory). A step is recorded (``started``) before it runs
+and marked ``done`` after, so ``recover`` knows exactly how far a crashed process got.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterator, List, Optional
+
+from .errors import Error, os_error_message
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = "/run/dpdkeni"
+LEASES_FILE = "leases.json"
+LOCK_FILE = "leases.lock"
+FORMAT_VERSION = 1
+
+
+def state_dir() -> str:
+    """The state directory, read at call time (``DPDKENI_STATE_DIR`` or ``/run/dpdkeni``)."""
+    return os.environ.get("DPDKENI_STATE_DIR", DEFAULT_STATE_DIR)
+
+
+@dataclass
+class Step:
+    """One recorded step of an attach or release: ``state`` is ``started`` or ``done``; ``undo`` holds
+    what is needed to reverse it."""
+
+    name: str
+    state: str = "started"
+    undo: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Lease:
+    """A NIC handed to a target. ``key`` is the PCI address (or ``if:<name>`` for a virtual stand-in);
+    ``original`` the NIC's state before attach; ``state`` is ``attaching``, ``attached`` or ``releasing``."""
+
+    key: str
+    mode: str
+    target: str
+    original: Dict[str, Any]
+    state: str = "attaching"
+    target_id: Optional[str] = None
+    params: Dict[str, Any] = field(default_factory=dict)
+    steps: List[Step] = field(default_factory=list)
+    owner_pid: int = field(default_factory=os.getpid)
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+
+    def step(self, name: str) -> Optional[Step]:
+        """The recorded step of that name, or None."""
+        return next((s for s in self.steps if s.name == name), None)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Lease":
+        """The inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["steps"] = [Step(**s) for s in data.get("steps", [])]
+        return cls(**data)
+
+
+class LedgerError(Error):
+    """The ledger file is unreadable or cannot be written."""
+
+
+class Ledger:
+    """The lease file under a state dir. Reads take a shared lock, changes an exclusive one."""
+
+    def __init__(self, directory: Optional[str] = None) -> None:
+        self.directory = directory or state_dir()
+
+    @property
+    def path(self) -> str:
+        """The leases file."""
+        return os.path.join(self.directory, LEASES_FILE)
+
+    @contextlib.contextmanager
+    def _locked(self, exclusive: bool) -> Iterator[None]:
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            fd = os.open(os.path.join(self.directory, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise os_error_message(exc, f"opening the ledger in {self.directory}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _load(self) -> Dict[str, Lease]:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise LedgerError(f"ledger {self.path} is unreadable: {exc}",
+                              "move it aside and run 'dpdkeni recover'") from exc
+        return {k: Lease.from_dict(v) for k, v in data.get("leases", {}).items()}
+
+    def _store(self, leases: Dict[str, Lease]) -> None:
+        body = json.dumps({"version": FORMAT_VERSION, "leases": {k: v.to_dict() for k, v in leases.items()}},
+                          indent=1, sort_keys=True)
+        fd, tmp = tempfile.mkstemp(prefix=".leases.", dir=self.directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, self.path)
+            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise os_error_message(exc, f"writing the ledger {self.path}") from exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Dict[str, Lease]]:
+        """Yield the leases under an exclusive lock; changes are written when the block ends without error."""
+        with self._locked(exclusive=True):
+            leases = self._load()
+            yield leases
+            self._store(leases)
+
+    def leases(self) -> Dict[str, Lease]:
+        """A snapshot of all leases, by key."""
+        if not os.path.exists(self.path):
+            return {}
+        with self._locked(exclusive=False):
+            return self._load()
+
+    def get(self, key: str) -> Optional[Lease]:
+        """The lease for a key, or None."""
+        return self.leases().get(key)
+
+    def known_macs(self) -> Dict[str, str]:
+        """PCI address -> MAC for leased NICs (a NIC bound to vfio has no netdev to read its MAC from)."""
+        return {k: v.original["mac"] for k, v in self.leases().items() if v.original.get("mac")}
+
+    def update(self, key: str, **changes: Any) -> Lease:
+        """Change fields of one lease in its own transaction; returns the updated lease."""
+        with self.transaction() as leases:
+            lease = leases[key]
+            for name, value in changes.items():
+                setattr(lease, name, value)
+            lease.updated = time.time()
+            return lease
+
+    def begin_step(self, key: str, name: str, undo: Optional[Dict[str, Any]] = None) -> None:
+        """Record that step ``name`` is about to run (``started``) with what its undo needs."""
+        with self.transaction() as leases:
+            lease = leases[key]
+            lease.steps = [s for s in lease.steps if s.name != name] + [Step(name, "started", undo or {})]
+            lease.updated = time.time()
+
+    def end_step(self, key: str, name: str, **undo: Any) -> None:
+        """Mark step ``name`` done, adding what was learned while it ran to its undo data."""
+        with self.transaction() as leases:
+            step = leases[key].step(name)
+            if step is None:
+                raise LedgerError(f"step {name!r} of {key} was never begun")
+            step.state = "done"
+            step.undo.update(undo)
+            leases[key].updated = time.time()
+
+    def remove(self, key: str) -> Optional[Lease]:
+        """End a lease; returns it (None when there was none)."""
+        with self.transaction() as leases:
+            return leases.pop(key, None)
