@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 HUGEPAGES_MOUNT = "/dev/hugepages"
 DEFAULT_PAGESIZE = 2 << 20
+DEFAULT_HUGEPAGES = "256M"
 
 
 def device_nodes(fs: Sysfs, nic: Nic, driver: str) -> List[Tuple[str, devcgroup.Rule]]:
@@ -72,13 +73,17 @@ class _Steps:
         self.stack.callback(_undo_quietly, name, data)
 
 
-def attach_dpdk(nic: Nic, target: Any, lease: Lease, ledger: Ledger, *, hugepages: Optional[str] = "256M",
+def attach_dpdk(nic: Nic, target: Any, lease: Lease, ledger: Ledger, *, hugepages: Optional[str] = None,
                 driver: str = "vfio-pci", noiommu: bool = False, force: bool = False, dry_run: bool = False,
                 sysfs: Optional[Sysfs] = None) -> None:
     """Hand ``nic`` to the container of ``target`` as a DPDK port (see the module doc for the steps).
 
-    ``sysfs`` is the device tree the bind works on (default the host's); hugepages are always the host's pools.
+    ``hugepages``: the container's share (None: 256M; "0": none). ``sysfs`` is the device tree the bind works
+    on (default the host's); hugepages are always the host's pools.
     """
+    hugepages = DEFAULT_HUGEPAGES if hugepages is None else hugepages
+    if hugepages and hp.parse_size(hugepages) == 0:
+        hugepages = None
     pid = getattr(target, "pid", None)
     if pid is None:
         raise InputError(f"dpdk mode needs a target with a process (pid:N or container:ID), not {target.spec}",
@@ -206,7 +211,17 @@ def release_dpdk(lease: Lease, ledger: Ledger) -> None:
     _undo_all(lease, strict=True)
 
 
+def _target_alive(lease: Lease) -> bool:
+    from .netns import Target
+    path = lease.params.get("target_path") or ""
+    return bool(path and lease.target_id and Target(lease.target, path, lease.target_id).alive())
+
+
 def recover_dpdk(lease: Lease, ledger: Ledger) -> str:
-    """Undo what a crashed attach or release left (steps ``started`` included); returns what was done."""
+    """Undo what a crashed attach or release left (steps ``started`` included), and reclaim a NIC whose
+    container is gone; an attached lease with a live container is kept. The lease ends when undone."""
+    if lease.state == "attached" and _target_alive(lease):
+        return f"kept: attached to {lease.target}"
     done = _undo_all(lease, strict=False)
+    ledger.remove(lease.key)
     return f"undid {', '.join(done)}" if done else "nothing to undo"

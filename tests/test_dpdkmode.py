@@ -126,10 +126,14 @@ def test_failed_step_undoes_the_ones_before(world):
 def test_recover_undoes_a_half_done_attach(world):
     k, c, cgs, target, lease, ledger, before, nic = begin(world)
     dpdkmode.attach_dpdk(nic, target, lease, ledger, hugepages="4M", sysfs=k.sysfs())
+    ledger.update(BDF, state="attached", target_id=target.ns_id, params={"target_path": target.path})
+    assert dpdkmode.recover_dpdk(ledger.get(BDF), ledger).startswith("kept")  # its container is alive
+    ledger.update(BDF, state="attaching")
     ledger.begin_step(BDF, "extra-started-by-crash")  # a crash after this: recover must still undo the rest
     said = dpdkmode.recover_dpdk(ledger.get(BDF), ledger)
     assert said == "undid devnodes, devcgroup, hugetlbfs, hugepages, bind"
     assert k.driver(BDF) == "virtio-pci" and hp._pool(Sysfs(), M2, None).total == before
+    assert ledger.get(BDF) is None
 
 
 def test_target_without_a_process_is_bad_input(world, netns_factory):
