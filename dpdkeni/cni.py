@@ -299,7 +299,8 @@ def _attach(conf: NetConf, env: Env, nic, result: Result) -> None:
     from . import handoff
 
     addresses = [ip.address for ip in result.ips] if conf.mode == "netdev" else []
-    handoff.attach(nic, env.netns, conf.mode, ifname=env.ifname, addresses=addresses, mtu=conf.mtu,
+    target = dpdk_target(env.netns) if conf.mode == "dpdk" else env.netns
+    handoff.attach(nic, target, conf.mode, ifname=env.ifname, addresses=addresses, mtu=conf.mtu,
                    hugepages=conf.hugepages, driver=conf.driver, noiommu=conf.noiommu)
     if conf.mode == "netdev" and result.routes:
         try:
@@ -307,6 +308,30 @@ def _attach(conf: NetConf, env: Env, nic, result: Result) -> None:
         except BaseException:
             handoff.release(nic)
             raise
+
+
+def dpdk_target(netns: str):
+    """The target for DPDK mode: the pod's netns with a process in it (``/proc/N/ns/net`` names it; else the
+    lowest pid whose netns is this one, the pod's sandbox). DPDK mode makes the vfio nodes and the hugetlbfs mount
+    in that process's namespaces; the application containers a pod starts after ADD get the nodes through the CDI
+    spec ('dpdkeni cdi generate') or a device plugin, since no CNI call sees them."""
+    import psutil
+
+    from .netns import Target, resolve_target
+
+    tgt = resolve_target(netns)
+    parts = netns.split("/")
+    if len(parts) == 5 and parts[1] == "proc" and parts[2].isdigit() and parts[3:] == ["ns", "net"]:
+        return Target(tgt.spec, tgt.path, tgt.ns_id, int(parts[2]))
+    for pid in psutil.pids():
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") == tgt.ns_id:
+                return Target(tgt.spec, tgt.path, tgt.ns_id, pid)
+        except OSError:
+            continue
+    raise _invalid(f"dpdk mode: no process runs in {netns} yet, so there is nowhere to put the vfio nodes",
+                   "start the pod sandbox first, or give the container the NIC with the CDI spec "
+                   "('dpdkeni cdi generate') and a device plugin")
 
 
 def add_routes(netns: str, ifname: str, routes: List[Dict[str, Any]]) -> None:

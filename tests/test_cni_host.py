@@ -234,3 +234,29 @@ def test_find_nic_fast_path_matches_the_full_scan(state_dir, veth_factory):
     assert full.model == "veth"
     assert find_nic(nic) == full
     assert find_nic(full.mac) == full
+
+
+def test_dpdk_mode_targets_a_process_in_the_pods_netns(netns_factory, container_factory):
+    """DPDK mode needs a process for the vfio nodes and the hugetlbfs mount: /proc/N/ns/net names it, a pod's
+    netns file is matched to the process living in it (its sandbox), an empty netns is refused with a pointer
+    to CDI (error 7)."""
+    import subprocess
+
+    from dpdkeni import cni
+
+    box = container_factory()
+    assert cni.dpdk_target(f"/proc/{box.pid}/ns/net").pid == box.pid
+    ns = netns_factory()
+    with pytest.raises(cnispec.CniError) as err:
+        cni.dpdk_target(f"/run/netns/{ns}")
+    assert err.value.code == cnispec.INVALID_CONFIG and "CDI" in err.value.details
+    sandbox = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.readlink(f"/proc/{sandbox.pid}/exe").find("sleep") < 0:
+            time.sleep(0.01)
+        target = cni.dpdk_target(f"/run/netns/{ns}")
+        assert target.pid == sandbox.pid and target.path == f"/run/netns/{ns}"
+    finally:
+        sandbox.kill()
+        sandbox.wait()
