@@ -500,20 +500,30 @@ def cmd_status(conf: Mapping[str, Any], env: Env) -> None:
 
 def cmd_gc(conf: Mapping[str, Any], env: Env, raw: bytes) -> None:
     """Release the attachments of this network that the runtime no longer lists in
-    ``cni.dev/valid-attachments`` (spec 1.1), then let IPAM collect its own."""
+    ``cni.dev/valid-attachments`` (spec 1.1) and free their addresses with an IPAM DEL each (IPAM plugins before
+    1.1 know no GC), then pass GC on to IPAM where it knows it."""
     valid = {(a.get("containerID"), a.get("ifname")) for a in conf.get("cni.dev/valid-attachments") or []}
+    ipam = (conf.get("ipam") or {}).get("type")
     directory = _records_dir()
     for entry in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         path = os.path.join(directory, entry)
         record = load_record(path) if entry.endswith(".json") else None
-        if record and record.get("network") == conf.get("name") and \
-                (record.get("container"), record.get("cni_ifname")) not in valid:
-            log.info("GC: releasing %s of container %s", record.get("nic"), record.get("container"))
-            release_nic(record)
-            _drop_record(path)
-    ipam = conf.get("ipam") or {}
-    if ipam.get("type"):
-        spec.delegate(ipam["type"], "GC", raw, env)
+        if not record or record.get("network") != conf.get("name") or \
+                (record.get("container"), record.get("cni_ifname")) in valid:
+            continue
+        log.info("GC: releasing %s of container %s", record.get("nic"), record.get("container"))
+        release_nic(record)
+        if ipam:
+            stale = Env("DEL", record.get("container", ""), "", record.get("cni_ifname", ""), env.args, env.path)
+            spec.delegate(ipam, "DEL", raw, stale)
+        _drop_record(path)
+    if ipam:
+        try:
+            spec.delegate(ipam, "GC", raw, env)
+        except CniError as exc:
+            if exc.code not in (spec.INVALID_ENV, spec.INCOMPATIBLE_VERSION):
+                raise
+            log.info("%s knows no GC (%s): stale addresses were freed by DEL", ipam, exc.msg)
 
 
 def _error_code(exc: Error) -> int:
