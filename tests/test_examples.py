@@ -153,7 +153,7 @@ def test_cdi_example_asks_for_a_device_of_the_spec_it_writes(sysfs_tree, state_d
     spec = json.load(open(cdi_dir / "dpdkeni.json"))
     jsonschema.validate(spec, SCHEMA)
     argv = run.stdout.split()
-    assert argv[:3] == ["--cdi-spec-dir", str(cdi_dir), "run"]
+    assert argv[0] == "run" and spec["cdiVersion"] == "0.5.0"  # what Debian 12's podman 4.3 resolves
     kind, name = argv[argv.index("--device") + 1].split("=")
     assert kind == spec["kind"] and name in [d["name"] for d in spec["devices"]] and name == bdf
     assert "localhost/dpdkeni-testpmd:latest" in argv and argv[argv.index("-a") + 1] == bdf
