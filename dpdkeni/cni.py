@@ -158,8 +158,9 @@ def _not_there(nic_spec: str, timeout: float) -> CniError:
 
 
 def _wait_events(nic_spec: str, timeout: float):
-    """Wait for the NIC: :func:`dpdkeni.events.wait_for_nic` for a MAC or PCI address when the events module is
-    there, else netlink link events (a netdev appearing or being renamed), re-checking after each."""
+    """Wait for the NIC: :func:`dpdkeni.events.wait_for_nic` for a MAC or PCI address (uevents; the managed models
+    and the models file's stand-in kinds count), netlink link events for an interface name (a netdev appearing
+    or being renamed), re-checking after each."""
     from .specs import classify
 
     kind, value = classify(nic_spec)
@@ -167,7 +168,8 @@ def _wait_events(nic_spec: str, timeout: float):
     if waiter is not None and kind in ("mac", "pci"):
         try:
             return waiter(**{kind: value, "timeout": timeout})
-        except (NotFoundError, TimeoutError):
+        except Error as exc:  # events.WaitTimeout: the caller reports error 11
+            log.info("waiting for %s: %s", nic_spec, exc)
             return None
     return _wait_netlink(nic_spec, timeout)
 
