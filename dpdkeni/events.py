@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Collection, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import inventory, specs
+from . import models as models_mod
 from .errors import Error, InputError
 from .inventory import Nic
 from .sysfs import Sysfs
@@ -159,7 +160,8 @@ class _Links:
 class Watcher:
     """NIC events from uevents, over pyudev.
 
-    ``models``: None for the managed models (virtio-net, e1000, e1000e, …), a collection of model names
+    ``models``: None for the managed models (virtio-net, e1000, e1000e, …, plus the link kinds the models file
+    lists under ``virtual_kinds``: test stand-ins), a collection of model names
     (``"veth"`` and other link kinds included), or a callable ``filter(nic) -> bool``; ``all=True`` admits every
     network device. ``existing=True`` reports the NICs already present as ``added`` when the watcher starts.
     ``rcvbuf`` sets the socket's receive buffer (bytes; small values make the kernel drop messages, which the
@@ -182,6 +184,8 @@ class Watcher:
         self.existing = existing
         self.settle = settle
         self.rcvbuf = rcvbuf
+        # link kinds the models file admits as stand-in NICs (tests: veth); none unless it says so
+        self._stand_ins = frozenset(models_mod.virtual_kinds()) if models is None and not all else frozenset()
         self.stats = collections.Counter()
         self._known: Dict[str, Nic] = {}
         self._pending: Dict[str, float] = {}
@@ -301,14 +305,14 @@ class Watcher:
         if self.all:
             return True
         if self.models is None:
-            return nic.managed
+            return nic.managed or (nic.pci is None and nic.model in self._stand_ins)
         if callable(self.models):
             return bool(self.models(nic))
         return nic.model in self.models
 
     @property
     def _wants_virtual(self) -> bool:
-        return self.all or self.models is not None
+        return self.all or self.models is not None or bool(self._stand_ins)
 
     def _emit(self, action: str, nic: Nic, old: Optional[Nic], seqnum: Optional[int], resync: bool) -> None:
         event = NicEvent(action, nic, old, seqnum, resync)
