@@ -222,3 +222,15 @@ def test_static_addresses_without_ipam(tmp_path, state_dir, stand_in_models, net
     assert bad.doc["code"] == cnispec.CHECK_FAILED and "0.0.0.0/0 via 198.18.65.1" in bad.doc["details"], bad
     assert run_cni("DEL", conf, netns=f"/run/netns/{ns}").returncode == 0
     assert _link(stand_in)[1] == 1400
+
+
+def test_find_nic_fast_path_matches_the_full_scan(state_dir, veth_factory):
+    """find_nic looks a virtual link up by name or MAC without enumerating every device (what keeps ADD short);
+    it must find exactly what the full inventory has."""
+    from dpdkeni.inventory import find_nic, list_nics
+
+    nic, _ = veth_factory()
+    full = next(n for n in list_nics(all=True) if n.ifname == nic)
+    assert full.model == "veth"
+    assert find_nic(nic) == full
+    assert find_nic(full.mac) == full

@@ -72,3 +72,54 @@ def test_testpmd_pod_uses_a_dpdk_nad_and_the_image_built_here():
         assert "dpdk" in f.read()
     with open(os.path.join(K8S, "pod-testpmd.yaml"), encoding="utf-8") as f:
         assert container["image"].split(":")[0] in f.read().split("podman build -t ")[1]
+
+
+# --- examples/orchestrator.py --------------------------------------------------------------------------------
+
+
+def _readline(proc, timeout=60):
+    """One stdout line of ``proc`` within ``timeout`` seconds (bounded: a hung example fails the test)."""
+    import select
+    ready = select.select([proc.stdout], [], [], timeout)[0]
+    assert ready, "the example printed nothing in time"
+    return json.loads(proc.stdout.readline())
+
+
+@needs_root
+def test_orchestrator_waits_attaches_and_releases_on_exit(state_dir, stand_in_models, container_factory):
+    pytest.importorskip("dpdkeni.events", reason="dpdkeni.wait_for_nic (events) has not landed")
+    import signal
+    import subprocess
+    import sys
+
+    from pyroute2 import IPRoute
+
+    from conftest import unique
+
+    box = container_factory()
+    mac = "02:de:%02x:%02x:00:02" % (os.getpid() % 256, (os.getpid() >> 8) % 256)
+    nic, peer = unique("dko"), unique("dkr")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "examples", "orchestrator.py"), "--mac", mac,
+                             "--to", box.target, "--ifname", "eth7", "--address", "198.18.66.2/24",
+                             "--timeout", "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert _readline(proc)["event"] == "waiting"
+        with IPRoute() as ipr:  # the NIC "hot-plugs" after the orchestrator started waiting for it
+            ipr.link("add", ifname=nic, kind="veth", peer=peer, address=mac)
+        attached = _readline(proc)
+        assert attached["event"] == "attached" and attached["nic"] == f"if:{nic}"
+        inside = box.run("ip", "-o", "addr", "show", "eth7")
+        assert "198.18.66.2/24" in inside.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert _readline(proc)["event"] == "released"
+        assert proc.wait(60) == 0
+        with IPRoute() as ipr:
+            assert ipr.link_lookup(ifname=nic), "the NIC is back in the host under its own name"
+        assert "eth7" not in box.run("ip", "-o", "link").stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        with IPRoute() as ipr:
+            for idx in (ipr.link_lookup(ifname=nic) + ipr.link_lookup(ifname=peer))[:1]:
+                ipr.link("del", index=idx)
