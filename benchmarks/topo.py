@@ -3,11 +3,14 @@ middle "vm" namespace holding a Linux bridge (with or without netfilter) or a fo
 removed by :meth:`Topo.close` (use it as a context manager). Addresses only from 198.18.0.0/15."""
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 from typing import Dict, List, Optional, Tuple
 
 from pyroute2 import IPRoute, NetNS, netns
+
+_seq = itertools.count()
 
 
 def sysctl_in(ns: str, key: str, value: str) -> None:
@@ -24,11 +27,12 @@ class Topo:
     """``kind``: ``direct`` (A a0 <-> b0 B), ``bridge``/``bridge-nf``/``bridge-ipt`` (A a0 <-> a1 [br0] b1 <-> b0 B
     in namespace M), ``fwd`` (the same without a bridge: a1 and b1 for a forwarder in M)."""
 
-    def __init__(self, kind: str = "direct", tag: str = "dkb") -> None:
+    def __init__(self, kind: str = "direct", tag: Optional[str] = None) -> None:
         self.kind = kind
-        self.tag = f"{tag}{os.getpid() % 100000}"
+        self.tag = tag or f"dkb{os.getpid() % 100000}x{next(_seq)}"
         self.ns: Dict[str, str] = {}
         self.macs: Dict[str, str] = {}
+        self._tmp: List[str] = []
         try:
             self._build()
         except BaseException:
@@ -49,7 +53,9 @@ class Topo:
 
     def _veth(self, left: Tuple[str, str], right: Tuple[str, str]) -> None:
         (lns, lname), (rns, rname) = left, right
-        tmp_l, tmp_r = f"{self.tag}t{len(self.macs)}", f"{self.tag}u{len(self.macs)}"
+        seq = next(_seq)
+        tmp_l, tmp_r = f"dkt{os.getpid() % 100000}x{seq}"[:15], f"dku{os.getpid() % 100000}x{seq}"[:15]
+        self._tmp.append(tmp_l)
         with IPRoute() as ipr:
             ipr.link("add", ifname=tmp_l, kind="veth", peer=tmp_r)
             for tmp, ns in ((tmp_l, lns), (tmp_r, rns)):
@@ -117,6 +123,11 @@ class Topo:
         return ["ip", "netns", "exec", self.ns[role], *argv]
 
     def close(self) -> None:
+        with IPRoute() as ipr:   # a veth left in the root netns by a half-done build
+            for tmp in self._tmp:
+                for idx in ipr.link_lookup(ifname=tmp):
+                    ipr.link("del", index=idx)
+        self._tmp.clear()
         for name in self.ns.values():
             try:
                 netns.remove(name)

@@ -8,10 +8,14 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include "fwd_int.h"
 
 #ifdef DK_HAVE_XDP
+#include <stddef.h>
+#include <bpf/bpf.h>
+#include <linux/bpf.h>
 #include <linux/if_link.h>
 #include <xdp/libxdp.h>
 #include <xdp/xsk.h>
@@ -77,8 +81,80 @@ static int fill_all(struct xq *x)
     return 0;
 }
 
-/* One attempt with the given XDP attach mode and bind flags; on failure everything is undone. */
-static int try_open(struct xq *x, const char *ifname, int queue, uint32_t xdp_flags, uint16_t bind_flags)
+/* The XDP program, as raw instructions (no BPF compiler needed):
+ *     return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+ * frames of a queue without a socket go on to the kernel stack. */
+static int load_prog(int map_fd)
+{
+    struct bpf_insn insns[] = {
+        { .code = BPF_LDX | BPF_W | BPF_MEM, .dst_reg = BPF_REG_2, .src_reg = BPF_REG_1,
+          .off = offsetof(struct xdp_md, rx_queue_index) },
+        { .code = BPF_LD | BPF_DW | BPF_IMM, .dst_reg = BPF_REG_1, .src_reg = BPF_PSEUDO_MAP_FD, .imm = map_fd },
+        { .code = 0 },
+        { .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_3, .imm = XDP_PASS },
+        { .code = BPF_JMP | BPF_CALL, .imm = BPF_FUNC_redirect_map },
+        { .code = BPF_JMP | BPF_EXIT },
+    };
+
+    return bpf_prog_load(BPF_PROG_TYPE_XDP, "dpdkeni_xsk", "Dual BSD/GPL", insns,
+                         sizeof insns / sizeof insns[0], NULL);
+}
+
+static void port_detach(struct dk_port *port)
+{
+    LIBBPF_OPTS(bpf_xdp_attach_opts, opts, .old_prog_fd = port->xdp_prog_fd);
+
+    if (!port->xdp_attached)
+        return;
+    /* remove only our own program (XDP_FLAGS_REPLACE with the old fd) */
+    bpf_xdp_detach(port->ifindex, port->xdp_flags | XDP_FLAGS_REPLACE, &opts);
+    close(port->xdp_prog_fd);
+    close(port->xdp_map_fd);
+    port->xdp_attached = 0;
+}
+
+/* Queue 0 of a port: make the XSKMAP, load the program, attach it (native XDP, else generic). */
+static int port_attach(struct dk_port *port, int nqueues, const char **mode, char *err, size_t errlen)
+{
+    static const struct { uint32_t flag; const char *name; } modes[] = {
+        { XDP_FLAGS_DRV_MODE, "native XDP" }, { XDP_FLAGS_SKB_MODE, "generic XDP" },
+    };
+    int m, rc = -EOPNOTSUPP;
+
+    port->xdp_map_fd = bpf_map_create(BPF_MAP_TYPE_XSKMAP, "dpdkeni_xsks", 4, 4, (uint32_t)nqueues, NULL);
+    if (port->xdp_map_fd < 0) {
+        rc = port->xdp_map_fd;
+        dk_errf(err, errlen, "XSKMAP for %s: %s", port->ifname, strerror(-rc));
+        return rc;
+    }
+    port->xdp_prog_fd = load_prog(port->xdp_map_fd);
+    if (port->xdp_prog_fd < 0) {
+        rc = port->xdp_prog_fd;
+        close(port->xdp_map_fd);
+        dk_errf(err, errlen, "loading the XDP program for %s: %s", port->ifname, strerror(-rc));
+        return rc;
+    }
+    for (m = 0; m < 2; m++) {
+        uint32_t flags = modes[m].flag | XDP_FLAGS_UPDATE_IF_NOEXIST;
+        rc = bpf_xdp_attach(port->ifindex, port->xdp_prog_fd, flags, NULL);
+        if (!rc) {
+            port->xdp_flags = modes[m].flag;
+            port->xdp_attached = 1;
+            *mode = modes[m].name;
+            return 0;
+        }
+        if (rc == -EBUSY || rc == -EEXIST)
+            break;
+    }
+    close(port->xdp_prog_fd);
+    close(port->xdp_map_fd);
+    dk_errf(err, errlen, "attaching the XDP program to %s: %s%s", port->ifname, strerror(-rc),
+            rc == -EBUSY || rc == -EEXIST ? " (another XDP program is attached)" : "");
+    return rc;
+}
+
+/* One attempt with the given bind flags; on failure everything is undone. */
+static int try_open(struct xq *x, const char *ifname, int queue, uint16_t bind_flags)
 {
     struct xsk_umem_config ucfg = {
         .fill_size = DK_RING_SIZE, .comp_size = DK_RING_SIZE, .frame_size = FRAME_SIZE,
@@ -90,7 +166,7 @@ static int try_open(struct xq *x, const char *ifname, int queue, uint32_t xdp_fl
     memset(&scfg, 0, sizeof scfg);
     scfg.rx_size = DK_RING_SIZE;
     scfg.tx_size = DK_RING_SIZE;
-    scfg.xdp_flags = xdp_flags;
+    scfg.libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD;   /* our own program, see load_prog */
     scfg.bind_flags = bind_flags;
     x->area = mmap(NULL, (size_t)NUM_FRAMES * FRAME_SIZE, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
@@ -111,44 +187,61 @@ static int try_open(struct xq *x, const char *ifname, int queue, uint32_t xdp_fl
     return 0;
 }
 
+/* Bind the socket: zero-copy first when asked, then copy; a queue just released may be busy a moment. */
+static int bind_socket(struct xq *x, const struct dk_fwd *f, const struct dk_q *q, int *zc_out)
+{
+    const struct dk_port *port = &f->port[q->port];
+    int zc, rc = -EOPNOTSUPP;
+
+    for (zc = f->cfg.zerocopy ? 1 : 0; zc >= 0; zc--) {
+        uint16_t bind = (uint16_t)(XDP_USE_NEED_WAKEUP | (zc ? XDP_ZEROCOPY : XDP_COPY));
+        int busy_tries = 50;
+        do {
+            last_msg[0] = 0;
+            rc = try_open(x, port->ifname, q->queue, bind);
+            if (rc == -EBUSY)   /* the kernel frees a closed socket's queue from a work item */
+                nanosleep(&(struct timespec){0, 10000000}, NULL);
+        } while (rc == -EBUSY && --busy_tries > 0);
+        if (!rc) {
+            *zc_out = zc;
+            return 0;
+        }
+        if (rc == -ENODEV || rc == -EPERM || rc == -EBUSY)
+            break;
+    }
+    return rc;
+}
+
 static int xq_open(struct dk_q *q, struct dk_fwd *f, char *err, size_t errlen)
 {
-    static const struct { uint32_t xdp; const char *name; } modes[] = {
-        { XDP_FLAGS_DRV_MODE, "native XDP" }, { XDP_FLAGS_SKB_MODE, "generic XDP" },
-    };
     struct dk_port *port = &f->port[q->port];
     struct xq *x = calloc(1, sizeof *x);
-    int m, zc, rc = -EOPNOTSUPP;
+    const char *mode = "";
+    int zc = 0, rc;
+    uint32_t key = (uint32_t)q->queue;
 
     if (!x)
         return -ENOMEM;
     q->priv = x;
     libxdp_set_print(quiet_print);
     libbpf_set_print(quiet_bpf);
-    for (m = 0; m < 2; m++) {
-        for (zc = f->cfg.zerocopy ? 1 : 0; zc >= 0; zc--) {
-            uint16_t bind = (uint16_t)(XDP_USE_NEED_WAKEUP | (zc ? XDP_ZEROCOPY : XDP_COPY));
-            last_msg[0] = 0;
-            rc = try_open(x, port->ifname, q->queue, modes[m].xdp | XDP_FLAGS_UPDATE_IF_NOEXIST, bind);
-            if (!rc) {
-                snprintf(port->detail, sizeof port->detail, "af_xdp: %s, %s mode, queue%s 0..%d",
-                         modes[m].name, zc ? "zero-copy" : "copy", f->cfg.queues > 1 ? "s" : "",
-                         f->cfg.queues - 1);
-                return 0;
-            }
-            if (rc == -EBUSY || rc == -EEXIST || rc == -ENODEV || rc == -EPERM)
-                goto fail;    /* another mode will not help */
-        }
-    }
-fail:
-    {
+    if (q->queue == 0 && (rc = port_attach(port, f->cfg.queues, &mode, err, errlen)))
+        return rc;
+    rc = bind_socket(x, f, q, &zc);
+    if (!rc && bpf_map_update_elem(port->xdp_map_fd, &key, &x->fd, 0) < 0)
+        rc = -errno;
+    if (rc) {
         size_t n = strlen(last_msg);
         while (n && last_msg[n - 1] == '\n')
             last_msg[--n] = 0;
+        dk_errf(err, errlen, "AF_XDP socket on %s queue %d: %s%s%s", port->ifname, q->queue, strerror(-rc),
+                last_msg[0] ? "; libxdp: " : "", last_msg);
+        return rc;
     }
-    dk_errf(err, errlen, "AF_XDP socket on %s queue %d: %s%s%s", port->ifname, q->queue, strerror(-rc),
-            last_msg[0] ? "; libxdp: " : "", last_msg);
-    return rc;
+    if (q->queue == 0)
+        snprintf(port->detail, sizeof port->detail, "af_xdp: %s, %s mode, queue%s 0..%d", mode,
+                 zc ? "zero-copy" : "copy", f->cfg.queues > 1 ? "s" : "", f->cfg.queues - 1);
+    return 0;
 }
 
 static int xq_rx(struct dk_q *q, struct dk_pkt *pkts, int n)
@@ -262,8 +355,9 @@ static void xq_close(struct dk_q *q, struct dk_fwd *f)
 {
     struct xq *x = q->priv;
 
-    (void)f;
     xq_free(x);
+    if (q->queue == 0)
+        port_detach(&f->port[q->port]);
     free(x);
     q->priv = NULL;
 }

@@ -135,8 +135,9 @@ static void close_queues(struct dk_fwd *f)
 {
     int p, q;
 
+    /* queue 0 last: it holds the port's XDP program */
     for (p = 0; p < f->cfg.nports; p++)
-        for (q = 0; q < f->cfg.queues; q++)
+        for (q = f->cfg.queues - 1; q >= 0; q--)
             if (f->port[p].q[q].priv)
                 f->ops->close(&f->port[p].q[q], f);
 }

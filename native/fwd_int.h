@@ -43,6 +43,9 @@ struct dk_port {
     uint8_t mac[6];
     char detail[160];
     struct dk_q q[DK_MAX_QUEUES];
+    /* AF_XDP: our XDP program and its XSKMAP, attached with xdp_flags (valid when xdp_attached) */
+    int xdp_attached, xdp_prog_fd, xdp_map_fd;
+    uint32_t xdp_flags;
     /* the last second's rates, written by queue 0's thread */
     uint64_t last_rx, last_tx, last_rxb, last_txb;
     uint64_t rx_pps, tx_pps, rx_bps, tx_bps;
