@@ -287,6 +287,8 @@ def test_no_fd_or_memory_growth_over_200_cycles(direct, backend):
         cycle()
     fds2, rss2, threads2 = _usage(me)
     assert fds2 == fds and threads2 == threads
+    if os.environ.get("DPDKENI_SANITIZE"):
+        return      # ASan's quarantine holds freed memory on purpose: RSS says nothing under it
     assert rss2 - rss < 4 << 20, f"RSS grew by {(rss2 - rss) >> 10} KiB over 200 cycles"
 
 
