@@ -159,17 +159,44 @@ def _is_network_device(fs: Sysfs, bdf: str) -> bool:
     return (fs.read(f"{PCI_DEVICES}/{bdf}/class") or "").startswith(NETWORK_CLASS_PREFIX)
 
 
+def _virtual_nic(fs: Sysfs, ifname: str, kind: str) -> Nic:
+    net = f"{CLASS_NET}/{ifname}"
+    return Nic(pci=None, model=kind, driver=kind, ifname=ifname, mac=fs.read(f"{net}/address"),
+               operstate=fs.read(f"{net}/operstate"), mtu=fs.read_int(f"{net}/mtu", base=10))
+
+
 def _virtual_nics(fs: Sysfs, seen: Iterable[str]) -> List[Nic]:
     kinds = _netlink_kinds() if fs.root == "/" else {}
-    out = []
-    for ifname in fs.listdir(CLASS_NET):
-        if ifname in seen or fs.exists(f"{CLASS_NET}/{ifname}/device"):
-            continue
-        net = f"{CLASS_NET}/{ifname}"
-        kind = kinds.get(ifname, "unknown")
-        out.append(Nic(pci=None, model=kind, driver=kind, ifname=ifname, mac=fs.read(f"{net}/address"),
-                       operstate=fs.read(f"{net}/operstate"), mtu=fs.read_int(f"{net}/mtu", base=10)))
-    return out
+    return [_virtual_nic(fs, ifname, kinds.get(ifname, "unknown")) for ifname in fs.listdir(CLASS_NET)
+            if ifname not in seen and not fs.exists(f"{CLASS_NET}/{ifname}/device")]
+
+
+def _netlink_kind(ifname: str) -> str:
+    """The link kind of one interface (one RTM_GETLINK instead of a dump of every link)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        try:
+            (link,) = ipr.link("get", ifname=ifname)
+        except NetlinkError:
+            return "unknown"
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info else None
+    return kind or ("loopback" if ifname == "lo" else "unknown")
+
+
+def _find_virtual(fs: Sysfs, kind: str, value: str) -> Optional[Nic]:
+    """A virtual link named by interface name or MAC, found without enumerating every device; None when the
+    spec may name a PCI NIC (those keep precedence, so the full scan decides)."""
+    if kind == "pci" or (kind == "mac" and value in {m.lower() for m in _ledger_macs().values()}):
+        return None  # a leased PCI NIC on vfio has no netdev left to show the MAC: the full scan has it
+    names = [value] if kind == "ifname" else [n for n in fs.listdir(CLASS_NET)
+                                             if (fs.read(f"{CLASS_NET}/{n}/address") or "").lower() == value]
+    names = [n for n in names if fs.exists(f"{CLASS_NET}/{n}")]
+    if len(names) != 1 or fs.exists(f"{CLASS_NET}/{names[0]}/device"):
+        return None
+    return _virtual_nic(fs, names[0], _netlink_kind(names[0]) if fs.root == "/" else "unknown")
 
 
 def list_nics(all: bool = False, sysfs: Optional[Sysfs] = None,
@@ -201,7 +228,14 @@ def find_nic(spec: str, sysfs: Optional[Sysfs] = None, active: Optional[ActiveFn
     device before a virtual link that shares it (a veth or macvlan copying an ENI's MAC is not the ENI).
     """
     kind, value = specs.classify(spec)
-    for nic in list_nics(all=True, sysfs=sysfs, active=active):
+    fs = sysfs or Sysfs()
+    nic = _find_virtual(fs, kind, value)
+    if nic is not None:
+        if active is None:
+            active = netlink_active_ifnames if fs.root == "/" else (lambda: set())
+        nic.active = nic.ifname in active()
+        return nic
+    for nic in list_nics(all=True, sysfs=fs, active=active):
         if (kind == "pci" and nic.pci == value) or (kind == "ifname" and nic.ifname == value) or (
                 kind == "mac" and nic.mac and nic.mac.lower() == value):
             return nic

@@ -111,6 +111,22 @@ def load_models_file(path: str) -> List[Model]:
     return out
 
 
+def virtual_kinds() -> List[str]:
+    """Kinds of virtual link (``veth``, …) the models file admits as stand-in NICs (top-level key
+    ``virtual_kinds``); empty unless a models file says so. Tests use it to hand veth ends over without
+    ``force``, so the other guards (active NIC) still apply to them."""
+    path = _config_path()
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        data = json.loads(raw) if path.endswith(".json") else (tomllib.loads(raw.decode()) if tomllib else {})
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read models file {path}: {exc}") from exc
+    return [str(k) for k in data.get("virtual_kinds", [])]
+
+
 def all_models() -> List[Model]:
     """User-registered models, then those of the models file, then the built-in ones."""
     global _loaded_config

@@ -1,18 +1,24 @@
 """Targets: the network namespace (and, where there is one, the process) a NIC is handed to.
 
 Spec forms: ``pid:N``, ``netns:NAME`` (``/run/netns/NAME``; never created by accident), a path to an nsfs file,
-and ``container:ID`` (runc/crun state; see :func:`container_pid`). A target is opened by file descriptor and
+and ``container:ID`` (runc/crun/containerd/docker state; see :func:`container_pid`). A target is opened by file descriptor and
 identified by the namespace's inode, never by guessing.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import glob
 import json
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import psutil
+from pyroute2 import netns as pr_netns
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 from .errors import InputError, NotFoundError
 
@@ -77,7 +83,33 @@ def container_pid(cid: str, state_dirs: Optional[List[str]] = None) -> int:
                 data = json.load(f)
             if data.get("pid"):
                 return int(data["pid"])
-    return _pid_from_cgroups(cid)
+    pid = _pid_from_engine_state(cid)
+    return pid if pid else _pid_from_cgroups(cid)
+
+
+CONTAINERD_TASK_DIRS = ("/run/containerd/io.containerd.runtime.v2.task",)
+DOCKER_CONTAINER_DIRS = ("/var/lib/docker/containers",)
+
+
+def _pid_from_engine_state(cid: str) -> Optional[int]:
+    """containerd's shim ``init.pid`` (any namespace) or docker's ``config.v2.json`` (``State.Pid``); docker
+    accepts an unambiguous id prefix, so do we."""
+    for base in CONTAINERD_TASK_DIRS:
+        for path in glob.glob(os.path.join(glob.escape(base), "*", glob.escape(cid), "init.pid")):
+            with open(path, encoding="utf-8") as f:
+                text = f.read().strip()
+            if text.isdigit():
+                return int(text)
+    for base in DOCKER_CONTAINER_DIRS:
+        found = glob.glob(os.path.join(glob.escape(base), glob.escape(cid) + "*", "config.v2.json"))
+        if len(found) > 1:
+            raise InputError(f"container id {cid!r} is ambiguous ({len(found)} docker containers match)")
+        if found:
+            with open(found[0], encoding="utf-8") as f:
+                pid = (json.load(f).get("State") or {}).get("Pid")
+            if pid:
+                return int(pid)
+    return None
 
 
 def _pid_from_cgroups(cid: str) -> int:
@@ -139,3 +171,51 @@ def is_netns_file(path: str) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+# --- entering namespaces (one thread at a time, no fork) -------------------------------------------------------
+
+ROOT_NETNS = "/proc/1/ns/net"
+
+
+@contextlib.contextmanager
+def entered(fd: int) -> Iterator[None]:
+    """Run the block with this thread in the network namespace ``fd``, then come back.
+
+    setns(CLONE_NEWNET) changes only the calling thread, and a socket stays in the namespace it was made in, so
+    sockets opened inside the block keep working afterwards. pyroute2's own netns mode forks a helper process
+    per socket, which costs more than the whole attach.
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        pr_netns.setns(fd, flags=0)
+        try:
+            yield
+        finally:
+            pr_netns.setns(own, flags=0)
+    finally:
+        os.close(own)
+
+
+def iproute_in(fd: Optional[int]) -> "IPRoute":
+    """An IPRoute whose socket lives in the namespace ``fd`` (None: this thread's own namespace)."""
+    from pyroute2 import IPRoute
+
+    if fd is None:
+        return IPRoute()
+    with entered(fd):
+        return IPRoute()
+
+
+def open_root() -> int:
+    """An fd on the host's network namespace: that of pid 1, or this process's own when pid 1 is out of
+    reach (a sandbox whose init hides its namespaces; dpdkeni runs in the host's namespace anyway)."""
+    try:
+        return os.open(ROOT_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        return os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def current_ns_id() -> str:
+    """This thread's network namespace as ``net:[N]``."""
+    return _ns_id("/proc/thread-self/ns/net")

@@ -170,3 +170,14 @@ def _hugepages_unchanged():
     yield
     changed = [p for p, v in before.items() if open(p).read() != v]
     assert not changed, f"tests left hugepages reserved: {changed}"
+
+
+@pytest.fixture
+def stand_in_models(tmp_path, monkeypatch) -> str:
+    """A models file admitting veth ends as stand-in NICs (``virtual_kinds``), so handoff tests pass the model
+    guard without ``force`` (the active-NIC guard still applies)."""
+    path = str(tmp_path / "models.json")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('{"model": [], "virtual_kinds": ["veth"]}')
+    monkeypatch.setenv("DPDKENI_MODELS", path)
+    return path

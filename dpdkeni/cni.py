@@ -1,0 +1,563 @@
+"""``dpdkeni-cni``: a CNI plugin (spec 0.3.0 to 1.1.0) that hands a host NIC to a pod, as a kernel interface or
+as a DPDK port, through :func:`dpdkeni.handoff.attach` / :func:`~dpdkeni.handoff.release`.
+
+It reads host-device's keys (``device``, ``hwaddr``, ``kernelpath``, ``pciBusID``, ``runtimeConfig.deviceID``)
+so a NetworkAttachmentDefinition written for host-device works with only ``type`` changed, and adds:
+``mode`` (``netdev``/``dpdk``), ``hugepages``, ``driver``, ``noiommu``, ``mtu``, ``wait`` (seconds to wait for a
+NIC still being hot-plugged), static ``addresses``/``gateway``/``routes`` (also without ``ipam``).
+
+What host-device gets wrong and this plugin does not: the NIC's host name, MTU and link state come back from the
+ledger (not from the link alias, which udev or a netns teardown loses); altnames are dropped before renaming; a
+DEL with the netns gone still frees the IPAM address and the ledger entry; the CNI record is written before the
+NIC moves, so a crash mid-ADD is undone by the runtime's DEL.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import select
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from . import cnispec as spec
+from .cnispec import CniError, Env, IpConfig, Result
+from .errors import Error, GuardError, InputError, NotFoundError
+
+log = logging.getLogger("dpdkeni.cni")
+
+DEFAULT_WAIT = 10.0
+MODES = ("netdev", "dpdk")
+_DEVICE_KEYS = ("device", "hwaddr", "kernelpath", "pciBusID")
+
+
+@dataclass
+class NetConf:
+    """The plugin's view of the network configuration."""
+
+    name: str
+    version: str
+    nic_spec: str
+    mode: str = "netdev"
+    wait: float = DEFAULT_WAIT
+    addresses: List[str] = field(default_factory=list)
+    gateway: Optional[str] = None
+    routes: List[Dict[str, Any]] = field(default_factory=list)
+    mtu: Optional[int] = None
+    hugepages: Optional[str] = None
+    driver: str = "vfio-pci"
+    noiommu: bool = False
+    ipam: Optional[Dict[str, Any]] = None
+    prev_result: Optional[Result] = None
+
+
+def _invalid(msg: str, details: str = "") -> CniError:
+    return CniError(spec.INVALID_CONFIG, msg, details)
+
+
+def nic_spec_from(conf: Mapping[str, Any]) -> str:
+    """The NIC named by host-device's keys: ``runtimeConfig.deviceID`` (a device plugin's choice) wins, else
+    exactly one of ``device``, ``hwaddr``, ``kernelpath``, ``pciBusID``."""
+    from .specs import classify
+
+    device_id = (conf.get("runtimeConfig") or {}).get("deviceID")
+    given = [k for k in _DEVICE_KEYS if conf.get(k)]
+    if not device_id and len(given) != 1:
+        raise _invalid("specify exactly one of device, hwaddr, kernelpath or pciBusID (or runtimeConfig.deviceID)",
+                       f"got {', '.join(given) or 'none'}")
+    key = "deviceID" if device_id else given[0]
+    value = str(device_id or conf[key])
+    if key == "kernelpath":
+        value = _from_kernelpath(value)
+    try:
+        kind, normal = classify(value)
+    except InputError as exc:
+        raise _invalid(f"bad {key} {value!r}", exc.message) from exc
+    if key in ("pciBusID", "deviceID") and kind != "pci":
+        raise _invalid(f"{key} {value!r} is not a PCI address", "like 0000:00:04.0")
+    if key == "hwaddr" and kind != "mac":
+        raise _invalid(f"hwaddr {value!r} is not a MAC address", "like 52:54:00:12:34:56")
+    return normal
+
+
+def _from_kernelpath(path: str) -> str:
+    """``/sys/devices/pci0000:00/0000:00:04.0`` -> the PCI address; ``…/net/<name>`` -> the interface name."""
+    parts = [p for p in path.rstrip("/").split("/") if p]
+    if len(parts) >= 2 and parts[-2] == "net":
+        return parts[-1]
+    if not parts:
+        raise _invalid(f"bad kernelpath {path!r}", "like /sys/devices/pci0000:00/0000:00:04.0")
+    return parts[-1]
+
+
+def _static_ips(conf: Mapping[str, Any]) -> List[str]:
+    """Static ``addresses`` and the ``ips`` capability (``runtimeConfig.ips``, as Multus passes it)."""
+    import ipaddress
+
+    out = list(conf.get("addresses") or []) + list((conf.get("runtimeConfig") or {}).get("ips") or [])
+    for text in out:
+        try:
+            ipaddress.ip_interface(text)
+            if "/" not in text:
+                raise ValueError("no prefix length")
+        except (TypeError, ValueError) as exc:
+            raise _invalid(f"bad address {text!r}", f"a CIDR like 198.18.0.2/24 ({exc})") from exc
+    return [str(a) for a in out]
+
+
+def parse_netconf(conf: Mapping[str, Any]) -> NetConf:
+    """Validate a parsed network configuration (error 7 with the offending key)."""
+    mode = conf.get("mode") or "netdev"
+    if mode not in MODES:
+        raise _invalid(f"bad mode {mode!r}", "netdev or dpdk")
+    ipam = conf.get("ipam") or None
+    if ipam is not None and (not isinstance(ipam, dict) or not ipam.get("type")):
+        raise _invalid("ipam must be an object with a type", repr(ipam)[:200])
+    try:
+        wait = float(conf.get("wait", DEFAULT_WAIT))
+        mtu = int(conf["mtu"]) if conf.get("mtu") is not None else None
+    except (TypeError, ValueError) as exc:
+        raise _invalid("wait must be a number of seconds and mtu an integer", str(exc)) from exc
+    routes = conf.get("routes") or []
+    if not isinstance(routes, list) or not all(isinstance(r, dict) and r.get("dst") for r in routes):
+        raise _invalid("routes must be a list of {\"dst\": CIDR, \"gw\": IP}", repr(routes)[:200])
+    prev = conf.get("prevResult")
+    return NetConf(
+        name=str(conf.get("name") or ""), version=conf["cniVersion"], nic_spec=nic_spec_from(conf), mode=mode,
+        wait=max(0.0, wait), addresses=_static_ips(conf), gateway=conf.get("gateway"), routes=list(routes),
+        mtu=mtu, hugepages=conf.get("hugepages"), driver=conf.get("driver") or "vfio-pci",
+        noiommu=bool(conf.get("noiommu")), ipam=ipam,
+        prev_result=Result.from_json(prev) if prev is not None else None)
+
+
+# --- waiting for a NIC that is still being hot-plugged ------------------------------------------------------
+
+
+def find_nic_waiting(nic_spec: str, timeout: float):
+    """The NIC, waiting up to ``timeout`` seconds for it to appear (a cloud NIC is still being hot-plugged when
+    the pod starts: terway and amazon-vpc-cni retry for the same reason). Error 11 when it never comes."""
+    from .inventory import find_nic
+
+    try:
+        return find_nic(nic_spec)
+    except NotFoundError:
+        if timeout <= 0:
+            raise _not_there(nic_spec, timeout) from None
+    nic = _wait_events(nic_spec, timeout)
+    if nic is None:
+        raise _not_there(nic_spec, timeout)
+    return nic
+
+
+def _not_there(nic_spec: str, timeout: float) -> CniError:
+    return CniError(spec.TRY_AGAIN_LATER, f"NIC {nic_spec} not found after waiting {timeout:g} s",
+                    "it may still be hot-plugging: the runtime retries ADD; see 'dpdkeni list --all'")
+
+
+def _wait_events(nic_spec: str, timeout: float):
+    """Wait for the NIC: :func:`dpdkeni.events.wait_for_nic` for a MAC or PCI address when the events module is
+    there, else netlink link events (a netdev appearing or being renamed), re-checking after each."""
+    from .specs import classify
+
+    kind, value = classify(nic_spec)
+    waiter = _events_waiter()
+    if waiter is not None and kind in ("mac", "pci"):
+        try:
+            return waiter(**{kind: value, "timeout": timeout})
+        except (NotFoundError, TimeoutError):
+            return None
+    return _wait_netlink(nic_spec, timeout)
+
+
+def _events_waiter() -> Optional[Callable[..., Any]]:
+    try:
+        from .events import wait_for_nic
+    except ImportError:
+        return None
+    return wait_for_nic
+
+
+def _wait_netlink(nic_spec: str, timeout: float):
+    from pyroute2 import IPRoute
+
+    from .inventory import find_nic
+
+    deadline = time.monotonic() + timeout
+    with IPRoute() as ipr:
+        ipr.bind()  # subscribe first, then look again: nothing that appears in between is missed
+        while True:
+            try:
+                return find_nic(nic_spec)
+            except NotFoundError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if select.select([ipr.fileno()], [], [], left)[0]:
+                ipr.get()
+
+
+# --- the CNI record: which NIC this (network, container, ifname) holds --------------------------------------
+
+
+def _records_dir() -> str:
+    from .ledger import state_dir
+
+    return os.path.join(state_dir(), "cni")
+
+
+def _record_path(name: str, container_id: str, ifname: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{container_id}-{ifname}")[:200]
+    return os.path.join(_records_dir(), safe + ".json")
+
+
+def save_record(path: str, record: Dict[str, Any]) -> None:
+    """Write the record atomically (before the NIC moves, so a later DEL always knows what to release)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def load_record(path: str) -> Optional[Dict[str, Any]]:
+    """The record, or None when there is none (DEL after DEL)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CniError(spec.IO_FAILURE, f"CNI record {path} is unreadable", str(exc)) from exc
+
+
+def _drop_record(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# --- ADD ----------------------------------------------------------------------------------------------------
+
+
+def _ipam(conf: NetConf, command: str, raw: bytes, env: Env) -> Optional[Dict[str, Any]]:
+    if not conf.ipam:
+        return None
+    return spec.delegate(conf.ipam["type"], command, raw, env)
+
+
+def build_result(conf: NetConf, env: Env, nic, ipam_result: Optional[Result]) -> Result:
+    """The ADD result: our interface (index 0), IPAM's addresses and routes then the static ones."""
+    result = Result(interfaces=[{"name": env.ifname, "mac": nic.mac, "sandbox": env.netns, "mtu": conf.mtu,
+                                 "pciID": nic.pci}])
+    if conf.mode == "dpdk":
+        result.interfaces[0].pop("sandbox")  # a DPDK port is no netdev in the pod's namespace
+    if ipam_result is not None:
+        result.ips = [IpConfig(ip.address, ip.gateway, 0) for ip in ipam_result.ips]
+        result.routes = list(ipam_result.routes)
+        result.dns = ipam_result.dns
+    result.ips += [IpConfig(a, conf.gateway, 0) for a in conf.addresses]
+    result.routes += conf.routes
+    if conf.gateway and not any(r.get("dst") in ("0.0.0.0/0", "::/0") for r in result.routes):
+        result.routes.append({"dst": "::/0" if ":" in conf.gateway else "0.0.0.0/0", "gw": conf.gateway})
+    return result
+
+
+def cmd_add(conf: NetConf, env: Env, raw: bytes) -> Dict[str, Any]:
+    """Hand the NIC to ``CNI_NETNS``; returns the result document."""
+    nic = find_nic_waiting(conf.nic_spec, conf.wait)
+    path = _record_path(conf.name, env.container_id, env.ifname)
+    ipam_doc = _ipam(conf, "ADD", raw, env)
+    try:
+        ipam_result = Result.from_json(ipam_doc) if ipam_doc is not None else None
+        result = build_result(conf, env, nic, ipam_result)
+        save_record(path, {"nic": nic.pci or nic.ifname, "mac": nic.mac, "pci": nic.pci, "ifname": nic.ifname,
+                           "netns": env.netns, "mode": conf.mode, "container": env.container_id,
+                           "cni_ifname": env.ifname, "network": conf.name})
+        _attach(conf, env, nic, result)
+    except BaseException:
+        _undo_add(conf, env, raw, path)
+        raise
+    return result.to_json(conf.version)
+
+
+def _undo_add(conf: NetConf, env: Env, raw: bytes, path: str) -> None:
+    try:
+        _ipam(conf, "DEL", raw, env)
+    except CniError as exc:
+        log.warning("undoing IPAM after a failed ADD: %s", exc.msg)
+    _drop_record(path)
+
+
+def _attach(conf: NetConf, env: Env, nic, result: Result) -> None:
+    from . import handoff
+
+    addresses = [ip.address for ip in result.ips] if conf.mode == "netdev" else []
+    handoff.attach(nic, env.netns, conf.mode, ifname=env.ifname, addresses=addresses, mtu=conf.mtu,
+                   hugepages=conf.hugepages, driver=conf.driver, noiommu=conf.noiommu)
+    if conf.mode == "netdev" and result.routes:
+        try:
+            add_routes(env.netns, env.ifname, result.routes)
+        except BaseException:
+            handoff.release(nic)
+            raise
+
+
+def add_routes(netns: str, ifname: str, routes: List[Dict[str, Any]]) -> None:
+    """Add the result's routes through ``ifname`` inside the namespace (what the Go ``ipam.ConfigureIface``
+    does for host-device)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute(netns=netns, flags=0) as ipr:
+        index = _link_index(ipr, ifname)
+        for route in routes:
+            kw: Dict[str, Any] = {"dst": route["dst"], "oif": index}
+            if route.get("gw"):
+                kw["gateway"] = route["gw"]
+            if route.get("priority") is not None:
+                kw["priority"] = int(route["priority"])
+            try:
+                ipr.route("add", **kw)
+            except NetlinkError as exc:
+                if exc.code != 17:  # EEXIST: the kernel already has it (a prefix route for the subnet)
+                    raise CniError(spec.HANDOFF_FAILED, f"adding route {route} in {netns}", str(exc)) from exc
+
+
+def _link_index(ipr, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise CniError(spec.CHECK_FAILED, f"interface {ifname} is not in the namespace")
+    return found[0]
+
+
+# --- DEL ----------------------------------------------------------------------------------------------------
+
+
+def cmd_del(conf: NetConf, env: Env, raw: bytes) -> None:
+    """Give the NIC back and free its address; succeeds when there is nothing left to do (DEL after DEL, the
+    netns already gone), as the spec asks."""
+    path = _record_path(conf.name, env.container_id, env.ifname)
+    record = load_record(path)
+    if record is not None:
+        release_nic(record)
+    _ipam(conf, "DEL", raw, env)
+    _drop_record(path)
+
+
+def release_nic(record: Mapping[str, Any]) -> None:
+    """Release what the ledger holds for the recorded NIC; a NIC that vanished with its netns (a veth) only
+    frees its lease."""
+    from . import handoff
+    from .ledger import Ledger
+
+    nic = record.get("nic")
+    try:
+        handoff.release(nic)
+    except NotFoundError as exc:
+        log.info("NIC %s is gone (%s): freeing its lease", nic, exc.message)
+    ledger = Ledger()
+    for key in _lease_keys(record):
+        if ledger.get(key) is not None:
+            ledger.remove(key)
+
+
+def _lease_keys(record: Mapping[str, Any]) -> Tuple[str, ...]:
+    if record.get("pci"):
+        return (record["pci"],)
+    return (f"if:{record.get('ifname')}",)
+
+
+# --- CHECK --------------------------------------------------------------------------------------------------
+
+
+def cmd_check(conf: NetConf, env: Env, raw: bytes) -> None:
+    """Verify what ADD set up against ``prevResult``: the interface, its addresses, its routes."""
+    if conf.prev_result is None:
+        raise _invalid("CHECK needs prevResult in the configuration")
+    _ipam(conf, "CHECK", raw, env)
+    record = load_record(_record_path(conf.name, env.container_id, env.ifname))
+    if record is None:
+        raise CniError(spec.CHECK_FAILED, f"no attachment of {env.ifname} for container {env.container_id}")
+    if record.get("mode") == "dpdk":
+        return _check_dpdk(record)
+    from .netns import is_netns_file
+
+    if not is_netns_file(env.netns):
+        raise CniError(spec.CHECK_FAILED, f"CNI_NETNS {env.netns} is not a network namespace")
+    problems = check_netns(env.netns, env.ifname, conf.prev_result)
+    if problems:
+        raise CniError(spec.CHECK_FAILED, f"{env.ifname} in {env.netns} differs from prevResult",
+                       "; ".join(problems))
+
+
+def _check_dpdk(record: Mapping[str, Any]) -> None:
+    from .ledger import Ledger
+
+    if Ledger().get(record["nic"]) is None:
+        raise CniError(spec.CHECK_FAILED, f"{record['nic']} has no lease any more")
+
+
+def check_netns(netns: str, ifname: str, prev: Result) -> List[str]:
+    """What in the namespace differs from ``prev`` (empty when all is as ADD left it)."""
+    from pyroute2 import IPRoute
+
+    problems: List[str] = []
+    mine = [i for i, iface in enumerate(prev.interfaces) if iface.get("name") == ifname]
+    with IPRoute(netns=netns, flags=0) as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return [f"no interface {ifname}"]
+        link = ipr.get_links(found[0])[0]
+        mac = (link.get_attr("IFLA_ADDRESS") or "").lower()
+        for i in mine:
+            want = (prev.interfaces[i].get("mac") or "").lower()
+            if want and want != mac:
+                problems.append(f"mac is {mac}, prevResult says {want}")
+        have = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=found[0])}
+        for ip in prev.ips:
+            if (ip.interface is None or ip.interface in mine) and _norm_cidr(ip.address) not in have:
+                problems.append(f"address {ip.address} missing")
+        problems += _missing_routes(ipr, found[0], prev.routes)
+    return problems
+
+
+def _norm_cidr(text: str) -> str:
+    import ipaddress
+
+    iface = ipaddress.ip_interface(text)
+    return f"{iface.ip}/{iface.network.prefixlen}"
+
+
+def _missing_routes(ipr, index: int, routes: List[Dict[str, Any]]) -> List[str]:
+    import ipaddress
+    import socket
+
+    have = set()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for r in ipr.get_routes(family=family, table=254):
+            dst = r.get_attr("RTA_DST")
+            prefix = f"{dst}/{r['dst_len']}" if dst else ("::/0" if family == socket.AF_INET6 else "0.0.0.0/0")
+            have.add((str(ipaddress.ip_network(prefix, strict=False)), r.get_attr("RTA_GATEWAY")))
+    out = []
+    for route in routes:
+        dst, gw = str(ipaddress.ip_network(route["dst"], strict=False)), route.get("gw")
+        present = (dst, gw) in have if gw else any(d == dst for d, _ in have)
+        if not present:
+            out.append(f"route {route['dst']}" + (f" via {gw}" if gw else "") + " missing")
+    return out
+
+
+# --- STATUS, GC, VERSION, the entry point -------------------------------------------------------------------
+
+
+def cmd_status(conf: Mapping[str, Any], env: Env) -> None:
+    """Ready when the state dir is writable and the delegated IPAM plugin (if any) is in ``CNI_PATH``."""
+    from .ledger import Ledger
+
+    try:
+        Ledger().leases()
+    except Error as exc:
+        raise CniError(spec.PLUGIN_NOT_AVAILABLE, "the dpdkeni ledger is not usable", str(exc)) from exc
+    ipam = conf.get("ipam") or {}
+    if ipam.get("type"):
+        try:
+            spec.find_plugin(ipam["type"], env.path)
+        except CniError as exc:
+            raise CniError(spec.PLUGIN_NOT_AVAILABLE, exc.msg, exc.details) from exc
+
+
+def cmd_gc(conf: Mapping[str, Any], env: Env, raw: bytes) -> None:
+    """Release the attachments of this network that the runtime no longer lists in
+    ``cni.dev/valid-attachments`` (spec 1.1), then let IPAM collect its own."""
+    valid = {(a.get("containerID"), a.get("ifname")) for a in conf.get("cni.dev/valid-attachments") or []}
+    directory = _records_dir()
+    for entry in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        path = os.path.join(directory, entry)
+        record = load_record(path) if entry.endswith(".json") else None
+        if record and record.get("network") == conf.get("name") and \
+                (record.get("container"), record.get("cni_ifname")) not in valid:
+            log.info("GC: releasing %s of container %s", record.get("nic"), record.get("container"))
+            release_nic(record)
+            _drop_record(path)
+    ipam = conf.get("ipam") or {}
+    if ipam.get("type"):
+        spec.delegate(ipam["type"], "GC", raw, env)
+
+
+def _error_code(exc: Error) -> int:
+    if isinstance(exc, GuardError):
+        return spec.GUARD_REFUSED
+    if isinstance(exc, NotFoundError):
+        return spec.UNKNOWN_CONTAINER if "target" in exc.message else spec.INVALID_CONFIG
+    if isinstance(exc, InputError):
+        return spec.INVALID_CONFIG
+    return spec.HANDOFF_FAILED
+
+
+def dispatch(environ: Mapping[str, str], raw: bytes) -> Optional[Dict[str, Any]]:
+    """Run one invocation; returns the document to print (None for nothing) or raises CniError."""
+    env = spec.parse_env(environ)
+    if env.command == "VERSION":
+        return spec.version_info(_version_of(raw))
+    conf = spec.parse_config(raw)
+    if env.command == "STATUS":
+        if not spec.version_at_least(conf["cniVersion"], "1.1.0"):
+            raise CniError(spec.INCOMPATIBLE_VERSION, "STATUS needs cniVersion 1.1.0 or later")
+        cmd_status(conf, env)
+        return None
+    if env.command == "GC":
+        cmd_gc(conf, env, raw)
+        return None
+    netconf = parse_netconf(conf)
+    if env.command == "CHECK" and not spec.version_at_least(netconf.version, "0.4.0"):
+        raise CniError(spec.INCOMPATIBLE_VERSION, "CHECK needs cniVersion 0.4.0 or later")
+    handler = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check}[env.command]
+    try:
+        return handler(netconf, env, raw)
+    except Error as exc:
+        raise CniError(_error_code(exc), exc.message, exc.hint or "") from exc
+
+
+def _version_of(raw: bytes) -> str:
+    try:
+        return str(json.loads(raw).get("cniVersion") or spec.LATEST)
+    except (ValueError, AttributeError):
+        return spec.LATEST
+
+
+def main(environ: Optional[Mapping[str, str]] = None, stdin: Any = None, stdout: Any = None) -> int:
+    """Run as a CNI plugin: configuration on stdin, ``CNI_*`` in the environment, the result or the error JSON
+    on stdout; exit 0 on success, 1 on error. Log lines go to stderr."""
+    environ = os.environ if environ is None else environ
+    out = stdout or sys.stdout
+    logging.basicConfig(level=logging.DEBUG if environ.get("DPDKENI_CNI_DEBUG") else logging.WARNING,
+                        format="dpdkeni-cni: %(message)s", stream=sys.stderr)
+    raw = b""
+    try:
+        raw = (stdin or sys.stdin.buffer).read()
+        doc = dispatch(environ, raw)
+        status = 0
+    except CniError as exc:
+        doc, status = exc.to_json(_version_of(raw)), 1
+    except OSError as exc:
+        doc, status = CniError(spec.IO_FAILURE, str(exc)).to_json(_version_of(raw)), 1
+    except Exception as exc:  # the runtime must get the spec's JSON whatever broke; the trace goes to stderr
+        log.debug("unexpected failure", exc_info=True)
+        doc, status = CniError(spec.HANDOFF_FAILED, f"{type(exc).__name__}: {exc}").to_json(_version_of(raw)), 1
+    if doc is not None:
+        json.dump(doc, out, indent=1)
+        out.write("\n")
+        out.flush()
+    return status
+
+
+def run() -> None:
+    """Console-script entry point (``dpdkeni-cni``)."""
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Hand a NIC to a container and take it back: claim the lease, run the guards, dispatch by mode, end the lease.
+
+``attach`` claims the NIC in the ledger first (one transaction under flock: exactly one of several concurrent
+claimants wins; a NIC leased to another target is refused with GuardError, to the same target it is a no-op),
+then runs mode "netdev" (:mod:`dpdkeni.netdev`) or "dpdk" (:mod:`dpdkeni.dpdkmode`). A failed attach is undone
+and its lease removed. ``recover`` finishes or undoes whatever a crash left half-done; ``reclaim`` is what the
+daemon calls when a leased NIC shows up in the host's namespace again (its container died).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from . import models, netdev
+from .errors import Error, GuardError, InputError, NotFoundError
+from .guards import check_handoff
+from .inventory import Nic, find_nic
+from .ledger import Lease, Ledger
+from .netns import Target, resolve_target
+
+log = logging.getLogger(__name__)
+
+MODES = ("netdev", "dpdk")
+
+
+def lease_key(nic: Nic) -> str:
+    """The ledger key of a NIC: its PCI address, or ``if:<ifname>`` for a virtual stand-in."""
+    return nic.pci or f"if:{nic.ifname}"
+
+
+def _dpdkmode():
+    try:
+        return importlib.import_module(".dpdkmode", __package__)
+    except ImportError:
+        raise InputError("dpdk mode is not available in this build") from None
+
+
+def find_lease(spec: Union[str, Nic], ledger: Optional[Ledger] = None) -> Optional[Lease]:
+    """The lease of a NIC given as a Nic, a lease key, a PCI address, a MAC or its original interface name."""
+    leases = (ledger or Ledger()).leases()
+    if isinstance(spec, Nic):
+        keys = {lease_key(spec)}
+        macs = {spec.mac.lower()} if spec.mac else set()
+        names: set = set()
+    else:
+        text = spec.strip()
+        keys = {text, f"if:{text}"}
+        macs = {text.lower()} if text.count(":") == 5 else set()
+        names = {text}
+        if text.count(":") in (1, 2) and "." in text:  # a PCI address, full or short
+            keys.add(text if text.count(":") == 2 else f"0000:{text}")
+    for lease in leases.values():
+        o = lease.original
+        if lease.key in keys or (o.get("mac") or "").lower() in macs or o.get("ifname") in names:
+            return lease
+    return None
+
+
+def allow_unmanaged(nic: Nic) -> bool:
+    """Virtual links of a kind the models file lists under ``virtual_kinds`` (test stand-ins such as veth)."""
+    return nic.pci is None and nic.model in models.virtual_kinds()
+
+
+def _validate(mode: str, ifname: str, addresses: Sequence[str], gateway: Optional[str], mtu: Optional[int],
+              dhcp: bool) -> None:
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}", f"one of {', '.join(MODES)}")
+    netdev.check_ifname(ifname)
+    netdev.parse_addresses(addresses)
+    netdev.parse_gateway(gateway)
+    if mtu is not None and not 68 <= int(mtu) <= 65535:
+        raise InputError(f"bad MTU {mtu}: 68..65535")
+    if dhcp and addresses:
+        raise InputError("--dhcp and --address exclude each other")
+
+
+def _same_target(lease: Lease, target: Target) -> bool:
+    return lease.target_id == target.ns_id
+
+
+def _claim(ledger: Ledger, lease: Lease, target: Target) -> Optional[Lease]:
+    """Record ``lease`` unless the NIC is leased already: returns the existing lease for the same target,
+    raises GuardError for another."""
+    with ledger.transaction() as leases:
+        have = leases.get(lease.key)
+        if have is None:
+            leases[lease.key] = lease
+            return None
+    if _same_target(have, target) and have.state == "attached":
+        return have
+    raise GuardError(f"{lease.key} is already leased to {have.target} ({have.state})",
+                     "release it first ('dpdkeni release')")
+
+
+def _auto_table(ledger: Ledger, target: Target, key: str, table: Optional[int], index: int) -> Optional[int]:
+    """Policy routing when another NIC is already leased into the same namespace (the cross-VPC case)."""
+    if table is not None:
+        return table or None
+    others = [x for x in ledger.leases().values() if x.target_id == target.ns_id and x.key != key]
+    return netdev.TABLE_BASE + index if others else None
+
+
+def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev", *, ifname: str = "eth0",
+           addresses: Sequence[str] = (), gateway: Optional[str] = None, mtu: Optional[int] = None,
+           dhcp: bool = False, hugepages: Optional[str] = None, driver: str = "vfio-pci", noiommu: bool = False,
+           force: bool = False, dry_run: bool = False, table: Optional[int] = None) -> Lease:
+    """Hand ``nic`` to ``target`` as a kernel interface (mode "netdev") or a DPDK port (mode "dpdk").
+
+    ``table``: route table for this NIC's routes with a rule from each address (None: automatic, only when
+    another NIC is leased into the same namespace; 0: never). With ``dry_run`` nothing changes and the returned
+    lease (state ``planned``) holds the plan in ``params["plan"]``.
+    """
+    addresses = list(addresses)
+    _validate(mode, ifname, addresses, gateway, mtu, dhcp)
+    ledger = Ledger()
+    tgt = target if isinstance(target, Target) else resolve_target(target)
+    have = find_lease(nic, ledger)
+    if have is not None:
+        if _same_target(have, tgt) and have.state == "attached":
+            return have
+        raise GuardError(f"{have.key} is already leased to {have.target} ({have.state})",
+                         "release it first ('dpdkeni release')")
+    nic = _find(nic, ledger)
+    check_handoff(nic, force=force, allow_unmanaged=allow_unmanaged(nic))
+    original = _original(nic)
+    key = lease_key(nic)
+    params: Dict[str, Any] = {"ifname": ifname, "addresses": addresses, "gateway": gateway, "mtu": mtu,
+                              "dhcp": dhcp, "target_path": tgt.path, "pid": tgt.pid}
+    if mode == "netdev":
+        params["table"] = _auto_table(ledger, tgt, key, table, original.get("index") or 0)
+    else:
+        params.update(hugepages=hugepages, driver=driver, noiommu=noiommu)
+    lease = Lease(key=key, mode=mode, target=tgt.spec, original=original, target_id=tgt.ns_id, params=params)
+    if dry_run:
+        return _planned(lease, nic, tgt, force)
+    existing = _claim(ledger, lease, tgt)
+    if existing is not None:
+        return existing
+    try:
+        if mode == "netdev":
+            learned = netdev.attach_netdev(lease, ledger, tgt, ifname=ifname, addresses=addresses,
+                                           gateway=gateway, mtu=mtu, table=params["table"], dhcp=dhcp)
+            params.update(learned)
+        else:
+            _dpdkmode().attach_dpdk(nic, tgt, lease, ledger, hugepages=hugepages, driver=driver,
+                                    noiommu=noiommu, force=force, dry_run=False)
+    except BaseException:
+        ledger.remove(key)
+        raise
+    return ledger.update(key, state="attached", params=_merged_params(ledger, key, params))
+
+
+def _merged_params(ledger: Ledger, key: str, params: Dict[str, Any]) -> Dict[str, Any]:
+    """Params as attach knows them, plus whatever a mode stored in the lease meanwhile (e.g. the DHCP pid)."""
+    stored = ledger.get(key)
+    return {**(stored.params if stored else {}), **params}
+
+
+def _planned(lease: Lease, nic: Nic, tgt: Target, force: bool) -> Lease:
+    if lease.mode == "netdev":
+        p = lease.params
+        lease.params["plan"] = netdev.plan(lease.original, tgt.spec, p["ifname"], p["addresses"], p["gateway"],
+                                           p["mtu"], p.get("table"), p["dhcp"])
+    else:
+        _dpdkmode().attach_dpdk(nic, tgt, lease, Ledger(), hugepages=lease.params["hugepages"],
+                                driver=lease.params["driver"], noiommu=lease.params["noiommu"], force=force,
+                                dry_run=True)
+    lease.state = "planned"
+    return lease
+
+
+def _find(nic: Union[Nic, str], ledger: Ledger) -> Nic:
+    if isinstance(nic, Nic):
+        return nic
+    try:
+        return find_nic(nic)
+    except NotFoundError:
+        have = find_lease(nic, ledger)  # attached meanwhile by someone else
+        if have is not None:
+            raise GuardError(f"{have.key} is already leased to {have.target} ({have.state})") from None
+        raise
+
+
+def _original(nic: Nic) -> Dict[str, Any]:
+    """The NIC's state before the handoff, from netlink (its netdev) and the inventory."""
+    base: Dict[str, Any] = {"pci": nic.pci, "driver": nic.driver, "mac": nic.mac, "ifname": nic.ifname,
+                            "model": nic.model}
+    if not nic.ifname:
+        return base
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=nic.ifname)
+        if not idx:
+            raise NotFoundError(f"{nic.ifname} is not in the host's namespace")
+        base.update(netdev.snapshot(ipr, idx[0]))
+    return base
+
+
+def release(nic: Union[Nic, str], *, force: bool = False) -> Optional[Lease]:
+    """Take a NIC back from its target: the host gets it under its original name, MTU, addresses and up/down
+    state. Returns the ended lease, or None when the NIC was not leased."""
+    ledger = Ledger()
+    lease = find_lease(nic, ledger)
+    if lease is None:
+        return None
+    prior = lease.state
+    lease = ledger.update(lease.key, state="releasing")
+    try:
+        outcome = _bring_home(lease, ledger, force)
+    except GuardError:
+        ledger.update(lease.key, state=prior)
+        raise
+    lease.params["outcome"] = outcome
+    ledger.remove(lease.key)
+    return lease
+
+
+def _bring_home(lease: Lease, ledger: Ledger, force: bool) -> str:
+    if lease.mode == "dpdk":
+        _dpdkmode().release_dpdk(lease, ledger)
+        return "returned"
+    return netdev.release_netdev(lease, ledger, force=force)
+
+
+def recover() -> List[Dict[str, Any]]:
+    """Finish or undo what crashed processes left: a half-done attach is undone, a half-done release finished,
+    an attached NIC whose target is gone reclaimed. Returns one dict per lease: key, action, detail."""
+    ledger = Ledger()
+    done = []
+    for lease in ledger.leases().values():
+        try:
+            done.append(_recover_one(lease, ledger))
+        except Error as exc:
+            log.error("recovering %s failed: %s", lease.key, exc)
+            done.append({"key": lease.key, "action": "failed", "detail": str(exc)})
+    return done
+
+
+def _owner_alive(lease: Lease) -> bool:
+    import psutil
+    if lease.owner_pid <= 0 or lease.owner_pid == os.getpid():
+        return False
+    try:
+        return psutil.Process(lease.owner_pid).create_time() <= lease.created + 1
+    except psutil.Error:
+        return False
+
+
+def _recover_one(lease: Lease, ledger: Ledger) -> Dict[str, Any]:
+    target = Target(lease.target, lease.params.get("target_path", ""), lease.target_id or "")
+    if lease.state in ("attaching", "releasing") and _owner_alive(lease):
+        return {"key": lease.key, "action": "busy", "detail": f"pid {lease.owner_pid} is still working on it"}
+    if lease.mode == "dpdk":
+        detail = _dpdkmode().recover_dpdk(lease, ledger)
+        return {"key": lease.key, "action": "dpdk", "detail": detail}
+    if lease.state == "attached" and target.path and target.alive():
+        if lease.params.get("dhcp"):
+            from . import dhcp as dhcpmod
+            dhcpmod.ensure_running(lease, ledger)
+        return {"key": lease.key, "action": "kept", "detail": f"attached to {lease.target}"}
+    action = {"attaching": "rolled-back", "releasing": "released"}.get(lease.state, "reclaimed")
+    lease = ledger.update(lease.key, state="releasing", owner_pid=os.getpid(), created=time.time())
+    outcome = netdev.release_netdev(lease, ledger, force=True)
+    ledger.remove(lease.key)
+    return {"key": lease.key, "action": action, "detail": outcome}
+
+
+def reclaim(nic: Union[Nic, str]) -> Optional[Dict[str, Any]]:
+    """A leased NIC is back in the host's namespace (its container died; the kernel names it devN): restore its
+    name and settings, stop its DHCP client, end the lease. None when the NIC is not leased. For the daemon."""
+    ledger = Ledger()
+    lease = find_lease(nic, ledger)
+    if lease is None and isinstance(nic, str):  # a name like devN: look the NIC up for its MAC
+        try:
+            lease = find_lease(find_nic(nic), ledger)
+        except NotFoundError:
+            return None
+    if lease is None or lease.mode != "netdev":
+        return None
+    lease = ledger.update(lease.key, state="releasing", owner_pid=os.getpid(), created=time.time())
+    outcome = netdev.release_netdev(lease, ledger, force=True)
+    ledger.remove(lease.key)
+    return {"key": lease.key, "action": "reclaimed", "detail": outcome}

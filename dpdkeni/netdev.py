@@ -1,0 +1,462 @@
+"""Kernel-interface handoff with pyroute2: a NIC's netdev moved into a container's network namespace and back.
+
+Every change is a named step. A step is recorded in the ledger before it runs, and its undo is pushed on a
+:class:`contextlib.ExitStack` as soon as it succeeded, so a failure undoes the steps before it (best effort) and
+raises :class:`~dpdkeni.errors.StepError` naming the step.
+
+The move is one RTM_NEWLINK carrying the target netns fd, the new name and the MTU: the kernel moves the device
+and renames it inside the target under one hold of RTNL (``do_setlink``), so the device never carries a
+transient name in the host's namespace that udev or NetworkManager could react to, and a name taken in the
+target fails the step instead of clobbering anything. That is the property host-device gets from its
+temporary namespace, without creating and destroying a namespace per attach.
+
+The original state (name, MTU, addresses, altnames, up/down) lives in the lease, not in the link alias, so
+release and recovery work even when the alias or the name was lost (a NIC back from a dead namespace as devN).
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import struct
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from . import netns as nsmod
+from .errors import Error, GuardError, InputError, StepError
+from .ledger import Lease, Ledger
+
+log = logging.getLogger(__name__)
+
+TEST_KILL_ENV = "DPDKENI_TEST_KILL_AFTER"  # test hook: SIGKILL this process right after the named step
+IFF_UP = 1
+RTNH_F_ONLINK = 4
+IFA_F_NODAD = 0x02
+SCOPE_LINK = 253
+RULE_PRIORITY = 1000
+TABLE_BASE = 1000
+ATTACH_STEPS = ("altnames", "move", "addresses", "up", "routes", "announce", "dhcp")
+RELEASE_STEPS = ("dhcp-stop", "rules", "return", "restore")
+
+
+# --- reading a link -----------------------------------------------------------------------------------------------
+
+def _link(ipr: IPRoute, **key: Any) -> Optional[Any]:
+    try:
+        return ipr.link("get", **key)[0]
+    except NetlinkError as exc:
+        if exc.code in (19, 2):  # ENODEV, ENOENT
+            return None
+        raise
+
+
+def _altnames(link: Any) -> List[str]:
+    props = link.get_attr("IFLA_PROP_LIST")
+    return [a for a in props.get_attrs("IFLA_ALT_IFNAME")] if props else []
+
+
+def snapshot(ipr: IPRoute, index: int) -> Dict[str, Any]:
+    """What release restores: name, index, MAC, MTU, up/down, addresses (link-local IPv6 left out: the kernel
+    makes those) and altnames of link ``index``."""
+    link = _link(ipr, index=index)
+    if link is None:
+        raise InputError(f"link #{index} vanished")
+    addrs = []
+    for a in ipr.get_addr(index=index):
+        if a["family"] == socket.AF_INET6 and a["scope"] == SCOPE_LINK:
+            continue
+        addrs.append(f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+    return {"ifname": link.get_attr("IFLA_IFNAME"), "index": index, "mac": link.get_attr("IFLA_ADDRESS"),
+            "mtu": link.get_attr("IFLA_MTU"), "up": bool(link["flags"] & IFF_UP), "addresses": addrs,
+            "altnames": _altnames(link)}
+
+
+def find_by_mac(ipr: IPRoute, mac: str) -> Optional[Any]:
+    """The link with this MAC in ipr's namespace (a real device before a virtual one sharing it)."""
+    hits = [lnk for lnk in ipr.get_links() if (lnk.get_attr("IFLA_ADDRESS") or "").lower() == mac.lower()]
+    hits.sort(key=lambda lnk: lnk.get_attr("IFLA_LINKINFO") is not None and
+              lnk.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") not in (None, "veth"))
+    return hits[0] if hits else None
+
+
+# --- checking input ----------------------------------------------------------------------------------------------
+
+def parse_addresses(addresses: Sequence[str]) -> List[ipaddress._BaseAddress]:
+    """CIDR strings -> interfaces; a bad one is an InputError."""
+    out = []
+    for text in addresses:
+        try:
+            if "/" not in str(text):
+                raise ValueError("no prefix length")
+            out.append(ipaddress.ip_interface(text))
+        except ValueError as exc:
+            raise InputError(f"bad address {text!r}: {exc}", "use CIDR, like 198.18.0.2/24") from None
+    return out
+
+
+def check_ifname(name: str) -> str:
+    """An interface name the kernel accepts (1-15 bytes, no '/', ':' or whitespace)."""
+    if not name or len(name.encode()) > 15 or any(c in name for c in "/: \t\n") or name in (".", ".."):
+        raise InputError(f"bad interface name {name!r}", "1-15 characters, no '/', ':' or spaces")
+    return name
+
+
+def parse_gateway(gateway: Optional[str]) -> Optional[ipaddress._BaseAddress]:
+    """The gateway address, or None."""
+    if gateway is None:
+        return None
+    try:
+        return ipaddress.ip_address(gateway)
+    except ValueError:
+        raise InputError(f"bad gateway {gateway!r}: not an IP address") from None
+
+
+def needs_onlink(gateway: ipaddress._BaseAddress, addresses: Sequence[Any]) -> bool:
+    """Whether the gateway lies outside every subnet of the NIC (then the route needs ``onlink``)."""
+    return not any(gateway.version == a.version and gateway in a.network for a in addresses)
+
+
+def plan(original: Dict[str, Any], target: str, ifname: str, addresses: Sequence[str], gateway: Optional[str],
+         mtu: Optional[int], table: Optional[int], dhcp: bool) -> List[str]:
+    """The steps an attach would take, as sentences (``--dry-run``)."""
+    name = original.get("ifname")
+    lines = []
+    if original.get("altnames"):
+        lines.append(f"altnames: drop {', '.join(original['altnames'])} from {name}")
+    lines.append(f"move: {name} into {target} as {ifname}" + (f" with MTU {mtu}" if mtu else ""))
+    if addresses:
+        lines.append(f"addresses: add {', '.join(addresses)} on {ifname}")
+    lines.append(f"up: set {ifname} up")
+    if gateway or table:
+        where = f"table {table} with a rule from each address" if table else "the main table"
+        lines.append(f"routes: default via {gateway or '-'} in {where}")
+    lines.append(f"announce: gratuitous ARP / unsolicited NA on {ifname}")
+    if dhcp:
+        lines.append(f"dhcp: run a DHCP client for {ifname} inside {target}, renewing while attached")
+    return lines
+
+
+# --- steps ---------------------------------------------------------------------------------------------------------
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, NetlinkError):
+        return f"{os.strerror(exc.code)} (netlink errno {exc.code})"
+    if isinstance(exc, Error):
+        return exc.message
+    return str(exc) or type(exc).__name__
+
+
+def _test_hook(step: str) -> None:
+    if os.environ.get(TEST_KILL_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _best_effort(step: str, undo: Callable[[], Any]) -> None:
+    try:
+        undo()
+    except Exception as exc:  # an undo must not hide the error that started the unwinding
+        log.error("undoing %s failed: %s", step, _why(exc))
+
+
+class Steps:
+    """Run named steps: record each in the ledger, push its undo on ``stack``, raise StepError on failure."""
+
+    def __init__(self, ledger: Ledger, key: str, stack: contextlib.ExitStack) -> None:
+        self.ledger, self.key, self.stack = ledger, key, stack
+
+    def run(self, name: str, fn: Callable[[], Optional[Dict[str, Any]]],
+            undo: Optional[Callable[[], Any]] = None, record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Record ``name`` as started, run ``fn``, push ``undo``, record it done with what ``fn`` returned."""
+        self.ledger.begin_step(self.key, name, record)
+        try:
+            learned = fn()
+        except (StepError, GuardError):
+            raise
+        except (NetlinkError, OSError, Error) as exc:
+            raise StepError(name, _why(exc)) from exc
+        if undo is not None:
+            self.stack.callback(_best_effort, name, undo)
+        learned = learned if isinstance(learned, dict) else {}
+        self.ledger.end_step(self.key, name, **learned)
+        _test_hook(name)
+        return learned
+
+
+# --- attach --------------------------------------------------------------------------------------------------------
+
+def _route_args(gateway: Any, addresses: Sequence[Any], index: int) -> Dict[str, Any]:
+    args: Dict[str, Any] = {"gateway": str(gateway), "oif": index,
+                            "family": socket.AF_INET6 if gateway.version == 6 else socket.AF_INET,
+                            "dst": "::/0" if gateway.version == 6 else "0.0.0.0/0"}
+    if needs_onlink(gateway, addresses):
+        args["flags"] = RTNH_F_ONLINK
+    return args
+
+
+def add_routes(ipr: IPRoute, index: int, addresses: Sequence[Any], gateway: Any, table: Optional[int]) -> None:
+    """Default route via ``gateway`` (onlink when outside the subnets); with ``table``: the connected and
+    default routes in that table and a rule from each address to it, so replies leave by this NIC."""
+    if table:
+        for a in addresses:
+            fam = socket.AF_INET6 if a.version == 6 else socket.AF_INET
+            ipr.route("replace", dst=str(a.network), oif=index, table=table, scope=SCOPE_LINK,
+                      prefsrc=str(a.ip), family=fam)
+            ipr.rule("add", src=str(a.ip), src_len=a.max_prefixlen, table=table, priority=RULE_PRIORITY,
+                     family=fam)
+    if gateway is not None:
+        ipr.route("replace", table=table or 254, **_route_args(gateway, addresses, index))
+
+
+def del_rules(ipr: IPRoute, addresses: Sequence[str], table: Optional[int]) -> None:
+    """Remove the rules :func:`add_routes` added (rules outlive the link they point at)."""
+    if not table:
+        return
+    for a in parse_addresses(addresses):
+        fam = socket.AF_INET6 if a.version == 6 else socket.AF_INET
+        with contextlib.suppress(NetlinkError):
+            ipr.rule("del", src=str(a.ip), src_len=a.max_prefixlen, table=table, priority=RULE_PRIORITY,
+                     family=fam)
+
+
+def add_addresses(ipr: IPRoute, index: int, addresses: Sequence[Any]) -> None:
+    """Add addresses (IPv6 without DAD: the address is ours by lease, and must answer at once)."""
+    for a in addresses:
+        kw: Dict[str, Any] = {"index": index, "address": str(a.ip), "prefixlen": a.network.prefixlen}
+        if a.version == 6:
+            kw.update(family=socket.AF_INET6, flags=IFA_F_NODAD)
+        try:
+            ipr.addr("add", **kw)
+        except NetlinkError as exc:
+            if exc.code != 17:  # EEXIST: already there (a re-run after a crash)
+                raise
+
+
+def _garp(ifname: str, mac: str, ip: str) -> bytes:
+    hw = bytes.fromhex(mac.replace(":", ""))
+    addr = socket.inet_aton(ip)
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, hw, addr, b"\0" * 6, addr)
+    return b"\xff" * 6 + hw + b"\x08\x06" + arp
+
+
+def _unsolicited_na(mac: str, ip: str) -> bytes:
+    hw = bytes.fromhex(mac.replace(":", ""))
+    # type 136, code 0, checksum (kernel fills it in for raw ICMPv6), flags: override; target; option 2 = TLLA
+    return struct.pack("!BBHI16sBB6s", 136, 0, 0, 0x20000000, socket.inet_pton(socket.AF_INET6, ip), 2, 1, hw)
+
+
+def announce(ns_fd: int, ifname: str, index: int, mac: str, addresses: Sequence[Any]) -> None:
+    """A gratuitous ARP per IPv4 address and an unsolicited neighbour advertisement per IPv6 address, so peers
+    and switches learn the new location at once (sriov-cni does the same after ADD)."""
+    with nsmod.entered(ns_fd):
+        for a in addresses:
+            if a.version == 4:
+                with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as s:
+                    s.bind((ifname, 0x0806))
+                    s.send(_garp(ifname, mac, str(a.ip)))
+            else:
+                with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+                    s.sendto(_unsolicited_na(mac, str(a.ip)), ("ff02::1", 0, 0, index))
+
+
+def move_link(ipr: IPRoute, index: int, ns_fd: int, ifname: str, mtu: Optional[int] = None,
+              up: bool = False) -> None:
+    """Move link ``index`` into ``ns_fd`` named ``ifname`` (and MTU, up) in one RTM_NEWLINK."""
+    kw: Dict[str, Any] = {"index": index, "net_ns_fd": ns_fd, "ifname": ifname}
+    if mtu:
+        kw["mtu"] = mtu
+    if up:
+        kw["state"] = "up"
+    ipr.link("set", **kw)
+
+
+@contextlib.contextmanager
+def opened(target_path: str) -> Iterator[int]:
+    """An fd on a namespace file, closed after the block."""
+    fd = os.open(target_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifname: str,
+                  addresses: Sequence[str], gateway: Optional[str], mtu: Optional[int], table: Optional[int],
+                  dhcp: bool) -> Dict[str, Any]:
+    """Hand the NIC of ``lease`` (in the root namespace, as ``lease.original``) to ``target``.
+
+    Returns what was learned (the link's index inside the target). On failure every step done is undone and
+    StepError names the failed one.
+    """
+    orig = lease.original
+    nets = parse_addresses(addresses)
+    gw = parse_gateway(gateway)
+    with contextlib.ExitStack() as stack:
+        steps = Steps(ledger, lease.key, stack)
+        root = stack.enter_context(IPRoute())
+        tfd = target.open()
+        stack.callback(os.close, tfd)
+        tip = nsmod.iproute_in(tfd)
+        stack.callback(tip.close)
+        if _link(tip, ifname=ifname) is not None:
+            raise InputError(f"target {target.spec} already has an interface named {ifname!r}",
+                             "pick another --ifname; nothing was changed")
+        index = orig["index"]
+        if orig.get("altnames"):
+            steps.run("altnames", lambda: root.link("property_del", index=index, altname=orig["altnames"]),
+                      undo=lambda: _readd_altnames(orig))
+        where: Dict[str, Any] = {}
+
+        def do_move() -> Dict[str, Any]:
+            move_link(root, index, tfd, ifname, mtu)
+            where["index"] = _link(tip, ifname=ifname)["index"]
+            return {"index": where["index"]}
+
+        steps.run("move", do_move, undo=lambda: return_home(lease, tip, where["index"]),
+                  record={"ns_id": target.ns_id, "ifname": ifname})
+        tidx = where["index"]
+        if nets:
+            steps.run("addresses", lambda: add_addresses(tip, tidx, nets), record={"addresses": list(addresses)})
+        steps.run("up", lambda: tip.link("set", index=tidx, state="up"))  # routes need the link up
+        if gw is not None or table:
+            steps.run("routes", lambda: add_routes(tip, tidx, nets, gw, table),
+                      undo=lambda: del_rules(tip, addresses, table), record={"table": table})
+        if nets:
+            steps.run("announce", lambda: _announce_quietly(tfd, ifname, tidx, orig["mac"], nets))
+        if dhcp:
+            from . import dhcp as dhcpmod
+            steps.run("dhcp", lambda: dhcpmod.start(lease, target, ifname),
+                      undo=lambda: dhcpmod.stop(ledger.get(lease.key) or lease))
+        stack.pop_all()
+        return {"index": tidx}
+
+
+def _announce_quietly(fd: int, ifname: str, index: int, mac: str, nets: Sequence[Any]) -> None:
+    try:
+        announce(fd, ifname, index, mac, nets)
+    except OSError as exc:  # peers learn the address on their next ARP anyway
+        log.warning("announcing %s failed: %s", ifname, exc)
+
+
+def _readd_altnames(orig: Dict[str, Any]) -> None:
+    with IPRoute() as ipr:
+        link = find_by_mac(ipr, orig["mac"]) if orig.get("mac") else _link(ipr, index=orig["index"])
+        if link is not None:
+            have = set(_altnames(link))
+            missing = [a for a in orig["altnames"] if a not in have]
+            if missing:
+                ipr.link("property_add", index=link["index"], altname=missing)
+
+
+# --- going home ----------------------------------------------------------------------------------------------------
+
+def _fallback_name(orig: Dict[str, Any]) -> str:
+    return f"dkr{orig['index']}"[:15]
+
+
+def return_home(lease: Lease, tip: IPRoute, index: int, force: bool = False) -> str:
+    """Move link ``index`` (in tip's namespace) back to the root namespace under its original name and MTU,
+    then restore addresses, altnames and up/down. Returns the name it got.
+
+    When the root namespace already has a link with the original name, this refuses (GuardError, the NIC stays
+    where it is) unless ``force``: then the NIC comes back as ``dkr<index>``.
+    """
+    orig = lease.original
+    name = orig["ifname"]
+    with IPRoute() as root:
+        taken = _link(root, ifname=name)
+        if taken is not None:
+            if not force:
+                raise GuardError(f"cannot return {lease.key}: the host already has a link named {name!r} "
+                                 f"(index {taken['index']}); the NIC stays in {lease.target}",
+                                 "rename or remove that link, or use --force to return the NIC as "
+                                 f"{_fallback_name(orig)}")
+            name = _fallback_name(orig)
+            log.warning("%s returns as %s: %s is taken on the host", lease.key, name, orig["ifname"])
+        rfd = nsmod.open_root()
+        try:
+            tip.link("set", index=index, net_ns_fd=rfd, ifname=name, mtu=orig["mtu"])
+        finally:
+            os.close(rfd)
+        restore(root, name, orig)
+    return name
+
+
+def restore(root: IPRoute, name: str, orig: Dict[str, Any]) -> None:
+    """Give link ``name`` (in the root namespace) its original MTU, addresses, altnames and up/down state."""
+    link = _link(root, ifname=name)
+    if link is None:
+        raise Error(f"{name} is not in the host's namespace")
+    index = link["index"]
+    if link.get_attr("IFLA_MTU") != orig["mtu"]:
+        root.link("set", index=index, mtu=orig["mtu"])
+    add_addresses(root, index, parse_addresses(orig.get("addresses", [])))
+    missing = [a for a in orig.get("altnames", []) if a not in _altnames(link)]
+    if missing:
+        try:
+            root.link("property_add", index=index, altname=missing)
+        except NetlinkError as exc:  # an altname now used by another link: the NIC still works without it
+            log.warning("altnames %s not restored on %s: %s", missing, name, _why(exc))
+    if bool(link["flags"] & IFF_UP) != bool(orig.get("up")):
+        root.link("set", index=index, state="up" if orig.get("up") else "down")
+
+
+def rename_home(root: IPRoute, link: Any, orig: Dict[str, Any], force: bool) -> str:
+    """A NIC already back in the root namespace (container death: often as devN): its original name when free,
+    then its settings. Returns the name it has now."""
+    name, index = orig["ifname"], link["index"]
+    current = link.get_attr("IFLA_IFNAME")
+    if current != name:
+        taken = _link(root, ifname=name)
+        if taken is not None:
+            log.warning("%s stays %s: %s is taken on the host", orig.get("mac"), current, name)
+            name = current
+        else:
+            if link["flags"] & IFF_UP:
+                root.link("set", index=index, state="down")
+            root.link("set", index=index, ifname=name)
+    restore(root, name, orig)
+    return name
+
+
+def release_netdev(lease: Lease, ledger: Ledger, *, force: bool = False) -> str:
+    """Bring a leased NIC home: stop its DHCP client, drop its rules, move it back, restore its settings.
+
+    Works from any point of a half-done attach or release (recover uses it too). Returns what happened:
+    ``returned``, ``reclaimed`` (it was already in the root namespace) or ``gone`` (it no longer exists).
+    """
+    orig = lease.original
+    steps = Steps(ledger, lease.key, contextlib.ExitStack())  # going home has no undo: it is the undo
+    moved = lease.step("move")
+    if lease.params.get("dhcp") or lease.step("dhcp"):
+        from . import dhcp as dhcpmod
+        steps.run("dhcp-stop", lambda: dhcpmod.stop(lease))
+    target = nsmod.Target(lease.target, lease.params.get("target_path", ""), lease.target_id or "")
+    if moved is not None and target.path and target.alive():
+        with opened(target.path) as tfd, nsmod.iproute_in(tfd) as tip:
+            link = _find_in(tip, moved.undo.get("index"), moved.undo.get("ifname"), orig.get("mac"))
+            steps.run("rules", lambda: del_rules(tip, lease.params.get("addresses") or [],
+                                                 lease.params.get("table")))
+            if link is not None:
+                steps.run("return", lambda: {"as": return_home(lease, tip, link["index"], force=force)})
+                return "returned"
+    with IPRoute() as root:
+        link = find_by_mac(root, orig["mac"]) if orig.get("mac") else None
+        if link is None:
+            return "gone"
+        steps.run("restore", lambda: {"as": rename_home(root, link, orig, force)})
+        return "reclaimed"
+
+
+def _find_in(ipr: IPRoute, index: Optional[int], name: Optional[str], mac: Optional[str]) -> Optional[Any]:
+    """The leased link inside the target: by index and MAC, else by MAC alone (a name may have changed)."""
+    link = _link(ipr, index=index) if index else (_link(ipr, ifname=name) if name else None)
+    if link is not None and (not mac or (link.get_attr("IFLA_ADDRESS") or "").lower() == mac.lower()):
+        return link
+    return find_by_mac(ipr, mac) if mac else None

@@ -1,0 +1,272 @@
+"""Kernel-interface handoff on real namespaces: veth ends stand in for NICs, containers are processes in their own
+net+mount namespaces, peers are named netns. Addresses from 198.18.0.0/15 only."""
+import json
+import os
+import subprocess
+
+import pytest
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from conftest import needs_root, unique
+from dpdkeni import handoff, netdev
+from dpdkeni.errors import GuardError, InputError, StepError
+from dpdkeni.ledger import Ledger
+
+pytestmark = [needs_root]
+
+
+def host_state(name):
+    """What release must give back: name, MTU, up/down, addresses, altnames (None when not on the host)."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if not idx:
+            return None
+        s = netdev.snapshot(ipr, idx[0])
+    return {k: s[k] for k in ("ifname", "mtu", "up", "addresses", "altnames", "mac")}
+
+
+def in_ns(ns, *argv, check=True):
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=check)
+
+
+def prepare_nic(name, mtu=1400, up=True, altname=None, addresses=()):
+    """Give a stand-in NIC some state worth restoring."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)[0]
+        ipr.link("set", index=idx, mtu=mtu)
+        if altname:
+            ipr.link("property_add", index=idx, altname=altname)
+        for a in addresses:
+            addr, plen = a.split("/")
+            ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+        if up:
+            ipr.link("set", index=idx, state="up")
+
+
+def peer_ns(netns_factory, veth_factory, cidr):
+    """A peer namespace holding the other end of a fresh veth, with ``cidr`` on it; returns (nic, ns, peer)."""
+    ns = netns_factory()
+    nic, peer = veth_factory(peer_netns=ns)
+    addr, plen = cidr.split("/")
+    in_ns(ns, "ip", "addr", "add", cidr, "dev", peer)
+    in_ns(ns, "ip", "link", "set", peer, "up")
+    return nic, ns, peer
+
+
+@pytest.fixture
+def env(state_dir, stand_in_models):
+    return state_dir
+
+
+def test_attach_traffic_release(env, netns_factory, veth_factory, container_factory):
+    nic, ns, peer = peer_ns(netns_factory, veth_factory, "198.18.10.1/24")
+    prepare_nic(nic, mtu=1400, altname=unique("dkalt"))
+    before = host_state(nic)
+    c = container_factory()
+    lease = handoff.attach(nic, c.target, addresses=["198.18.10.2/24"], gateway="198.18.10.1", mtu=1500)
+    assert lease.state == "attached" and lease.key == f"if:{nic}"
+    assert host_state(nic) is None
+    out = c.run("ip", "-j", "addr", "show", "eth0").stdout
+    info = json.loads(out)[0]
+    assert info["mtu"] == 1500 and "UP" in info["flags"]
+    assert [a["local"] for a in info["addr_info"] if a["family"] == "inet"] == ["198.18.10.2"]
+    assert "default via 198.18.10.1 dev eth0" in c.run("ip", "route").stdout
+    ping = c.run("ping", "-c", "2", "-W", "2", "-i", "0.2", "198.18.10.1")
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert Ledger().get(lease.key).params["index"]
+    ended = handoff.release(nic)
+    assert ended.params["outcome"] == "returned"
+    assert host_state(nic) == before
+    assert Ledger().leases() == {}
+    assert "eth0" not in c.run("ip", "link").stdout
+
+
+def test_release_restores_addresses_when_forced(env, veth_factory, container_factory):
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1280, up=False, addresses=["198.18.11.1/32"])
+    before = host_state(nic)
+    c = container_factory()
+    with pytest.raises(GuardError, match="active"):
+        handoff.attach(nic, c.target)
+    handoff.attach(nic, c.target, ifname="net1", force=True)
+    assert "net1" in c.run("ip", "link").stdout
+    handoff.release(nic)
+    assert host_state(nic) == before and before["addresses"] == ["198.18.11.1/32"] and not before["up"]
+
+
+def test_same_target_is_noop_other_target_refused(env, veth_factory, container_factory, cli):
+    nic, _ = veth_factory()
+    c1, c2 = container_factory(), container_factory()
+    first = handoff.attach(nic, c1.target)
+    again = handoff.attach(nic, c1.target)
+    assert again.created == first.created
+    r = cli("attach", nic, "--to", c2.target)
+    assert r.returncode == 3 and "already leased" in r.stderr and r.stderr.count("\n") == 1
+    assert "eth0" in c1.run("ip", "link").stdout and "eth0" not in c2.run("ip", "link").stdout
+    handoff.release(nic)
+
+
+def test_unmanaged_model_refused_without_models_file(state_dir, veth_factory, container_factory, cli):
+    nic, _ = veth_factory()
+    c = container_factory()
+    r = cli("attach", nic, "--to", c.target)
+    assert r.returncode == 3 and "not a managed NIC model" in r.stderr
+    assert host_state(nic) is not None and Ledger().leases() == {}
+
+
+def test_guard_on_host_eth0_dry_run(env, container_factory, cli):
+    before = subprocess.run(["ip", "-j", "addr", "show", "eth0"], capture_output=True, text=True).stdout
+    c = container_factory()
+    r = cli("attach", "eth0", "--to", c.target, "--dry-run")
+    assert r.returncode == 3, r.stderr
+    assert "active" in r.stderr and "Traceback" not in r.stderr and r.stdout == ""
+    assert subprocess.run(["ip", "-j", "addr", "show", "eth0"], capture_output=True, text=True).stdout == before
+    assert Ledger().leases() == {}
+
+
+def test_dry_run_prints_plan_changes_nothing(env, veth_factory, container_factory, cli):
+    nic, _ = veth_factory()
+    before = host_state(nic)
+    c = container_factory()
+    r = cli("attach", nic, "--to", c.target, "--address", "198.18.12.2/24", "--gateway", "198.18.99.1",
+            "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "move:" in r.stdout and "198.18.12.2/24" in r.stdout and "nothing changed" in r.stdout
+    assert host_state(nic) == before and Ledger().leases() == {}
+    r = cli("attach", nic, "--to", c.target, "--dry-run", "--json")
+    assert json.loads(r.stdout)["state"] == "planned"
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--address", "198.18.0.300/24"], "bad address"), (["--address", "198.18.0.3"], "bad address"),
+    (["--gateway", "nope"], "bad gateway"), (["--ifname", "a/b"], "bad interface name"),
+    (["--mtu", "10"], "bad MTU"),
+])
+def test_bad_input_one_line_exit_2(env, veth_factory, container_factory, cli, args, msg):
+    nic, _ = veth_factory()
+    c = container_factory()
+    r = cli("attach", nic, "--to", c.target, *args)
+    assert r.returncode == 2 and msg in r.stderr and r.stderr.count("\n") == 1
+    assert host_state(nic) is not None
+
+
+def test_bad_target_exit_2(env, veth_factory, cli):
+    nic, _ = veth_factory()
+    r = cli("attach", nic, "--to", "pid:999999999")
+    assert r.returncode == 2 and "no process" in r.stderr
+
+
+def test_container_already_has_eth0(env, veth_factory, container_factory):
+    nic, _ = veth_factory()
+    prepare_nic(nic)
+    before = host_state(nic)
+    c = container_factory()
+    c.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0")
+    with pytest.raises(InputError, match="already has an interface named 'eth0'"):
+        handoff.attach(nic, c.target)
+    assert host_state(nic) == before and Ledger().leases() == {}
+    handoff.attach(nic, c.target, ifname="eth1")
+    assert "eth1" in c.run("ip", "link").stdout
+    handoff.release(nic)
+    assert host_state(nic) == before
+
+
+def test_host_name_taken_at_release(env, veth_factory, container_factory, cli):
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400)
+    c = container_factory()
+    lease = handoff.attach(nic, c.target)
+    with IPRoute() as ipr:  # a new link takes the NIC's original name on the host
+        ipr.link("add", ifname=nic, kind="veth", peer=unique("dksq"))
+    try:
+        r = cli("release", nic)
+        assert r.returncode == 3 and f"already has a link named '{nic}'" in r.stderr
+        assert "eth0" in c.run("ip", "link").stdout  # nothing lost: still in the container, still leased
+        assert Ledger().get(lease.key).state == "attached"
+        ended = handoff.release(nic, force=True)
+        assert ended.params["outcome"] == "returned"
+        back = host_state(f"dkr{lease.original['index']}")
+        assert back and back["mac"] == lease.original["mac"] and back["mtu"] == 1400
+    finally:
+        with IPRoute() as ipr:
+            for name in (nic, f"dkr{lease.original['index']}"):
+                for idx in ipr.link_lookup(ifname=name):
+                    ipr.link("del", index=idx)
+
+
+def test_failed_step_undoes_everything(env, veth_factory, container_factory, monkeypatch):
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400, altname=unique("dkalt"))
+    before = host_state(nic)
+    c = container_factory()
+
+    def boom(*a, **kw):
+        raise NetlinkError(22, "injected")
+
+    monkeypatch.setattr(netdev, "add_routes", boom)
+    with pytest.raises(StepError) as err:
+        handoff.attach(nic, c.target, addresses=["198.18.13.2/24"], gateway="198.18.13.1", mtu=1500)
+    assert err.value.step == "routes" and err.value.exit_code == 1
+    assert host_state(nic) == before and Ledger().leases() == {}
+    assert "eth0" not in c.run("ip", "link").stdout
+
+
+def test_two_nics_replies_leave_by_their_own_nic(env, netns_factory, veth_factory, container_factory):
+    """The cross-VPC case: each NIC has a gateway; a peer off-subnet pings each address; the reply must leave
+    by the NIC the request came in on (per-NIC table + rule), checked with the peers' counters."""
+    nic0, ns0, p0 = peer_ns(netns_factory, veth_factory, "198.18.20.1/24")
+    nic1, ns1, p1 = peer_ns(netns_factory, veth_factory, "198.18.21.1/24")
+    for ns, peer in ((ns0, p0), (ns1, p1)):  # the same remote client behind each gateway
+        in_ns(ns, "ip", "addr", "add", "198.19.50.5/32", "dev", "lo")
+        in_ns(ns, "ip", "link", "set", "lo", "up")
+    c = container_factory()
+    handoff.attach(nic0, c.target, ifname="eth0", addresses=["198.18.20.2/24"], gateway="198.18.20.1")
+    l1 = handoff.attach(nic1, c.target, ifname="eth1", addresses=["198.18.21.2/24"], gateway="198.18.21.1")
+    assert l1.params["table"]
+    rules = c.run("ip", "rule").stdout
+    assert "from 198.18.21.2 lookup" in rules
+
+    def tx_packets(ns, dev):
+        return json.loads(in_ns(ns, "ip", "-j", "-s", "link", "show", dev).stdout)[0]["stats64"]["rx"]["packets"]
+
+    before = (tx_packets(ns0, p0), tx_packets(ns1, p1))
+    r = in_ns(ns1, "ping", "-c", "5", "-i", "0.2", "-W", "2", "-I", "198.19.50.5", "198.18.21.2", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = (tx_packets(ns0, p0), tx_packets(ns1, p1))
+    assert after[1] - before[1] >= 5  # replies came back to peer 1
+    assert after[0] - before[0] < 5  # and not out through eth0 to peer 0
+    handoff.release(nic1)
+    assert "from 198.18.21.2" not in c.run("ip", "rule").stdout
+    handoff.release(nic0)
+    assert host_state(nic0) and host_state(nic1)
+
+
+def test_container_death_reclaim(env, netns_factory, veth_factory):
+    """Synthetic container death: the target netns goes away and the NIC is back in the host's namespace as
+    devN (as the kernel does with a real NIC); recover restores the name and settings and ends the lease."""
+    ns = netns_factory()
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400, altname=unique("dkalt"))
+    before = host_state(nic)
+    handoff.attach(nic, f"netns:{ns}", addresses=["198.18.30.2/24"])
+    devn = unique("dev")
+    in_ns(ns, "ip", "link", "set", "eth0", "down")
+    in_ns(ns, "ip", "link", "set", "eth0", "netns", str(os.getpid()), "name", devn)
+    subprocess.run(["ip", "netns", "del", ns], check=True)
+    done = handoff.recover()
+    assert done == [{"key": f"if:{nic}", "action": "reclaimed", "detail": "reclaimed"}]
+    assert host_state(nic) == before and Ledger().leases() == {}
+
+
+def test_reclaim_for_the_daemon(env, netns_factory, veth_factory):
+    ns = netns_factory()
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400)
+    before = host_state(nic)
+    handoff.attach(nic, f"netns:{ns}")
+    devn = unique("dev")
+    in_ns(ns, "ip", "link", "set", "eth0", "netns", str(os.getpid()), "name", devn)
+    assert handoff.reclaim(devn)["action"] == "reclaimed"
+    assert host_state(nic) == before and Ledger().leases() == {}
+    assert handoff.reclaim(nic) is None
