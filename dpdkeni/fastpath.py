@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ._native import ffi, lib
 from .errors import Error, InputError, NotFoundError
@@ -277,23 +278,42 @@ class Forwarder:
             raise Error(f"forwarding stopped: {os.strerror(-rc)}")
         return stats
 
-    def run(self, seconds: Optional[float] = None) -> Stats:
-        """Forward for ``seconds`` (None: until stopped or Ctrl-C) and return the final counters.
+    def run(self, seconds: Optional[float] = None,
+            every: Optional[Callable[[Stats], None]] = None) -> Stats:
+        """Forward for ``seconds`` (None: until stopped or Ctrl-C) and return the final counters; ``every`` is
+        called with the live Stats as soon as forwarding starts and then once a second.
 
-        Ctrl-C (KeyboardInterrupt) in the waiting thread stops the forwarder and returns the Stats with
-        ``interrupted=True``, as testpmd prints its summary on SIGINT."""
-        self.start(seconds)
-        interrupted = False
-        while True:
-            try:
-                stats = self.wait(0.2)
-            except KeyboardInterrupt:
-                interrupted = True
-                self.stop()
-                continue
-            if stats is not None:
-                stats.interrupted = interrupted
-                return stats
+        Ctrl-C stops the forwarder and returns the Stats with ``interrupted=True``, as testpmd prints its summary
+        on SIGINT (in the main thread SIGINT is caught for the duration of the run, then restored)."""
+        interrupted = []
+
+        def on_sigint(signum, frame):
+            interrupted.append(signum)
+            self.stop()
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            self.start(seconds)
+            if every is not None:
+                every(self.stats())
+            while True:
+                try:
+                    stats = self.wait(1.0)
+                except KeyboardInterrupt:          # a SIGINT that came before our handler was in place
+                    interrupted.append(signal.SIGINT)
+                    self.stop()
+                    continue
+                if stats is not None:
+                    stats.interrupted = bool(interrupted)
+                    return stats
+                if every is not None and self._fwd is not None:
+                    every(self.stats())
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            self.close()
 
     def stats(self) -> Stats:
         """Live counters (safe while running)."""

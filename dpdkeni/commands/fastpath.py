@@ -49,41 +49,28 @@ def cmd_fwd(args: argparse.Namespace) -> int:
                     cpu=args.cpu, peer=args.peer, target=args.target, pkt_size=args.size, flows=args.flows,
                     rate=args.rate, count=args.count, tx_method=args.tx_method)
     live = sys.stderr if args.json else sys.stdout
-    fwd.start(args.seconds)
-    try:
-        stats = _follow(fwd, live, args.quiet)
-    finally:
-        fwd.close()
+    started = []
+
+    def every(stats: Stats) -> None:
+        if args.quiet:
+            return
+        if not started:        # the header, once SIGINT is handled by the run
+            started.append(True)
+            for line in stats.details:
+                print(f"Forwarding: mode {args.mode}, {line}", file=live)
+            if stats.fallback:
+                print(stats.fallback, file=live)
+            print("Press Ctrl-C to stop.", file=live, flush=True)
+            return
+        print(_live_line(stats), file=live, flush=True)
+
+    stats = fwd.run(args.seconds, every=every)
     if args.json:
         from ..cli import emit_json
         emit_json(stats.to_dict())
     else:
         print_summary(stats, sys.stdout)
     return 0
-
-
-def _follow(fwd: Forwarder, live: TextIO, quiet: bool) -> Stats:
-    """Print the live line once a second until the run ends; Ctrl-C stops it (and the summary follows)."""
-    s = fwd.stats()
-    if not quiet:
-        for line in s.details:
-            print(f"Forwarding: mode {s.mode}, {line}", file=live)
-        if s.fallback:
-            print(s.fallback, file=live)
-        print("Press Ctrl-C to stop.", file=live, flush=True)
-    interrupted = False
-    while True:
-        try:
-            stats = fwd.wait(1.0)
-        except KeyboardInterrupt:
-            interrupted = True
-            fwd.stop()
-            continue
-        if stats is not None:
-            stats.interrupted = interrupted
-            return stats
-        if not quiet:
-            print(_live_line(fwd.stats()), file=live, flush=True)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
