@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence
 
 from . import hugepages as hp
 from .cdi_schema import SCHEMA
-from .errors import Error, os_error_message
+from .errors import Error, InputError, os_error_message
 from .inventory import Nic, list_nics
 from .sysfs import Sysfs
 
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/etc/cdi/dpdkeni.json"
 CDI_VERSION = "0.6.0"
+# The spec uses nothing newer than 0.5.0, so it can be written as 0.5.0 for runtimes whose CDI library stops
+# there: Debian bookworm's podman 4.3.1 reports a 0.6.0 spec's devices as "unresolvable CDI devices".
+CDI_VERSIONS = ("0.5.0", "0.6.0", "0.7.0", "0.8.0")
 KIND = "dpdkeni.io/nic"
 DEFAULT_PREFIX = "dpdkeni.io"
 DEFAULT_RESOURCE = "nic"
@@ -70,9 +73,13 @@ def device(nic: Nic, fs: Sysfs, prefix: str = DEFAULT_PREFIX, resource: str = DE
 
 
 def generate(nics: Optional[Sequence[Nic]] = None, *, hugepages: str = "256M", pagesize: str = "2M",
-             prefix: str = DEFAULT_PREFIX, resource: str = DEFAULT_RESOURCE, sysfs: Optional[Sysfs] = None) -> Dict:
-    """A CDI spec with one device per NIC on vfio-pci (``nics``: default every such NIC of the host)."""
+             prefix: str = DEFAULT_PREFIX, resource: str = DEFAULT_RESOURCE, sysfs: Optional[Sysfs] = None,
+             cdi_version: str = CDI_VERSION) -> Dict:
+    """A CDI spec with one device per NIC on vfio-pci (``nics``: default every such NIC of the host).
+    ``cdi_version`` 0.5.0 is for runtimes with an older CDI library (the content is the same)."""
     fs = sysfs or Sysfs()
+    if cdi_version not in CDI_VERSIONS:
+        raise InputError(f"unsupported cdiVersion {cdi_version!r}", f"use one of {', '.join(CDI_VERSIONS)}")
     if nics is None:
         nics = [n for n in list_nics(all=True, sysfs=fs, active=lambda: set()) if n.driver == "vfio-pci"]
     if not nics:
@@ -81,7 +88,7 @@ def generate(nics: Optional[Sequence[Nic]] = None, *, hugepages: str = "256M", p
     size = hp.parse_size(hugepages)
     page = hp.parse_size(pagesize)
     spec = {
-        "cdiVersion": CDI_VERSION, "kind": KIND,
+        "cdiVersion": cdi_version, "kind": KIND,
         "devices": [device(n, fs, prefix, resource) for n in nics],
         "containerEdits": {
             "deviceNodes": [{"path": "/dev/vfio/vfio", "type": "c", "major": 10, "minor": 196,

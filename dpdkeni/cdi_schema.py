@@ -1,4 +1,5 @@
-"""A JSON schema for Container Device Interface specs (cdiVersion 0.6 to 0.8), written from the CDI SPEC.md:
+"""A JSON schema for Container Device Interface specs (cdiVersion 0.5 to 0.8; 0.5 differs from 0.6 only by the
+annotations 0.6 added), written from the CDI SPEC.md:
 ``cdiVersion``, ``kind`` (``vendor/class``), ``devices`` (at least one, each a ``name`` and ``containerEdits``),
 optional spec-level ``containerEdits`` and ``annotations``; edits are ``env``, ``deviceNodes``, ``mounts``,
 ``hooks`` (and ``intelRdt``, ``additionalGIDs`` from 0.7)."""
@@ -14,7 +15,7 @@ SCHEMA = {
     "required": ["cdiVersion", "kind", "devices"],
     "additionalProperties": False,
     "properties": {
-        "cdiVersion": {"type": "string", "pattern": r"^0\.([6-9]|[1-9][0-9])\.[0-9]+$"},
+        "cdiVersion": {"type": "string", "pattern": r"^0\.([5-9]|[1-9][0-9])\.[0-9]+$"},
         "kind": {"type": "string",
                  "pattern": r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
                             r"/[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"},

@@ -1,5 +1,6 @@
 """CDI specs for vfio NICs, on a synthetic tree (this host has no vfio), checked against the CDI schema."""
 import json
+import os
 
 import jsonschema
 import pytest
@@ -46,7 +47,7 @@ def test_sriov_env_name():
 
 
 @pytest.mark.parametrize("breakage", [
-    lambda s: s.update(cdiVersion="0.5.0"),
+    lambda s: s.update(cdiVersion="0.4.0"),
     lambda s: s.update(kind="nic"),
     lambda s: s["devices"][0].update(name="-bad"),
     lambda s: s["devices"][0]["containerEdits"]["deviceNodes"][0].update(permissions="rwx"),
@@ -72,3 +73,53 @@ def test_cli_writes_the_spec(vfio_tree, state_dir, cli, tmp_path):
     spec = json.load(open(tmp_path / "cdi" / "dpdkeni.json"))
     jsonschema.validate(spec, SCHEMA)
     assert [d["name"] for d in spec["devices"]] == [BDF]
+
+
+
+def _podman(spec, tmp_path, device):
+    """Run a busybox container from a bare rootfs with ``device`` from ``spec`` (put in /var/run/cdi)."""
+    import shutil
+    import subprocess
+    from conftest import unique
+    root = tmp_path / "rootfs"
+    for d in ("bin", "dev", "proc", "sys", "etc"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy(shutil.which("busybox"), root / "bin" / "busybox")
+    os.makedirs("/var/run/cdi", exist_ok=True)
+    path = f"/var/run/cdi/{unique('dkcdi')}.json"
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    try:
+        # runc: Debian's crun refuses this host's hybrid cgroups; explicit ulimits: podman's defaults exceed
+        # the hard limits here and runc then fails setting RLIMIT_NOFILE
+        return subprocess.run(
+            ["podman", "--runtime", shutil.which("runc"), "--cgroup-manager", "cgroupfs", "--events-backend",
+             "file", "run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit",
+             "nproc=1024:1024", "--device", device, "--rootfs", str(root), "/bin/busybox", "sh", "-c",
+             "ls -ln /dev/vfio; echo env=$DPDKENI_PCI_ADDRESS; grep hugetlbfs /proc/mounts"],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        os.unlink(path)
+
+
+@pytest.mark.skipif(not all(__import__("shutil").which(b) for b in ("podman", "runc", "busybox")),
+                    reason="podman, runc and busybox (Debian packages) are needed")
+def test_podman_from_debian_accepts_the_spec(vfio_tree, state_dir, tmp_path):
+    import subprocess
+    spec = cdi.generate(sysfs=Sysfs(vfio_tree.root), hugepages="4M", cdi_version="0.5.0")
+    # stand-ins: this host has no vfio nodes; /dev/null plays the group, /dev/zero the container node
+    spec["devices"][0]["containerEdits"]["deviceNodes"][0].update(hostPath="/dev/null")
+    spec["containerEdits"]["deviceNodes"][0].update(hostPath="/dev/zero")
+    del spec["containerEdits"]["deviceNodes"][0]["major"], spec["containerEdits"]["deviceNodes"][0]["minor"]
+    out = _podman(spec, tmp_path, f"dpdkeni.io/nic={BDF}")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("crw-rw-rw-") and "1,   3" in line and line.endswith(" 4") for line in lines)
+    assert any("1,   5" in line and line.endswith(" vfio") for line in lines)
+    assert f"env={BDF}" in lines
+    assert any("/dev/hugepages hugetlbfs" in line and f"size={2 * 2 << 20}" in line for line in lines)
+    version = subprocess.run(["podman", "--version"], capture_output=True, text=True).stdout.split()[-1]
+    if version.startswith("4.3."):  # Debian 12's podman: its CDI library stops at 0.5.0
+        spec["cdiVersion"] = "0.6.0"
+        out = _podman(spec, tmp_path, f"dpdkeni.io/nic={BDF}")
+        assert out.returncode != 0 and "unresolvable CDI devices" in out.stderr

@@ -71,7 +71,8 @@ def cmd_hp_clear(args: argparse.Namespace) -> int:
 
 def cmd_cdi_generate(args: argparse.Namespace) -> int:
     from .. import cdi
-    spec = cdi.generate(hugepages=args.hugepages, prefix=args.prefix, resource=args.resource)
+    spec = cdi.generate(hugepages=args.hugepages, prefix=args.prefix, resource=args.resource,
+                        cdi_version=args.cdi_version)
     if args.stdout:
         from ..cli import emit_json
         emit_json(spec)
@@ -126,6 +127,8 @@ def _register_cdi(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--hugepages", default="256M", help="size limit of the hugetlbfs mount (default 256M)")
     s.add_argument("--prefix", default=cdi.DEFAULT_PREFIX, help="resource prefix for PCIDEVICE_* env vars")
     s.add_argument("--resource", default=cdi.DEFAULT_RESOURCE, help="resource name for PCIDEVICE_* env vars")
+    s.add_argument("--cdi-version", default=cdi.CDI_VERSION, choices=cdi.CDI_VERSIONS,
+                   help="cdiVersion to write (0.5.0 for podman 4.3 as in Debian 12; same content)")
     s.set_defaults(func=cmd_cdi_generate)
 
 
