@@ -7,6 +7,7 @@ real one.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Set
@@ -90,12 +91,12 @@ def netlink_active_ifnames() -> Set[str]:
     return {names[i] for i in active_idx if i in names}
 
 
-def _netlink_kinds() -> Dict[str, str]:
+def _netlink_kinds(only: Optional[str] = None) -> Dict[str, str]:
     from pyroute2 import IPRoute
 
     kinds = {}
     with IPRoute() as ipr:
-        for link in ipr.get_links():
+        for link in (ipr.link("get", ifname=only) if only else ipr.get_links()):
             info = link.get_attr("IFLA_LINKINFO")
             kind = info.get_attr("IFLA_INFO_KIND") if info else None
             name = link.get_attr("IFLA_IFNAME")
@@ -159,10 +160,10 @@ def _is_network_device(fs: Sysfs, bdf: str) -> bool:
     return (fs.read(f"{PCI_DEVICES}/{bdf}/class") or "").startswith(NETWORK_CLASS_PREFIX)
 
 
-def _virtual_nics(fs: Sysfs, seen: Iterable[str]) -> List[Nic]:
-    kinds = _netlink_kinds() if fs.root == "/" else {}
+def _virtual_nics(fs: Sysfs, seen: Iterable[str], only: Optional[str] = None) -> List[Nic]:
+    kinds = _netlink_kinds(only) if fs.root == "/" else {}
     out = []
-    for ifname in fs.listdir(CLASS_NET):
+    for ifname in [only] if only else fs.listdir(CLASS_NET):
         if ifname in seen or fs.exists(f"{CLASS_NET}/{ifname}/device"):
             continue
         net = f"{CLASS_NET}/{ifname}"
@@ -194,6 +195,62 @@ def list_nics(all: bool = False, sysfs: Optional[Sysfs] = None,
     return nics
 
 
+def _pci_of_netdev(fs: Sysfs, ifname: str) -> Optional[str]:
+    """The PCI address behind a netdev (virtio's sits one level up, above virtioN), or None (virtual)."""
+    if not fs.exists(f"{CLASS_NET}/{ifname}/device"):
+        return None
+    for part in reversed(fs.realpath(f"{CLASS_NET}/{ifname}/device").split("/")):
+        if _BDF.match(part):
+            return part
+    return None
+
+
+_BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+
+def netlink_active_one(ifname: str) -> Set[str]:
+    """:func:`netlink_active_ifnames` for one link: ``{ifname}`` when it carries traffic, else empty."""
+    from pyroute2 import IPRoute
+
+    with IPRoute(strict_check=True) as ipr:  # strict: the kernel filters the dumps by link
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            return set()
+        for addr in ipr.get_addr(index=idx[0]):
+            if addr["family"] == socket.AF_INET or addr["scope"] == 0:
+                return {ifname}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_routes(family=family, oif=idx[0]):
+                dst = route.get_attr("RTA_DST") or ""
+                if (route.get_attr("RTA_TABLE") or route["table"]) != 255 and \
+                        not dst.startswith(("fe80:", "ff00:")):
+                    return {ifname}
+    return set()
+
+
+def _one_nic(fs: Sysfs, kind: str, value: str, active: Optional[ActiveFn]) -> Optional[Nic]:
+    """The NIC for a PCI address or interface name without scanning every device (attach is on a hot path);
+    None when the spec needs the full scan."""
+    if kind == "ifname":
+        if not fs.exists(f"{CLASS_NET}/{value}"):
+            return None
+        bdf = _pci_of_netdev(fs, value)
+        if bdf is None:
+            nic = next((n for n in _virtual_nics(fs, (), only=value)), None)
+        elif _is_network_device(fs, bdf):
+            nic = _pci_nic(fs, bdf, _ledger_macs())
+        else:
+            return None
+    elif kind == "pci" and fs.exists(f"{PCI_DEVICES}/{value}") and _is_network_device(fs, value):
+        nic = _pci_nic(fs, value, _ledger_macs())
+    else:
+        return None
+    if nic is not None and nic.ifname:
+        busy = active() if active else (netlink_active_one(nic.ifname) if fs.root == "/" else set())
+        nic.active = nic.ifname in busy
+    return nic
+
+
 def find_nic(spec: str, sysfs: Optional[Sysfs] = None, active: Optional[ActiveFn] = None) -> Nic:
     """The NIC named by a PCI address (full or short), a MAC or an interface name.
 
@@ -201,6 +258,9 @@ def find_nic(spec: str, sysfs: Optional[Sysfs] = None, active: Optional[ActiveFn
     device before a virtual link that shares it (a veth or macvlan copying an ENI's MAC is not the ENI).
     """
     kind, value = specs.classify(spec)
+    one = _one_nic(sysfs or Sysfs(), kind, value, active)
+    if one is not None:
+        return one
     for nic in list_nics(all=True, sysfs=sysfs, active=active):
         if (kind == "pci" and nic.pci == value) or (kind == "ifname" and nic.ifname == value) or (
                 kind == "mac" and nic.mac and nic.mac.lower() == value):
