@@ -365,8 +365,7 @@ def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifnam
             from . import dhcp as dhcpmod
             steps.run("dhcp", lambda: dhcpmod.start(lease, target, ifname),
                       undo=lambda: dhcpmod.stop(ledger.get(lease.key) or lease))
-        params = {**lease.params, "index": tidx}
-        done = steps.finish(state="attached", params=params)
+        done = steps.finish(state="attached", params={"index": tidx})
         stack.pop_all()
         return done
 
