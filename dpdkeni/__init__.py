@@ -32,6 +32,8 @@ _LAZY = {
     "Watcher": "events",
     "NicEvent": "events",
     "wait_for_nic": "events",
+    "bind": "driver",
+    "unbind": "driver",
 }
 
 __all__ = sorted([

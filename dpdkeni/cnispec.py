@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED_VERSIONS[-1]
@@ -208,7 +211,25 @@ def find_plugin(name: str, path: Tuple[str, ...]) -> str:
 def delegate(name: str, command: str, raw_config: bytes, env: Env,
              environ: Optional[Mapping[str, str]] = None) -> Optional[Dict[str, Any]]:
     """Run the plugin ``name`` from ``CNI_PATH`` with ``command``, the same configuration and environment
-    (spec: "Delegated plugin protocol"); returns its parsed stdout (None when empty) or raises its error."""
+    (spec: "Delegated plugin protocol"); returns its parsed stdout (None when empty) or raises its error.
+
+    An IPAM plugin that predates 1.1.0 (Debian 12's host-local stops at 1.0.0) gets the configuration as 1.0.0:
+    1.1.0 added nothing to what IPAM returns, so its 1.0.0 result reads the same."""
+    try:
+        return _run_delegate(name, command, raw_config, env, environ)
+    except CniError as exc:
+        if exc.code != INCOMPATIBLE_VERSION or b'"1.1.0"' not in raw_config:
+            raise
+        conf = json.loads(raw_config)
+        if conf.get("cniVersion") != "1.1.0":
+            raise
+        log.info("%s does not know CNI 1.1.0: delegating %s as 1.0.0", name, command)
+        conf["cniVersion"] = "1.0.0"
+        return _run_delegate(name, command, json.dumps(conf).encode(), env, environ)
+
+
+def _run_delegate(name: str, command: str, raw_config: bytes, env: Env,
+                  environ: Optional[Mapping[str, str]]) -> Optional[Dict[str, Any]]:
     binary = find_plugin(name, env.path)
     child_env = dict(os.environ if environ is None else environ)
     child_env.update({"CNI_COMMAND": command, "CNI_CONTAINERID": env.container_id, "CNI_NETNS": env.netns,

@@ -91,12 +91,12 @@ def netlink_active_ifnames() -> Set[str]:
     return {names[i] for i in active_idx if i in names}
 
 
-def _netlink_kinds(only: Optional[str] = None) -> Dict[str, str]:
+def _netlink_kinds() -> Dict[str, str]:
     from pyroute2 import IPRoute
 
     kinds = {}
     with IPRoute() as ipr:
-        for link in (ipr.link("get", ifname=only) if only else ipr.get_links()):
+        for link in ipr.get_links():
             info = link.get_attr("IFLA_LINKINFO")
             kind = info.get_attr("IFLA_INFO_KIND") if info else None
             name = link.get_attr("IFLA_IFNAME")
@@ -160,17 +160,44 @@ def _is_network_device(fs: Sysfs, bdf: str) -> bool:
     return (fs.read(f"{PCI_DEVICES}/{bdf}/class") or "").startswith(NETWORK_CLASS_PREFIX)
 
 
-def _virtual_nics(fs: Sysfs, seen: Iterable[str], only: Optional[str] = None) -> List[Nic]:
-    kinds = _netlink_kinds(only) if fs.root == "/" else {}
-    out = []
-    for ifname in [only] if only else fs.listdir(CLASS_NET):
-        if ifname in seen or fs.exists(f"{CLASS_NET}/{ifname}/device"):
-            continue
-        net = f"{CLASS_NET}/{ifname}"
-        kind = kinds.get(ifname, "unknown")
-        out.append(Nic(pci=None, model=kind, driver=kind, ifname=ifname, mac=fs.read(f"{net}/address"),
-                       operstate=fs.read(f"{net}/operstate"), mtu=fs.read_int(f"{net}/mtu", base=10)))
-    return out
+def _virtual_nic(fs: Sysfs, ifname: str, kind: str) -> Nic:
+    net = f"{CLASS_NET}/{ifname}"
+    return Nic(pci=None, model=kind, driver=kind, ifname=ifname, mac=fs.read(f"{net}/address"),
+               operstate=fs.read(f"{net}/operstate"), mtu=fs.read_int(f"{net}/mtu", base=10))
+
+
+def _virtual_nics(fs: Sysfs, seen: Iterable[str]) -> List[Nic]:
+    kinds = _netlink_kinds() if fs.root == "/" else {}
+    return [_virtual_nic(fs, ifname, kinds.get(ifname, "unknown")) for ifname in fs.listdir(CLASS_NET)
+            if ifname not in seen and not fs.exists(f"{CLASS_NET}/{ifname}/device")]
+
+
+def _netlink_kind(ifname: str) -> str:
+    """The link kind of one interface (one RTM_GETLINK instead of a dump of every link)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        try:
+            (link,) = ipr.link("get", ifname=ifname)
+        except NetlinkError:
+            return "unknown"
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info else None
+    return kind or ("loopback" if ifname == "lo" else "unknown")
+
+
+def _find_virtual(fs: Sysfs, kind: str, value: str) -> Optional[Nic]:
+    """A virtual link named by interface name or MAC, found without enumerating every device; None when the
+    spec may name a PCI NIC (those keep precedence, so the full scan decides)."""
+    if kind == "pci" or (kind == "mac" and value in {m.lower() for m in _ledger_macs().values()}):
+        return None  # a leased PCI NIC on vfio has no netdev left to show the MAC: the full scan has it
+    names = [value] if kind == "ifname" else [n for n in fs.listdir(CLASS_NET)
+                                             if (fs.read(f"{CLASS_NET}/{n}/address") or "").lower() == value]
+    names = [n for n in names if fs.exists(f"{CLASS_NET}/{n}")]
+    if len(names) != 1 or fs.exists(f"{CLASS_NET}/{names[0]}/device"):
+        return None
+    return _virtual_nic(fs, names[0], _netlink_kind(names[0]) if fs.root == "/" else "unknown")
 
 
 def list_nics(all: bool = False, sysfs: Optional[Sysfs] = None,
@@ -228,27 +255,16 @@ def netlink_active_one(ifname: str) -> Set[str]:
     return set()
 
 
-def _one_nic(fs: Sysfs, kind: str, value: str, active: Optional[ActiveFn]) -> Optional[Nic]:
-    """The NIC for a PCI address or interface name without scanning every device (attach is on a hot path);
-    None when the spec needs the full scan."""
+def _one_pci_nic(fs: Sysfs, kind: str, value: str) -> Optional[Nic]:
+    """A PCI NIC named by its address or interface name, without scanning every device (attach is on a hot
+    path); None when the spec needs the full scan."""
     if kind == "ifname":
-        if not fs.exists(f"{CLASS_NET}/{value}"):
-            return None
-        bdf = _pci_of_netdev(fs, value)
-        if bdf is None:
-            nic = next((n for n in _virtual_nics(fs, (), only=value)), None)
-        elif _is_network_device(fs, bdf):
-            nic = _pci_nic(fs, bdf, _ledger_macs())
-        else:
-            return None
-    elif kind == "pci" and fs.exists(f"{PCI_DEVICES}/{value}") and _is_network_device(fs, value):
-        nic = _pci_nic(fs, value, _ledger_macs())
+        bdf = _pci_of_netdev(fs, value) if fs.exists(f"{CLASS_NET}/{value}") else None
     else:
+        bdf = value if kind == "pci" else None
+    if not bdf or not fs.exists(f"{PCI_DEVICES}/{bdf}") or not _is_network_device(fs, bdf):
         return None
-    if nic is not None and nic.ifname:
-        busy = active() if active else (netlink_active_one(nic.ifname) if fs.root == "/" else set())
-        nic.active = nic.ifname in busy
-    return nic
+    return _pci_nic(fs, bdf, _ledger_macs())
 
 
 def find_nic(spec: str, sysfs: Optional[Sysfs] = None, active: Optional[ActiveFn] = None) -> Nic:
@@ -258,10 +274,15 @@ def find_nic(spec: str, sysfs: Optional[Sysfs] = None, active: Optional[ActiveFn
     device before a virtual link that shares it (a veth or macvlan copying an ENI's MAC is not the ENI).
     """
     kind, value = specs.classify(spec)
-    one = _one_nic(sysfs or Sysfs(), kind, value, active)
-    if one is not None:
-        return one
-    for nic in list_nics(all=True, sysfs=sysfs, active=active):
+    fs = sysfs or Sysfs()
+    nic = _find_virtual(fs, kind, value) or _one_pci_nic(fs, kind, value)
+    if nic is not None:
+        if nic.ifname and active is None:
+            nic.active = bool(fs.root == "/" and netlink_active_one(nic.ifname))
+        elif nic.ifname:
+            nic.active = nic.ifname in active()
+        return nic
+    for nic in list_nics(all=True, sysfs=fs, active=active):
         if (kind == "pci" and nic.pci == value) or (kind == "ifname" and nic.ifname == value) or (
                 kind == "mac" and nic.mac and nic.mac.lower() == value):
             return nic

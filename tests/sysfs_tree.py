@@ -99,3 +99,143 @@ class SysfsTree:
         for name, value in (("address", mac), ("mtu", "1500"), ("operstate", "up")):
             self.write(f"{net}/{name}", value)
         self.link(f"sys/class/net/{ifname}", net)
+
+
+class SimKernel:
+    """A small simulated PCI core over a :class:`SysfsTree`, for binding logic this host cannot run for real.
+
+    It reacts to writes the way the kernel does: ``drivers/<drv>/unbind`` drops the ``driver`` link and the
+    netdev (ENODEV when the device is not on that driver); ``driver_override`` is stored; ``drivers_probe``
+    binds an unbound device to its override, else to its model's kernel driver, which brings the netdev back;
+    ``drivers/<drv>/bind`` binds to that driver if the override allows it. A probe of a driver listed in
+    ``failing`` (or of vfio-pci with neither an IOMMU group nor the no-IOMMU mode, like the Debian guest kernel's
+    ``probe … failed with error -22``) leaves the device unbound. ``names`` sets the name the kernel gives a
+    netdev on reprobe (default: the name it had when added).
+    """
+
+    NOIOMMU = "sys/module/vfio/parameters/enable_unsafe_noiommu_mode"
+
+    def __init__(self, tree: SysfsTree) -> None:
+        self.tree = tree
+        self.failing: set = set()
+        self.names: dict = {}
+        self._first: dict = {}
+        self.probes = 0
+
+    def sysfs(self, dry_run: bool = False):
+        """A :class:`dpdkeni.sysfs.Sysfs` over the tree whose writes this kernel acts on."""
+        return _SimSysfs(self, dry_run)
+
+    def add_nic(self, bdf: str, model: str = "virtio-net", ifname: str = None, mac: str = "52:54:00:00:00:01",
+                **kw) -> str:
+        """Add a NIC as :meth:`SysfsTree.add_nic` does, and remember its name and MAC for reprobes."""
+        self._first[bdf] = (model, ifname, mac)
+        for drv in ("vfio-pci", "uio_pci_generic", MODELS[model][2]):
+            self.tree.add_driver(drv)
+        return self.tree.add_nic(bdf, model, ifname=ifname, mac=mac, **kw)
+
+    def driver(self, bdf: str):
+        link = self.tree.p(f"sys/bus/pci/devices/{bdf}/driver")
+        return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+
+    def override(self, bdf: str) -> str:
+        with open(self.tree.p(f"sys/bus/pci/devices/{bdf}/driver_override")) as f:
+            value = f.read().strip()
+        return "" if value == "(null)" else value
+
+    def _dev(self, bdf: str) -> str:
+        return os.path.relpath(os.path.realpath(self.tree.p(f"sys/bus/pci/devices/{bdf}")), self.tree.root)
+
+    def _drop_netdevs(self, bdf: str) -> None:
+        import shutil
+        dev = self.tree.p(self._dev(bdf))
+        for name in os.listdir(self.tree.p("sys/class/net")):
+            link = self.tree.p(f"sys/class/net/{name}")
+            if os.path.realpath(link).startswith(dev + "/"):
+                shutil.rmtree(os.path.dirname(os.path.realpath(link)))
+                os.unlink(link)
+
+    def _unbind(self, drv: str, bdf: str) -> None:
+        import errno
+        if self.driver(bdf) != drv:
+            raise OSError(errno.ENODEV, "No such device")
+        os.unlink(self.tree.p(f"sys/bus/pci/devices/{bdf}/driver"))
+        os.unlink(self.tree.p(f"sys/bus/pci/drivers/{drv}/{bdf}"))
+        self._drop_netdevs(bdf)
+
+    def _attach(self, drv: str, bdf: str) -> bool:
+        self.probes += 1
+        has_group = os.path.islink(self.tree.p(f"sys/bus/pci/devices/{bdf}/iommu_group"))
+        noiommu = os.path.exists(self.tree.p(self.NOIOMMU)) and open(self.tree.p(self.NOIOMMU)).read().strip() \
+            in ("1", "Y")
+        if drv in self.failing or (drv == "vfio-pci" and not has_group and not noiommu):
+            return False
+        dev = self._dev(bdf)
+        self.tree.link(f"{dev}/driver", f"sys/bus/pci/drivers/{drv}")
+        self.tree.link(f"sys/bus/pci/drivers/{drv}/{bdf}", dev)
+        model, ifname, mac = self._first[bdf]
+        if drv == MODELS[model][2] and ifname:
+            self.tree.add_netdev(bdf, model, self.names.get(bdf, ifname), mac)
+        return True
+
+    def _probe(self, bdf: str) -> None:
+        if self.driver(bdf):
+            return
+        model = self._first[bdf][0]
+        self._attach(self.override(bdf) or MODELS[model][2], bdf)
+
+    def handle(self, rel: str, value: str) -> bool:
+        """Act on a write like the kernel; False when the path is not one the kernel reacts to."""
+        import errno
+        parts, value = rel.strip("/").split("/"), value.strip()
+        if rel.strip("/") == "sys/bus/pci/drivers_probe":
+            self._probe(value)
+        elif parts[-1] == "driver_override":
+            self.tree.write(rel.strip("/"), value or "(null)")
+        elif parts[:4] == ["sys", "bus", "pci", "drivers"] and parts[-1] == "unbind":
+            self._unbind(parts[4], value)
+        elif parts[:4] == ["sys", "bus", "pci", "drivers"] and parts[-1] == "bind":
+            if self.driver(value) or (self.override(value) and self.override(value) != parts[4]):
+                raise OSError(errno.EBUSY if self.driver(value) else errno.ENODEV, "bind refused")
+            if not self._attach(parts[4], value):
+                raise OSError(errno.EINVAL, "Invalid argument")
+        else:
+            return False
+        return True
+
+    def rename_netdev(self, old: str, new: str) -> None:
+        """What a netlink rename does to sysfs."""
+        link = self.tree.p(f"sys/class/net/{old}")
+        net = os.path.realpath(link)
+        os.rename(net, os.path.join(os.path.dirname(net), new))
+        os.unlink(link)
+        self.tree.link(f"sys/class/net/{new}", os.path.relpath(os.path.join(os.path.dirname(net), new),
+                                                                 self.tree.root))
+
+
+def _sim_sysfs_class():
+    from dpdkeni.errors import os_error_message
+    from dpdkeni.sysfs import Sysfs
+
+    class SimSysfs(Sysfs):
+        """A Sysfs whose writes the :class:`SimKernel` acts on (used only by tests)."""
+
+        def __init__(self, kernel: SimKernel, dry_run: bool = False) -> None:
+            super().__init__(kernel.tree.root, dry_run)
+            self.kernel = kernel
+
+        def write(self, rel: str, value: str) -> None:
+            if self.dry_run:
+                return super().write(rel, value)
+            self.writes.append((rel if rel.startswith("/") else "/" + rel, value))
+            try:
+                if not self.kernel.handle(rel, value):
+                    self.kernel.tree.write(rel.strip("/"), value.strip())
+            except OSError as exc:
+                raise os_error_message(exc, f"writing {value!r} to /{rel.lstrip('/')}") from exc
+
+    return SimSysfs
+
+
+def _SimSysfs(kernel: SimKernel, dry_run: bool = False):
+    return _sim_sysfs_class()(kernel, dry_run)

@@ -1,0 +1,227 @@
+"""The dpdk mode of :func:`dpdkeni.handoff.attach`: bind, hugepages, a capped hugetlbfs mount in the container,
+device-cgroup access and the device nodes, each recorded in the ledger before it runs and undone on failure.
+
+Steps (ledger names, in order): ``bind`` (driver.bind; undo: unbind back to the original driver and name),
+``hugepages`` (grow the pool on the NIC's NUMA node; undo: shrink it by as much), ``hugetlbfs`` (mount
+``/dev/hugepages`` in the container with ``size=``; undo: unmount), ``devcgroup`` (allow the vfio or uio nodes
+``rw``; undo: revoke exactly what was added), ``devnodes`` (mknod in the container; undo: unlink).
+``release_dpdk`` and ``recover_dpdk`` undo the recorded steps in reverse order.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from . import devcgroup, driver as drv, hugepages as hp
+from .errors import Error, InputError, StepError
+from .inventory import Nic
+from .ledger import Lease, Ledger
+from .sysfs import Sysfs
+
+log = logging.getLogger(__name__)
+
+HUGEPAGES_MOUNT = "/dev/hugepages"
+DEFAULT_PAGESIZE = 2 << 20
+DEFAULT_HUGEPAGES = "256M"
+
+
+def device_nodes(fs: Sysfs, nic: Nic, driver: str) -> List[Tuple[str, devcgroup.Rule]]:
+    """(container path, rule) for the nodes a user-space driver needs: vfio's container and group nodes (the
+    no-IOMMU ``noiommu-N`` shown as ``N``), or the NIC's ``/dev/uioN``."""
+    pairs = []
+    if driver == "vfio-pci":
+        group = drv.iommu_group(fs, nic.pci or "")
+        hosts = ["/dev/vfio/vfio"] + [p for p in drv.vfio_group_paths(fs, group) if fs.exists(p)][:1] \
+            if group is not None else []
+        if len(hosts) < 2:
+            raise Error(f"{nic.name}: no vfio group node for IOMMU group {group}")
+    else:
+        hosts = [f"/dev/{u}" for u in fs.listdir(f"sys/bus/pci/devices/{nic.pci}/uio")]
+        if not hosts:
+            raise Error(f"{nic.name}: uio_pci_generic made no /dev/uioN")
+    for host in hosts:
+        pairs.append((devcgroup.container_path(host), devcgroup.rule_for(fs.path(host), "rw")))
+    return pairs
+
+
+def _pool_for(fs: Sysfs, nic: Nic, page: int) -> Optional[int]:
+    """The NIC's NUMA node when the kernel has a per-node pool there (DPDK wants local memory), else None."""
+    node = nic.numa_node
+    return node if node is not None and fs.exists(f"{hp.pool_dir(page, node)}/nr_hugepages") else None
+
+
+class _Steps:
+    """Run steps with ledger records; on failure undo what ran, newest first, first error kept."""
+
+    def __init__(self, lease: Lease, ledger: Ledger) -> None:
+        self.lease, self.ledger = lease, ledger
+        self.stack = contextlib.ExitStack()
+
+    def run(self, name: str, undo_data: Dict[str, Any], do: Callable[[], Optional[Dict[str, Any]]]) -> None:
+        self.ledger.begin_step(self.lease.key, name, undo_data)
+        try:
+            learned = do() or {}
+        except Error as exc:
+            _undo(name, {**undo_data, "partial": True})
+            raise StepError(name, str(exc)) from exc
+        except OSError as exc:
+            _undo(name, {**undo_data, "partial": True})
+            raise StepError(name, exc.strerror or str(exc)) from exc
+        self.ledger.end_step(self.lease.key, name, **learned)
+        data = {**undo_data, **learned}
+        self.stack.callback(_undo_quietly, name, data)
+
+
+def attach_dpdk(nic: Nic, target: Any, lease: Lease, ledger: Ledger, *, hugepages: Optional[str] = None,
+                driver: str = "vfio-pci", noiommu: bool = False, force: bool = False, dry_run: bool = False,
+                sysfs: Optional[Sysfs] = None) -> None:
+    """Hand ``nic`` to the container of ``target`` as a DPDK port (see the module doc for the steps).
+
+    ``hugepages``: the container's share (None: 256M; "0": none). ``sysfs`` is the device tree the bind works
+    on (default the host's); hugepages are always the host's pools.
+    """
+    hugepages = DEFAULT_HUGEPAGES if hugepages is None else hugepages
+    if hugepages and hp.parse_size(hugepages) == 0:
+        hugepages = None
+    pid = getattr(target, "pid", None)
+    if pid is None:
+        raise InputError(f"dpdk mode needs a target with a process (pid:N or container:ID), not {target.spec}",
+                         "the hugetlbfs mount and device nodes go into its mount namespace")
+    fs = sysfs or Sysfs()
+    if dry_run:
+        result = drv.bind(nic, driver, noiommu=noiommu, force=force, dry_run=True, sysfs=fs)
+        for path, value in result.writes:
+            log.warning("dry-run: would write %r to %s", value, path)
+        log.warning("dry-run: then reserve %s of hugepages, mount hugetlbfs at %s in pid %s, allow the device "
+                    "nodes in its cgroup and make them in its /dev", hugepages or "no", HUGEPAGES_MOUNT, pid)
+        return
+    steps = _Steps(lease, ledger)
+    with steps.stack:
+        _bind_step(steps, fs, nic, driver, noiommu, force)
+        if hugepages:
+            _hugepage_steps(steps, nic, pid, hugepages)
+        nodes = device_nodes(fs, nic, driver)
+        rules = [r for _, r in nodes]
+        steps.run("devcgroup", {"pid": pid, "rules": [r.__dict__ for r in rules]},
+                  lambda: {"record": devcgroup.allow(pid, rules)})
+        steps.run("devnodes", {"pid": pid, "paths": [p for p, _ in nodes]},
+                  lambda: {"made": devcgroup.make_nodes(pid, nodes)})
+        steps.stack.pop_all()  # every step done: keep them
+
+
+def _bind_step(steps: _Steps, fs: Sysfs, nic: Nic, driver: str, noiommu: bool, force: bool) -> None:
+    undo = {"pci": nic.pci, "driver": nic.driver, "ifname": nic.ifname, "mac": nic.mac, "root": fs.root}
+    steps.run("bind", undo, lambda: {"bound": drv.bind(nic, driver, noiommu=noiommu, force=force,
+                                                       sysfs=fs).driver})
+
+
+def _hugepage_steps(steps: _Steps, nic: Nic, pid: int, size: str) -> None:
+    page, fs = DEFAULT_PAGESIZE, Sysfs()
+    pages, node = hp.pages_for(size, page), _pool_for(fs, nic, page)
+    steps.run("hugepages", {"pages": pages, "page_bytes": page, "node": node},
+              lambda: {"total": hp.add_pages(pages, page, node, fs)})
+    steps.run("hugetlbfs", {"pid": pid, "path": HUGEPAGES_MOUNT},
+              lambda: {"mounted": hp.mount_hugetlbfs(HUGEPAGES_MOUNT, pages * page, page, pid)})
+
+
+# --- undo ------------------------------------------------------------------------------------------------------
+
+def sysfs_for(root: Optional[str]) -> Sysfs:
+    """The Sysfs an undo works through, from the root recorded in the ledger (tests point it at a simulation)."""
+    return Sysfs(root or "/")
+
+
+def _undo_bind(d: Dict[str, Any]) -> None:
+    if d.get("partial") and not d.get("bound"):
+        return  # driver.bind restores the original driver itself when it fails
+    fs = sysfs_for(d.get("root"))
+    drv.unbind(d["pci"], driver=d.get("driver"), ifname=d.get("ifname"), sysfs=fs)
+
+
+def _undo_hugepages(d: Dict[str, Any]) -> None:
+    if d.get("partial"):
+        return  # add_pages restores the pool itself when the kernel gives fewer pages
+    hp.remove_pages(d["pages"], d["page_bytes"], d.get("node"), Sysfs())
+
+
+def _undo_hugetlbfs(d: Dict[str, Any]) -> None:
+    if d.get("partial") and not d.get("mounted"):
+        return
+    try:
+        hp.umount_hugetlbfs(d["path"], d["pid"])
+    except Error as exc:  # a container that is gone took its mount namespace with it
+        log.info("hugetlbfs of pid %s not unmounted: %s", d["pid"], exc)
+
+
+def _undo_devcgroup(d: Dict[str, Any]) -> None:
+    record = d.get("record")
+    if record:
+        devcgroup.revoke(record)
+    elif d.get("rules"):  # started, never finished: our v2 block only holds our rules, removing them is safe
+        with contextlib.suppress(Error, OSError):
+            dirs = devcgroup.cgroup_dirs(d["pid"])
+            if "v2" in dirs:
+                devcgroup.revoke_v2(dirs["v2"], [devcgroup.Rule(**r) for r in d["rules"]])
+
+
+def _undo_devnodes(d: Dict[str, Any]) -> None:
+    paths = d.get("made", d.get("paths", []))
+    if paths:
+        devcgroup.remove_nodes(d["pid"], paths)
+
+
+_UNDO = {"bind": _undo_bind, "hugepages": _undo_hugepages, "hugetlbfs": _undo_hugetlbfs,
+         "devcgroup": _undo_devcgroup, "devnodes": _undo_devnodes}
+
+
+def _undo(name: str, data: Dict[str, Any]) -> None:
+    log.info("undo %s", name)
+    _UNDO[name](data)
+
+
+def _undo_quietly(name: str, data: Dict[str, Any]) -> None:
+    """Undo during a failed attach: the step's error is the one reported, an undo error is logged."""
+    try:
+        _undo(name, data)
+    except (Error, OSError) as exc:
+        log.error("undo of %s failed: %s", name, exc)
+
+
+def _undo_all(lease: Lease, strict: bool) -> List[str]:
+    done, first = [], None
+    for step in reversed(lease.steps):
+        if step.name not in _UNDO:
+            continue
+        data = dict(step.undo, partial=step.state != "done")
+        try:
+            _undo(step.name, data)
+            done.append(step.name)
+        except (Error, OSError) as exc:
+            log.error("undo of %s for %s failed: %s", step.name, lease.key, exc)
+            first = first or exc
+    if first and strict:
+        raise StepError("release", str(first))
+    return done
+
+
+def release_dpdk(lease: Lease, ledger: Ledger) -> None:
+    """Undo every recorded dpdk step of ``lease``, newest first: nodes, cgroup rules, mount, pages, and the NIC
+    back on its kernel driver under its original name. The first failure is raised after trying the rest."""
+    _undo_all(lease, strict=True)
+
+
+def _target_alive(lease: Lease) -> bool:
+    from .netns import Target
+    path = lease.params.get("target_path") or ""
+    return bool(path and lease.target_id and Target(lease.target, path, lease.target_id).alive())
+
+
+def recover_dpdk(lease: Lease, ledger: Ledger) -> str:
+    """Undo what a crashed attach or release left (steps ``started`` included), and reclaim a NIC whose
+    container is gone; an attached lease with a live container is kept. The lease ends when undone."""
+    if lease.state == "attached" and _target_alive(lease):
+        return f"kept: attached to {lease.target}"
+    done = _undo_all(lease, strict=False)
+    ledger.remove(lease.key)
+    return f"undid {', '.join(done)}" if done else "nothing to undo"

@@ -1,0 +1,77 @@
+"""Run a small function inside another process's mount namespace: fork, ``setns`` in the child, report back.
+
+Only the child changes namespace (a mount-namespace ``setns`` needs a single-threaded caller, and the parent
+must stay where it is). Errors in the child come back as one line and are raised as :class:`~dpdkeni.errors.Error`.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+from typing import Any, Callable
+
+from .errors import Error, NotFoundError
+
+CLONE_NEWNS = 0x00020000
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def libc_call(name: str, *args: Any) -> int:
+    """Call a libc function; raise OSError from errno on -1."""
+    ret = getattr(_libc, name)(*args)
+    if ret == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2) (``os.setns`` exists only from Python 3.12)."""
+    libc_call("setns", fd, nstype)
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
+    """mount(2)."""
+    libc_call("mount", source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags),
+              data.encode() if data else None)
+
+
+def umount(target: str, flags: int = 0) -> None:
+    """umount2(2)."""
+    libc_call("umount2", target.encode(), flags)
+
+
+def in_mount_ns(pid: int | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` in the mount namespace of ``pid`` (here when ``pid`` is None); return its JSON-able
+    result. Runs in a forked child so this process never changes namespace."""
+    if pid is None:
+        return fn(*args)
+    try:
+        nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"process {pid} is gone") from exc
+    rfd, wfd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.close(rfd)
+        try:
+            setns(nsfd, CLONE_NEWNS)
+            out = {"ok": fn(*args)}
+        except BaseException as exc:  # report everything, the child must not unwind into the caller's code
+            out = {"error": str(exc), "errno": getattr(exc, "errno", None)}
+        os.write(wfd, json.dumps(out, default=str).encode())
+        os._exit(0)
+    os.close(wfd)
+    os.close(nsfd)
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    os.waitpid(child, 0)
+    out = json.loads(data or b'{"error": "child died"}')
+    if "error" in out:
+        err = out.get("errno")
+        if err:
+            raise OSError(err, f"in the mount namespace of pid {pid}: {out['error']}")
+        raise Error(f"in the mount namespace of pid {pid}: {out['error']}")
+    return out["ok"]
+

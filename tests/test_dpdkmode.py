@@ -1,0 +1,145 @@
+"""The dpdk mode end to end on this host: binding on the simulated PCI core (no vfio here; the lab's
+tests/vm/test_dpdk.py::test_attach_dpdk_testpmd runs it for real), with real hugepages, a real hugetlbfs mount in a
+stand-in container, real v1 and v2 device cgroups and real device nodes (/dev/zero and /dev/full stand in for
+/dev/vfio/vfio and the group node)."""
+import errno
+import fcntl
+import os
+import stat
+
+import pytest
+
+from conftest import unique
+from dpdkeni import devcgroup as dc, dpdkmode, hugepages as hp
+from dpdkeni.errors import StepError
+from dpdkeni.inventory import find_nic
+from dpdkeni.ledger import Lease, Ledger
+from dpdkeni.netns import resolve_target
+from dpdkeni.sysfs import Sysfs
+from sysfs_tree import SimKernel
+from test_devcgroup import NULL, V1, V2, ZERO, probe, runtime_program
+from test_hugepages import LOCK, M2
+
+BDF = "0000:00:04.0"
+
+
+@pytest.fixture
+def world(sysfs_tree, state_dir, container_factory, monkeypatch):
+    if not (os.path.exists(f"{V1}/devices.allow") and V2):
+        pytest.skip("needs the v1 devices controller and a v2 hierarchy")
+    k = SimKernel(sysfs_tree)
+    k.add_nic(BDF, "virtio-net", ifname="enp0s4", mac="52:54:00:00:00:04", iommu_group=7)
+    os.mknod(sysfs_tree.p("dev/vfio/vfio"), stat.S_IFCHR | 0o666, os.makedev(1, 5))
+    os.mknod(sysfs_tree.p("dev/vfio/7"), stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    monkeypatch.setattr(dpdkmode, "sysfs_for", lambda root: k.sysfs())  # undo through the same simulation
+    c = container_factory()
+    assert c.run("mount", "-t", "tmpfs", "tmpfs", "/dev").returncode == 0
+    cgs = [f"{V1}/{unique('dkdm')}", f"{V2}/{unique('dkdm')}"]
+    for cg in cgs:
+        os.mkdir(cg)
+    with open(f"{cgs[0]}/devices.deny", "w") as f:
+        f.write("a")
+    with open(f"{cgs[0]}/devices.allow", "w") as f:
+        f.write("c 1:3 rwm")
+    runtime_program(cgs[1], [dc.rule_for(NULL)])
+    for cg in cgs:
+        with open(f"{cg}/cgroup.procs", "w") as f:
+            f.write(str(c.pid))
+    lock = open(LOCK, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield k, c, cgs
+    finally:
+        lock.close()
+        c.kill()
+        fd = os.open(cgs[1], os.O_RDONLY)
+        for pid in dc.query(fd)[1]:
+            pfd = dc.prog_fd(pid)
+            dc.detach(fd, pfd)
+            os.close(pfd)
+        os.close(fd)
+        for cg in cgs:
+            os.rmdir(cg)
+
+
+def lease_for(target):
+    ledger = Ledger()
+    with ledger.transaction() as leases:
+        leases[BDF] = Lease(BDF, "dpdk", target.spec, {"ifname": "enp0s4"})
+    return leases[BDF], ledger
+
+
+def begin(world):
+    """(kernel, container, cgroups, target, lease, ledger, hugepages before, nic) for one attach."""
+    k, c, cgs = world
+    target = resolve_target(c.target)
+    lease, ledger = lease_for(target)
+    return k, c, cgs, target, lease, ledger, hp._pool(Sysfs(), M2, None).total, find_nic(BDF, sysfs=k.sysfs(),
+                                                                                          active=set)
+
+
+def test_attach_then_release(world):
+    k, c, cgs, target, lease, ledger, before, nic = begin(world)
+    dpdkmode.attach_dpdk(nic, target, lease, ledger, hugepages="4M", driver="vfio-pci", noiommu=False,
+                         force=False, dry_run=False, sysfs=k.sysfs())
+    try:
+        check_attached(k, c, cgs, ledger, before)
+    except BaseException:
+        dpdkmode.recover_dpdk(ledger.get(BDF), ledger)
+        raise
+    dpdkmode.release_dpdk(ledger.get(BDF), ledger)
+    assert k.driver(BDF) == "virtio-pci" and os.path.exists(k.tree.p("sys/class/net/enp0s4"))
+    assert hp._pool(Sysfs(), M2, None).total == before
+    assert not [m for m in hp.mounts(c.pid) if m["path"] == "/dev/hugepages"]
+    assert c.run("ls", "/dev/vfio").stdout.strip() == ""
+    assert probe(cgs, NULL, ZERO, "/dev/full") == {NULL: 0, ZERO: errno.EPERM, "/dev/full": errno.EPERM}
+
+
+def check_attached(k, c, cgs, ledger, before):
+    steps = ledger.get(BDF).steps
+    assert [(s.name, s.state) for s in steps] == [(n, "done") for n in ("bind", "hugepages", "hugetlbfs",
+                                                                        "devcgroup", "devnodes")]
+    assert k.driver(BDF) == "vfio-pci"
+    assert hp._pool(Sysfs(), M2, None).total == before + 2
+    assert [m["options"] for m in hp.mounts(c.pid) if m["path"] == "/dev/hugepages"] == [
+        f"rw,relatime,pagesize=2M,size={2 * M2}"]
+    inside = c.run("stat", "-c", "%t:%T", "/dev/vfio/vfio", "/dev/vfio/7").stdout.split()
+    assert inside == ["1:5", "1:7"]
+    assert probe(cgs, ZERO, "/dev/full") == {ZERO: 0, "/dev/full": 0}
+
+
+def test_failed_step_undoes_the_ones_before(world):
+    k, c, cgs = world
+    runtime_program(cgs[1], [dc.rule_for(NULL)], extra=dc.insn(0x85, imm=15))  # a second program: refused
+    target = resolve_target(c.target)
+    lease, ledger = lease_for(target)
+    before = hp._pool(Sysfs(), M2, None).total
+    with pytest.raises(StepError, match="devcgroup"):
+        dpdkmode.attach_dpdk(find_nic(BDF, sysfs=k.sysfs(), active=set), target, lease, ledger,
+                             hugepages="4M", driver="vfio-pci", sysfs=k.sysfs())
+    assert k.driver(BDF) == "virtio-pci" and os.path.exists(k.tree.p("sys/class/net/enp0s4"))
+    assert hp._pool(Sysfs(), M2, None).total == before
+    assert not [m for m in hp.mounts(c.pid) if m["path"] == "/dev/hugepages"]
+    assert probe(cgs[:1], ZERO) == {ZERO: errno.EPERM}  # v1: nothing left allowed
+
+
+def test_recover_undoes_a_half_done_attach(world):
+    k, c, cgs, target, lease, ledger, before, nic = begin(world)
+    dpdkmode.attach_dpdk(nic, target, lease, ledger, hugepages="4M", sysfs=k.sysfs())
+    ledger.update(BDF, state="attached", target_id=target.ns_id, params={"target_path": target.path})
+    assert dpdkmode.recover_dpdk(ledger.get(BDF), ledger).startswith("kept")  # its container is alive
+    ledger.update(BDF, state="attaching")
+    ledger.begin_step(BDF, "extra-started-by-crash")  # a crash after this: recover must still undo the rest
+    said = dpdkmode.recover_dpdk(ledger.get(BDF), ledger)
+    assert said == "undid devnodes, devcgroup, hugetlbfs, hugepages, bind"
+    assert k.driver(BDF) == "virtio-pci" and hp._pool(Sysfs(), M2, None).total == before
+    assert ledger.get(BDF) is None
+
+
+def test_target_without_a_process_is_bad_input(world, netns_factory):
+    from dpdkeni.errors import InputError
+    k, c, cgs = world
+    target = resolve_target(f"netns:{netns_factory()}")
+    lease, ledger = lease_for(target)
+    with pytest.raises(InputError, match="needs a target with a process"):
+        dpdkmode.attach_dpdk(find_nic(BDF, sysfs=k.sysfs(), active=set), target, lease, ledger, sysfs=k.sysfs())

@@ -1,0 +1,125 @@
+"""The examples users start from: each one is checked here."""
+import json
+import os
+
+import pytest
+import yaml
+
+from conftest import needs_root
+from cnirun import run_cni
+
+from dpdkeni import cni, cnispec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+K8S = os.path.join(ROOT, "examples", "kubernetes")
+
+
+def _k8s_docs():
+    docs = []
+    for name in sorted(os.listdir(K8S)):
+        if name.endswith(".yaml"):
+            with open(os.path.join(K8S, name), encoding="utf-8") as f:
+                docs += [(name, d) for d in yaml.safe_load_all(f) if d]
+    return docs
+
+
+def _nads():
+    return {d["metadata"]["name"]: d for _, d in _k8s_docs() if d["kind"] == "NetworkAttachmentDefinition"}
+
+
+def _as_multus_sends(conf):
+    """Multus fills runtimeConfig from the capabilities the config asks for (deviceID from the device plugin)."""
+    if (conf.get("capabilities") or {}).get("deviceID"):
+        conf = {**conf, "runtimeConfig": {"deviceID": "0000:00:1f.6"}}
+    return conf
+
+
+def test_nads_cover_netdev_and_dpdk_mode():
+    modes = {name: json.loads(d["spec"]["config"]).get("mode", "netdev") for name, d in _nads().items()}
+    assert sorted(modes.values()) == ["dpdk", "netdev"], modes
+    for name, nad in _nads().items():
+        conf = json.loads(nad["spec"]["config"])
+        assert conf["type"] == "dpdkeni-cni" and conf["name"] == name
+
+
+@pytest.mark.parametrize("name", sorted(_nads()))
+def test_nad_config_is_accepted_by_the_parser(name):
+    conf = _as_multus_sends(json.loads(_nads()[name]["spec"]["config"]))
+    raw = cnispec.parse_config(json.dumps(conf).encode())
+    netconf = cni.parse_netconf(raw)
+    assert netconf.nic_spec and netconf.wait > 0
+
+
+@needs_root
+@pytest.mark.parametrize("name", sorted(_nads()))
+def test_nad_config_goes_through_the_binary_up_to_the_missing_nic(name, tmp_path):
+    """Driven as Multus drives it, the config passes every check and stops only because this host lacks the
+    NIC: error 11 (try again later), not 4/6/7."""
+    conf = {**_as_multus_sends(json.loads(_nads()[name]["spec"]["config"])), "wait": 0}
+    run = run_cni("ADD", conf, netns="/proc/self/ns/net", extra_env={"DPDKENI_STATE_DIR": str(tmp_path)})
+    assert run.returncode != 0 and run.doc["code"] == cnispec.TRY_AGAIN_LATER, run
+
+
+def test_testpmd_pod_uses_a_dpdk_nad_and_the_image_built_here():
+    (pod,) = [d for _, d in _k8s_docs() if d["kind"] == "Pod"]
+    wanted = pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"]
+    nad = _nads()[wanted]
+    assert json.loads(nad["spec"]["config"])["mode"] == "dpdk"
+    (container,) = pod["spec"]["containers"]
+    assert "testpmd" in container["command"][0]
+    assert nad["metadata"]["annotations"]["k8s.v1.cni.cncf.io/resourceName"] in container["resources"]["limits"]
+    with open(os.path.join(K8S, "Containerfile"), encoding="utf-8") as f:
+        assert "dpdk" in f.read()
+    with open(os.path.join(K8S, "pod-testpmd.yaml"), encoding="utf-8") as f:
+        assert container["image"].split(":")[0] in f.read().split("podman build -t ")[1]
+
+
+# --- examples/orchestrator.py --------------------------------------------------------------------------------
+
+
+def _readline(proc, timeout=60):
+    """One stdout line of ``proc`` within ``timeout`` seconds (bounded: a hung example fails the test)."""
+    import select
+    ready = select.select([proc.stdout], [], [], timeout)[0]
+    assert ready, "the example printed nothing in time"
+    return json.loads(proc.stdout.readline())
+
+
+@needs_root
+def test_orchestrator_waits_attaches_and_releases_on_exit(state_dir, stand_in_models, container_factory):
+    pytest.importorskip("dpdkeni.events", reason="dpdkeni.wait_for_nic (events) has not landed")
+    import signal
+    import subprocess
+    import sys
+
+    from pyroute2 import IPRoute
+
+    from conftest import unique
+
+    box = container_factory()
+    mac = "02:de:%02x:%02x:00:02" % (os.getpid() % 256, (os.getpid() >> 8) % 256)
+    nic, peer = unique("dko"), unique("dkr")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "examples", "orchestrator.py"), "--mac", mac,
+                             "--to", box.target, "--ifname", "eth7", "--address", "198.18.66.2/24",
+                             "--timeout", "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert _readline(proc)["event"] == "waiting"
+        with IPRoute() as ipr:  # the NIC "hot-plugs" after the orchestrator started waiting for it
+            ipr.link("add", ifname=nic, kind="veth", peer=peer, address=mac)
+        attached = _readline(proc)
+        assert attached["event"] == "attached" and attached["nic"] == f"if:{nic}"
+        inside = box.run("ip", "-o", "addr", "show", "eth7")
+        assert "198.18.66.2/24" in inside.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert _readline(proc)["event"] == "released"
+        assert proc.wait(60) == 0
+        with IPRoute() as ipr:
+            assert ipr.link_lookup(ifname=nic), "the NIC is back in the host under its own name"
+        assert "eth7" not in box.run("ip", "-o", "link").stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        with IPRoute() as ipr:
+            for idx in (ipr.link_lookup(ifname=nic) + ipr.link_lookup(ifname=peer))[:1]:
+                ipr.link("del", index=idx)
