@@ -14,9 +14,7 @@ test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(VENV)/bin/dpdkeni list --all
-	@echo
-	$(VENV)/bin/dpdkeni doctor
+	$(VENV)/bin/dpdkeni lab demo
 
 sdist: setup
 	$(PY) -m pip install -q build && $(PY) -m build --sdist --outdir dist .

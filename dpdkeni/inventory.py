@@ -115,6 +115,16 @@ def _ifname_of(fs: Sysfs, dev: str) -> Optional[str]:
     return names[0] if names else None
 
 
+def pci_nic(bdf: str, sysfs: Optional[Sysfs] = None) -> Nic:
+    """The NIC at one PCI address, read from sysfs (``active`` is not computed: see :func:`list_nics`)."""
+    return _pci_nic(sysfs or Sysfs(), bdf, _ledger_macs())
+
+
+def is_network_device(fs: Sysfs, bdf: str) -> bool:
+    """Whether the PCI device at ``bdf`` is a network controller (class 0x02)."""
+    return _is_network_device(fs, bdf)
+
+
 def _ledger_macs() -> Dict[str, str]:
     """MACs the ledger remembers by PCI address (a NIC bound to vfio has no netdev to read it from)."""
     try:
