@@ -24,9 +24,7 @@ sanitize: setup
 	  rc=$$?; $(PY) -m pip install -q -e . ; exit $$rc
 
 demo: setup
-	$(VENV)/bin/dpdkeni list --all
-	@echo
-	$(VENV)/bin/dpdkeni doctor
+	$(VENV)/bin/dpdkeni lab demo
 
 sdist: setup
 	$(PY) -m pip install -q build && $(PY) -m build --sdist --outdir dist .

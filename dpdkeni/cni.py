@@ -299,7 +299,8 @@ def _attach(conf: NetConf, env: Env, nic, result: Result) -> None:
     from . import handoff
 
     addresses = [ip.address for ip in result.ips] if conf.mode == "netdev" else []
-    handoff.attach(nic, env.netns, conf.mode, ifname=env.ifname, addresses=addresses, mtu=conf.mtu,
+    target = dpdk_target(env.netns) if conf.mode == "dpdk" else env.netns
+    handoff.attach(nic, target, conf.mode, ifname=env.ifname, addresses=addresses, mtu=conf.mtu,
                    hugepages=conf.hugepages, driver=conf.driver, noiommu=conf.noiommu)
     if conf.mode == "netdev" and result.routes:
         try:
@@ -307,6 +308,30 @@ def _attach(conf: NetConf, env: Env, nic, result: Result) -> None:
         except BaseException:
             handoff.release(nic)
             raise
+
+
+def dpdk_target(netns: str):
+    """The target for DPDK mode: the pod's netns with a process in it (``/proc/N/ns/net`` names it; else the
+    lowest pid whose netns is this one, the pod's sandbox). DPDK mode makes the vfio nodes and the hugetlbfs mount
+    in that process's namespaces; the application containers a pod starts after ADD get the nodes through the CDI
+    spec ('dpdkeni cdi generate') or a device plugin, since no CNI call sees them."""
+    import psutil
+
+    from .netns import Target, resolve_target
+
+    tgt = resolve_target(netns)
+    parts = netns.split("/")
+    if len(parts) == 5 and parts[1] == "proc" and parts[2].isdigit() and parts[3:] == ["ns", "net"]:
+        return Target(tgt.spec, tgt.path, tgt.ns_id, int(parts[2]))
+    for pid in psutil.pids():
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") == tgt.ns_id:
+                return Target(tgt.spec, tgt.path, tgt.ns_id, pid)
+        except OSError:
+            continue
+    raise _invalid(f"dpdk mode: no process runs in {netns} yet, so there is nowhere to put the vfio nodes",
+                   "start the pod sandbox first, or give the container the NIC with the CDI spec "
+                   "('dpdkeni cdi generate') and a device plugin")
 
 
 def add_routes(netns: str, ifname: str, routes: List[Dict[str, Any]]) -> None:
@@ -475,20 +500,30 @@ def cmd_status(conf: Mapping[str, Any], env: Env) -> None:
 
 def cmd_gc(conf: Mapping[str, Any], env: Env, raw: bytes) -> None:
     """Release the attachments of this network that the runtime no longer lists in
-    ``cni.dev/valid-attachments`` (spec 1.1), then let IPAM collect its own."""
+    ``cni.dev/valid-attachments`` (spec 1.1) and free their addresses with an IPAM DEL each (IPAM plugins before
+    1.1 know no GC), then pass GC on to IPAM where it knows it."""
     valid = {(a.get("containerID"), a.get("ifname")) for a in conf.get("cni.dev/valid-attachments") or []}
+    ipam = (conf.get("ipam") or {}).get("type")
     directory = _records_dir()
     for entry in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         path = os.path.join(directory, entry)
         record = load_record(path) if entry.endswith(".json") else None
-        if record and record.get("network") == conf.get("name") and \
-                (record.get("container"), record.get("cni_ifname")) not in valid:
-            log.info("GC: releasing %s of container %s", record.get("nic"), record.get("container"))
-            release_nic(record)
-            _drop_record(path)
-    ipam = conf.get("ipam") or {}
-    if ipam.get("type"):
-        spec.delegate(ipam["type"], "GC", raw, env)
+        if not record or record.get("network") != conf.get("name") or \
+                (record.get("container"), record.get("cni_ifname")) in valid:
+            continue
+        log.info("GC: releasing %s of container %s", record.get("nic"), record.get("container"))
+        release_nic(record)
+        if ipam:
+            stale = Env("DEL", record.get("container", ""), "", record.get("cni_ifname", ""), env.args, env.path)
+            spec.delegate(ipam, "DEL", raw, stale)
+        _drop_record(path)
+    if ipam:
+        try:
+            spec.delegate(ipam, "GC", raw, env)
+        except CniError as exc:
+            if exc.code not in (spec.INVALID_ENV, spec.INCOMPATIBLE_VERSION):
+                raise
+            log.info("%s knows no GC (%s): stale addresses were freed by DEL", ipam, exc.msg)
 
 
 def _error_code(exc: Error) -> int:

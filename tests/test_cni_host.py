@@ -234,3 +234,47 @@ def test_find_nic_fast_path_matches_the_full_scan(state_dir, veth_factory):
     assert full.model == "veth"
     assert find_nic(nic) == full
     assert find_nic(full.mac) == full
+
+
+def test_dpdk_mode_targets_a_process_in_the_pods_netns(netns_factory, container_factory):
+    """DPDK mode needs a process for the vfio nodes and the hugetlbfs mount: /proc/N/ns/net names it, a pod's
+    netns file is matched to the process living in it (its sandbox), an empty netns is refused with a pointer
+    to CDI (error 7)."""
+    import subprocess
+
+    from dpdkeni import cni
+
+    box = container_factory()
+    assert cni.dpdk_target(f"/proc/{box.pid}/ns/net").pid == box.pid
+    ns = netns_factory()
+    with pytest.raises(cnispec.CniError) as err:
+        cni.dpdk_target(f"/run/netns/{ns}")
+    assert err.value.code == cnispec.INVALID_CONFIG and "CDI" in err.value.details
+    sandbox = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.readlink(f"/proc/{sandbox.pid}/exe").find("sleep") < 0:
+            time.sleep(0.01)
+        target = cni.dpdk_target(f"/run/netns/{ns}")
+        assert target.pid == sandbox.pid and target.path == f"/run/netns/{ns}"
+    finally:
+        sandbox.kill()
+        sandbox.wait()
+
+
+def test_gc_releases_attachments_the_runtime_no_longer_lists(tmp_path, state_dir, stand_in_models, netns_factory,
+                                                             veth_factory):
+    """CNI 1.1 GC: of two pods' NICs, the one missing from cni.dev/valid-attachments goes home; IPAM GC frees its
+    address."""
+    conf = _conf(tmp_path, subnet="198.18.67.0/24")
+    nics = []
+    for i in range(2):
+        nic, _ = veth_factory()
+        ns = netns_factory()
+        assert run_cni("ADD", {**conf, "device": nic}, netns=f"/run/netns/{ns}", container_id=f"gc{i}").returncode == 0
+        nics.append(nic)
+    gc_conf = {**conf, "device": nics[0], "cni.dev/valid-attachments": [{"containerID": "gc0", "ifname": "net1"}]}
+    gc = run_cni("GC", gc_conf)
+    assert gc.returncode == 0, gc
+    assert _link(nics[0]) is None and _link(nics[1]) is not None, "gc1's NIC is back, gc0's stays in its pod"
+    assert list(Ledger().leases()) == [f"if:{nics[0]}"] and len(_ipam_leases(tmp_path, conf)) == 1

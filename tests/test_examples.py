@@ -68,6 +68,9 @@ def test_testpmd_pod_uses_a_dpdk_nad_and_the_image_built_here():
     (container,) = pod["spec"]["containers"]
     assert "testpmd" in container["command"][0]
     assert nad["metadata"]["annotations"]["k8s.v1.cni.cncf.io/resourceName"] in container["resources"]["limits"]
+    from dpdkeni import cdi, specs
+    kind, device = pod["metadata"]["annotations"]["cdi.k8s.io/dpdkeni"].split("=")
+    assert kind == cdi.KIND and specs.classify(device) == ("pci", device)
     with open(os.path.join(K8S, "Containerfile"), encoding="utf-8") as f:
         assert "dpdk" in f.read()
     with open(os.path.join(K8S, "pod-testpmd.yaml"), encoding="utf-8") as f:
@@ -123,3 +126,34 @@ def test_orchestrator_waits_attaches_and_releases_on_exit(state_dir, stand_in_mo
         with IPRoute() as ipr:
             for idx in (ipr.link_lookup(ifname=nic) + ipr.link_lookup(ifname=peer))[:1]:
                 ipr.link("del", index=idx)
+
+
+# --- examples/cdi/ ------------------------------------------------------------------------------------------------
+
+
+def test_cdi_example_asks_for_a_device_of_the_spec_it_writes(sysfs_tree, state_dir, tmp_path):
+    """run-podman.sh on a synthetic host with a virtio-net NIC on vfio-pci: it skips the bind, writes the CDI
+    spec, and the podman command (echoed) requests exactly a device that spec defines."""
+    import subprocess
+    import sys
+
+    import jsonschema
+
+    from dpdkeni.cdi_schema import SCHEMA
+
+    bdf = "0000:00:04.0"
+    sysfs_tree.add_nic(bdf, "virtio-net", driver="vfio-pci", iommu_group=4, numa_node=0)
+    sysfs_tree.write("dev/vfio/4", "")
+    cdi_dir = tmp_path / "cdi"
+    env = {**os.environ, "DPDKENI_SYSFS_ROOT": sysfs_tree.root, "DPDKENI": f"{sys.executable} -m dpdkeni",
+           "PODMAN": "echo", "CDI_DIR": str(cdi_dir)}
+    run = subprocess.run([os.path.join(ROOT, "examples", "cdi", "run-podman.sh"), "00:04.0"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    spec = json.load(open(cdi_dir / "dpdkeni.json"))
+    jsonschema.validate(spec, SCHEMA)
+    argv = run.stdout.split()
+    assert argv[0] == "run" and spec["cdiVersion"] == "0.5.0"  # what Debian 12's podman 4.3 resolves
+    kind, name = argv[argv.index("--device") + 1].split("=")
+    assert kind == spec["kind"] and name in [d["name"] for d in spec["devices"]] and name == bdf
+    assert "localhost/dpdkeni-testpmd:latest" in argv and argv[argv.index("-a") + 1] == bdf
