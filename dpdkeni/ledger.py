@@ -183,6 +183,29 @@ class Ledger:
             step.undo.update(undo)
             leases[key].updated = time.time()
 
+    def advance(self, key: str, done: Optional[str] = None, learned: Optional[Dict[str, Any]] = None,
+                begin: Optional[str] = None, undo: Optional[Dict[str, Any]] = None,
+                params: Optional[Dict[str, Any]] = None, **changes: Any) -> Lease:
+        """One transaction for a step boundary: mark step ``done`` done (adding ``learned`` to its undo data),
+        record step ``begin`` as started (with ``undo``), merge ``params`` into the lease's params and set lease
+        fields ``changes``. Saves the writes of separate :meth:`end_step`/:meth:`begin_step` calls on hot
+        paths."""
+        with self.transaction() as leases:
+            lease = leases[key]
+            if done is not None:
+                step = lease.step(done)
+                if step is None:
+                    raise LedgerError(f"step {done!r} of {key} was never begun")
+                step.state = "done"
+                step.undo.update(learned or {})
+            if begin is not None:
+                lease.steps = [s for s in lease.steps if s.name != begin] + [Step(begin, "started", undo or {})]
+            lease.params.update(params or {})
+            for name, value in changes.items():
+                setattr(lease, name, value)
+            lease.updated = time.time()
+            return lease
+
     def remove(self, key: str) -> Optional[Lease]:
         """End a lease; returns it (None when there was none)."""
         with self.transaction() as leases:
