@@ -341,7 +341,15 @@ def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifnam
         where: Dict[str, Any] = {}
 
         def do_move() -> Dict[str, Any]:
-            move_link(root, index, tfd, ifname, mtu)
+            try:
+                move_link(root, index, tfd, ifname, mtu)
+            except NetlinkError:
+                # the kernel moves first and renames after: a name taken meanwhile fails the rename with the NIC
+                # already inside, under its host name
+                stray = find_by_mac(tip, orig["mac"]) if orig.get("mac") else None
+                if stray is not None:
+                    return_home(lease, tip, stray["index"], force=True)
+                raise
             where["index"] = _link(tip, ifname=ifname)["index"]
             return {"index": where["index"]}
 
@@ -447,6 +455,11 @@ def rename_home(root: IPRoute, link: Any, orig: Dict[str, Any], force: bool) -> 
     current = link.get_attr("IFLA_IFNAME")
     if current != name:
         taken = _link(root, ifname=name)
+        if taken is not None and taken["index"] == index:
+            # udev gave the NIC its predictable name as an altname when it came back (the kernel resolves
+            # altnames as names): drop it, then rename, as sriov-cni does
+            root.link("property_del", index=index, altname=[name])
+            taken = None
         if taken is not None:
             log.warning("%s stays %s: %s is taken on the host", orig.get("mac"), current, name)
             name = current
