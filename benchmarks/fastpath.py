@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,30 +68,49 @@ def testpmd_vdev(backend: str, ifname: str, index: int) -> str:
     return f"net_af_xdp{index},iface={ifname},start_queue=0,queue_count=1"
 
 
-def testpmd(topo: Topo, role: str, backend: str, ifnames: List[str], mode: str, fwd_cpu: int,
-            seconds: float) -> subprocess.Popen:
-    """dpdk-testpmd in namespace ``role``, its forwarding lcore on ``fwd_cpu``, stopped by SIGINT after
-    ``seconds`` so it prints its final statistics."""
-    prefix = f"dkbench{os.getpid()}{role}{mode}"
-    lcores = f"0@{1 - fwd_cpu},1@{fwd_cpu}"
-    vdevs = [a for i, name in enumerate(ifnames) for a in ("--vdev", testpmd_vdev(backend, name, i))]
-    argv = topo.exec(role, "stdbuf", "-oL", "timeout", "-s", "INT", "-k", "5", str(seconds), "dpdk-testpmd",
-                     "--lcores", lcores, "--no-huge", "-m", "512", "--no-pci", "--no-shconf", "--file-prefix",
-                     prefix, *vdevs, "--", f"--forward-mode={mode}", "--total-num-mbufs=32768", "--stats-period",
-                     "1", "--txpkts=64")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL)
-    proc.prefix = prefix  # type: ignore[attr-defined]
-    return proc
+class TestPmd:
+    """dpdk-testpmd in namespace ``role``, its forwarding lcore on ``fwd_cpu``; its output is read as it comes so
+    the run is timed from the moment forwarding starts (EAL start-up takes seconds here), and it is stopped with
+    SIGINT so it prints its final statistics. ``timeout`` bounds it in any case."""
 
+    def __init__(self, topo: Topo, role: str, backend: str, ifnames: List[str], mode: str, fwd_cpu: int) -> None:
+        self.prefix = f"dkbench{os.getpid()}{role}{mode}"
+        vdevs = [a for i, name in enumerate(ifnames) for a in ("--vdev", testpmd_vdev(backend, name, i))]
+        argv = topo.exec(role, "stdbuf", "-oL", "timeout", "-s", "INT", "-k", "5", "120", "dpdk-testpmd",
+                         "--lcores", f"0@{1 - fwd_cpu},1@{fwd_cpu}", "--no-huge", "-m", "512", "--no-pci",
+                         "--no-shconf", "--file-prefix", self.prefix, *vdevs, "--", f"--forward-mode={mode}",
+                         "--total-num-mbufs=32768", "--stats-period", "1", "--txpkts=64")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     stdin=subprocess.DEVNULL)
+        self.lines: List[str] = []
+        self.ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-def testpmd_output(proc: subprocess.Popen) -> str:
-    out = proc.communicate(timeout=120)[0]
-    shutil.rmtree(f"/var/run/dpdk/{proc.prefix}", ignore_errors=True)  # type: ignore[attr-defined]
-    if "Bye..." not in out and "Accumulated forward statistics" not in out:
-        tail = "\n".join(out.strip().splitlines()[-5:])
-        raise RuntimeError(f"testpmd failed:\n{tail}")
-    return out
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.append(line)
+            if "Port statistics" in line:          # the first stats block: forwarding has started
+                self.ready.set()
+        self.ready.set()
+
+    def wait_ready(self, timeout: float = 60) -> "TestPmd":
+        self.ready.wait(timeout)
+        if self.proc.poll() is not None:
+            raise RuntimeError("testpmd failed: " + "".join(self.lines[-5:]).strip())
+        return self
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)   # ip netns exec execs; timeout passes SIGINT on to testpmd
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(10)
+        shutil.rmtree(f"/var/run/dpdk/{self.prefix}", ignore_errors=True)
+        return "".join(self.lines)
 
 
 def testpmd_rates(out: str, key: str = "Rx-pps") -> List[float]:
@@ -118,11 +138,17 @@ def pair_dpdkeni(topo: Topo, backend: str, seconds: float, tx_method: Optional[s
 
 
 def pair_testpmd(topo: Topo, backend: str, seconds: float) -> float:
-    sink = testpmd(topo, "b", backend, ["b0"], "rxonly", SINK_CPU, seconds + 9)
-    time.sleep(3.0)                     # EAL start-up (2-3 s here with --no-huge)
-    gen = testpmd(topo, "a", backend, ["a0"], "txonly", GEN_CPU, seconds + 4)
-    testpmd_output(gen)
-    return steady(testpmd_rates(testpmd_output(sink)))
+    sink = TestPmd(topo, "b", backend, ["b0"], "rxonly", SINK_CPU)
+    gen = None
+    try:
+        sink.wait_ready()
+        gen = TestPmd(topo, "a", backend, ["a0"], "txonly", GEN_CPU).wait_ready()
+        time.sleep(seconds)
+    finally:
+        if gen is not None:
+            gen.stop()
+        out = sink.stop()
+    return steady(testpmd_rates(out))
 
 
 def io_run(topo: Topo, seconds: float, forwarder: Callable[[], Callable[[], None]]) -> float:
@@ -148,9 +174,13 @@ def io_dpdkeni(topo: Topo, backend: str, seconds: float) -> float:
 
 def io_testpmd(topo: Topo, backend: str, seconds: float) -> float:
     def start():
-        proc = testpmd(topo, "m", backend, ["a1", "b1"], "io", SINK_CPU, seconds + 6)
-        time.sleep(3.0)
-        return lambda: testpmd_output(proc)
+        proc = TestPmd(topo, "m", backend, ["a1", "b1"], "io", SINK_CPU)
+        try:
+            proc.wait_ready()
+        except BaseException:
+            proc.stop()
+            raise
+        return proc.stop
     return io_run(topo, seconds, start)
 
 
@@ -185,8 +215,8 @@ def spread(values: List[float]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=5.0, help="length of each run (default 5)")
-    ap.add_argument("--runs", type=int, default=3, help="runs per line (default 3)")
+    ap.add_argument("--seconds", type=float, default=4.0, help="length of each run (default 4)")
+    ap.add_argument("--runs", type=int, default=5, help="runs per line (default 5)")
     ap.add_argument("--skip-io", action="store_true")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
