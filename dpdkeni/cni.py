@@ -158,8 +158,9 @@ def _not_there(nic_spec: str, timeout: float) -> CniError:
 
 
 def _wait_events(nic_spec: str, timeout: float):
-    """Wait for the NIC: :func:`dpdkeni.events.wait_for_nic` for a MAC or PCI address when the events module is
-    there, else netlink link events (a netdev appearing or being renamed), re-checking after each."""
+    """Wait for the NIC: :func:`dpdkeni.events.wait_for_nic` for a MAC or PCI address (uevents; the managed models
+    and the models file's stand-in kinds count), netlink link events for an interface name (a netdev appearing
+    or being renamed), re-checking after each."""
     from .specs import classify
 
     kind, value = classify(nic_spec)
@@ -167,7 +168,8 @@ def _wait_events(nic_spec: str, timeout: float):
     if waiter is not None and kind in ("mac", "pci"):
         try:
             return waiter(**{kind: value, "timeout": timeout})
-        except (NotFoundError, TimeoutError):
+        except Error as exc:  # events.WaitTimeout: the caller reports error 11
+            log.info("waiting for %s: %s", nic_spec, exc)
             return None
     return _wait_netlink(nic_spec, timeout)
 
@@ -593,6 +595,37 @@ def main(environ: Optional[Mapping[str, str]] = None, stdin: Any = None, stdout:
     return status
 
 
+def _light_pyroute2() -> None:
+    """Make ``import pyroute2`` load only what is used. Its package ``__init__`` imports every netlink family
+    (NDB, IPDB, conntrack, nftables, wireguard, ...): about a fifth of a plugin call's CPU, paid on every pod
+    start. The package module is created without running ``__init__``; ``IPRoute``/``NetNS`` come from
+    ``pyroute2.iproute``, submodules import as usual, and any other name runs the real ``__init__`` once."""
+    import importlib
+    import importlib.util
+
+    if "pyroute2" in sys.modules:
+        return
+    found = importlib.util.find_spec("pyroute2")
+    if found is None or found.loader is None:
+        return
+    module = importlib.util.module_from_spec(found)
+    direct = {"IPRoute": "pyroute2.iproute", "NetNS": "pyroute2.iproute", "AsyncIPRoute": "pyroute2.iproute"}
+
+    def __getattr__(name: str) -> Any:
+        if name in direct:
+            return getattr(importlib.import_module(direct[name]), name)
+        try:
+            return importlib.import_module(f"pyroute2.{name}")
+        except ModuleNotFoundError:
+            del module.__getattr__
+            found.loader.exec_module(module)
+            return getattr(module, name)
+
+    module.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    sys.modules["pyroute2"] = module
+
+
 def run() -> None:
     """Console-script entry point (``dpdkeni-cni``)."""
+    _light_pyroute2()
     sys.exit(main())

@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from conftest import needs_root
+from conftest import needs_root, unique  # at import time: tests/vm/conftest.py shadows the name later
 from cnirun import run_cni
 
 from dpdkeni import cni, cnispec
@@ -97,7 +97,6 @@ def test_orchestrator_waits_attaches_and_releases_on_exit(state_dir, stand_in_mo
 
     from pyroute2 import IPRoute
 
-    from conftest import unique
 
     box = container_factory()
     mac = "02:de:%02x:%02x:00:02" % (os.getpid() % 256, (os.getpid() >> 8) % 256)
