@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from . import models, netdev
 from .errors import Error, GuardError, InputError, NotFoundError
 from .guards import check_handoff
-from .inventory import Nic, find_nic
+from .inventory import Nic, find_nic, has_routes
 from .ledger import Lease, Ledger
 from .netns import Target, resolve_target
 
@@ -129,11 +129,11 @@ def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev
         raise GuardError(f"{have.key} is already leased to {have.target} ({have.state})",
                          "release it first ('dpdkeni release')")
     nic = _find(nic, ledger)
-    check_handoff(nic, force=force, allow_unmanaged=allow_unmanaged(nic))
     try:
-        original = _original(nic)
+        original = _original(nic)  # also decides nic.active, on the same netlink socket
     except NotFoundError as exc:
         raise _leased_meanwhile(nic, ledger, exc) from None
+    check_handoff(nic, force=force, allow_unmanaged=allow_unmanaged(nic))
     key = lease_key(nic)
     params: Dict[str, Any] = {"ifname": ifname, "addresses": addresses, "gateway": gateway, "mtu": mtu,
                               "dhcp": dhcp, "target_path": tgt.path, "pid": tgt.pid}
@@ -186,23 +186,25 @@ def _find(nic: Union[Nic, str], ledger: Ledger) -> Nic:
     if isinstance(nic, Nic):
         return nic
     try:
-        return find_nic(nic)
+        return find_nic(nic, active=set)  # activity is read with the snapshot (see _original)
     except NotFoundError as exc:
         raise _leased_meanwhile(nic, ledger, exc) from None
 
 
 def _original(nic: Nic) -> Dict[str, Any]:
-    """The NIC's state before the handoff, from netlink (its netdev) and the inventory."""
+    """The NIC's state before the handoff, from netlink (its netdev) and the inventory; sets ``nic.active``
+    (an IPv4 or global IPv6 address, or a route through it, as :mod:`dpdkeni.inventory` defines it)."""
     base: Dict[str, Any] = {"pci": nic.pci, "driver": nic.driver, "mac": nic.mac, "ifname": nic.ifname,
                             "model": nic.model}
     if not nic.ifname:
         return base
     from pyroute2 import IPRoute
-    with IPRoute(strict_check=True) as ipr:  # strict: the kernel filters the address dump by link
+    with IPRoute(strict_check=True) as ipr:  # strict: the kernel filters the dumps by link
         idx = ipr.link_lookup(ifname=nic.ifname)
         if not idx:
             raise NotFoundError(f"{nic.ifname} is not in the host's namespace")
         base.update(netdev.snapshot(ipr, idx[0]))
+        nic.active = bool(base["addresses"]) or has_routes(ipr, idx[0])
     return base
 
 

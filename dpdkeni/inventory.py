@@ -10,11 +10,14 @@ import logging
 import re
 import socket
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Set
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Set
 
 from . import models, specs
 from .errors import NotFoundError
 from .sysfs import Sysfs
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 log = logging.getLogger(__name__)
 
@@ -256,13 +259,18 @@ def netlink_active_one(ifname: str) -> Set[str]:
         for addr in ipr.get_addr(index=idx[0]):
             if addr["family"] == socket.AF_INET or addr["scope"] == 0:
                 return {ifname}
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for route in ipr.get_routes(family=family, oif=idx[0]):
-                dst = route.get_attr("RTA_DST") or ""
-                if (route.get_attr("RTA_TABLE") or route["table"]) != 255 and \
-                        not dst.startswith(("fe80:", "ff00:")):
-                    return {ifname}
-    return set()
+        return {ifname} if has_routes(ipr, idx[0]) else set()
+
+
+def has_routes(ipr: "IPRoute", index: int) -> bool:
+    """Whether a route other than the kernel's local and IPv6 link-local ones goes through link ``index``
+    (``ipr`` with ``strict_check`` has the kernel filter the dump)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for route in ipr.get_routes(family=family, oif=index):
+            dst = route.get_attr("RTA_DST") or ""
+            if (route.get_attr("RTA_TABLE") or route["table"]) != 255 and not dst.startswith(("fe80:", "ff00:")):
+                return True
+    return False
 
 
 def _one_pci_nic(fs: Sysfs, kind: str, value: str) -> Optional[Nic]:

@@ -160,6 +160,22 @@ class Lab:
         """``{"rc": None while running, "output": the tail of its output}``."""
         return self._agent().call("poll", handle=handle)
 
+    def wait(self, handle: int, timeout: float = 60.0, until: Optional[str] = None) -> Dict[str, object]:
+        """Wait until a background process exits (or, with ``until``, until its output contains that text);
+        returns the last ``poll``. Raises Error on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.poll(handle)
+            if (until is not None and until in str(state["output"])) or (until is None and state["rc"] is not None):
+                return state
+            if until is not None and state["rc"] is not None:
+                raise Error(f"lab: guest process {handle} exited {state['rc']} before printing {until!r}: "
+                            f"{str(state['output'])[-2000:]}")
+            if time.monotonic() > deadline:
+                raise Error(f"lab: guest process {handle} still running after {timeout:.0f}s: "
+                            f"{str(state['output'])[-2000:]}")
+            time.sleep(0.2)
+
     def kill(self, handle: int, signal: int = 15, timeout: float = 10.0) -> Dict[str, object]:
         """Signal a background process's group and wait for it; returns rc and output."""
         return self._agent().call("signal", timeout=timeout + 10, handle=handle, signal=signal, limit=timeout)

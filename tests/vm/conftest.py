@@ -60,6 +60,12 @@ def new_mac() -> str:
 
 
 @pytest.fixture
+def lab_mac() -> Callable[[], str]:
+    """``lab_mac()``: a fresh MAC for this session (import-free: two conftest modules share the name)."""
+    return new_mac
+
+
+@pytest.fixture
 def plugged(lab: Lab) -> Iterator[Callable[..., PluggedNic]]:
     """``plugged(model, mac=None)`` hot-plugs a NIC; every NIC still plugged is unplugged at teardown."""
     mine: List[str] = []
