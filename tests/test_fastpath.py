@@ -234,6 +234,7 @@ def test_live_counters_and_stop_from_another_thread(direct):
                         count=3000).start()
         assert wait_until(lambda: sink.stats().ports[0].rx_packets > 0)   # read while it runs
         src.wait(30)
+        settled(sink, lambda: sink.stats().ports[0].rx_packets, 3000)
     finally:
         sink.stop()                                                       # from this thread
         runner.join(30)
