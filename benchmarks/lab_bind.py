@@ -4,7 +4,9 @@ hot-plugged NIC, in the same QEMU guest, in the same run (the lab: :mod:`dpdkeni
 
 The reference is ``dpdk-devbind.py`` from Debian's ``dpdk`` package inside the guest. Each round runs both tools,
 alternating which goes first, as a user would (a new Python process per command), timed inside the guest so the
-agent's round trips do not count. After every bind the ``driver`` link must be vfio-pci; after every unbind the
+agent's round trips do not count. A third row, ``dpdkeni-library``, times ``driver.bind``/``unbind`` inside one
+Python process that imported dpdkeni beforehand: the work itself, without interpreter and import start-up (under
+TCG, Python start-up and pyroute2's import dominate a CLI call). After every bind the ``driver`` link must be vfio-pci; after every unbind the
 NIC must be back on its kernel driver, and the table says whether its interface name came back too.
 
     sudo .venv/bin/python benchmarks/lab_bind.py [--model virtio-net] [--rounds 5] [--seconds 240] [--json]
@@ -50,7 +52,18 @@ TOOLS = {
                 [sys.executable, "-m", "dpdkeni", "unbind", pci]),
     "dpdk-devbind": (["dpdk-devbind.py", "-b", "vfio-pci", pci], ["dpdk-devbind.py", "-b", kdrv, pci]),
 }
-out = {}
+from dpdkeni import driver as lib  # imported before timing: this row is the work without process start-up
+
+def in_process():
+    t = time.monotonic()
+    lib.bind(pci, "vfio-pci")
+    tb, bound = time.monotonic() - t, driver()
+    t = time.monotonic()
+    lib.unbind(pci)
+    return {"bind": tb, "unbind": time.monotonic() - t, "bound": bound, "back": driver(), "name": wait_name(),
+            "err": ""}
+
+out = {"dpdkeni-library": in_process()}
 order = ["dpdkeni", "dpdk-devbind"] if first == "dpdkeni" else ["dpdk-devbind", "dpdkeni"]
 for tool in order:
     bind, unbind = TOOLS[tool]
@@ -72,7 +85,7 @@ def measure(model: str, rounds: int, seconds: float) -> Dict[str, object]:
     """Boot the lab, plug one NIC, run the rounds (bounded by ``seconds`` after boot), unplug."""
     from dpdkeni.lab import Lab
 
-    results: Dict[str, List[dict]] = {"dpdkeni": [], "dpdk-devbind": []}
+    results: Dict[str, List[dict]] = {"dpdkeni": [], "dpdk-devbind": [], "dpdkeni-library": []}
     with Lab(progress=lambda m: print(m, file=sys.stderr, flush=True)) as lab:
         lab.sh("modprobe vfio-pci", check=True)
         nic = lab.plug(model)
@@ -103,14 +116,16 @@ def table(data: Dict[str, object]) -> str:
         medians[tool] = _median(total)
         same_name = sum(1 for r in ok if r["name"] == data["ifname"])
         errors = {r["err"] for r in runs if r["err"]}
-        rows.append(f"{tool:<13} {len(ok)}/{len(runs):<5} {_median([r['bind'] for r in ok]):>8.3f} "
+        rows.append(f"{tool:<16} {len(ok)}/{len(runs):<5} {_median([r['bind'] for r in ok]):>8.3f} "
                     f"{_median([r['unbind'] for r in ok]):>8.3f} {medians[tool]:>8.3f} "
                     f"{(min(total) if total else float('nan')):>8.3f} {same_name}/{len(ok):<4}"
                     + (f"  errors: {' | '.join(sorted(errors))}" if errors else ""))
     ratio = medians["dpdkeni"] / medians["dpdk-devbind"] if medians.get("dpdk-devbind") else float("nan")
     head = (f"{data['model']} {data['pci']} ({data['kernel_driver']}, if={data['ifname']}) in the QEMU guest\n"
-            f"{'tool':<13} {'ok':<7} {'bind s':>8} {'unbind s':>8} {'median':>8} {'min':>8} name-back")
-    return "\n".join([head, *rows, f"ratio dpdkeni/dpdk-devbind (median bind+unbind): {ratio:.2f}"])
+            f"{'tool':<16} {'ok':<7} {'bind s':>8} {'unbind s':>8} {'median':>8} {'min':>8} name-back")
+    lib = medians["dpdkeni-library"] / medians["dpdk-devbind"] if medians.get("dpdk-devbind") else float("nan")
+    return "\n".join([head, *rows, f"ratio dpdkeni/dpdk-devbind (median bind+unbind, CLI each): {ratio:.2f}",
+                      f"ratio dpdkeni library (in one process)/dpdk-devbind CLI: {lib:.2f}"])
 
 
 def main() -> int:
