@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test demo setup clean sdist
+.PHONY: test demo setup clean sdist sanitize bench-setup bench
 
 setup: $(VENV)/.installed
 
@@ -13,10 +13,28 @@ $(VENV)/.installed: setup.py pyproject.toml scripts/apt-packages.txt scripts/boo
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The native code built with AddressSanitizer + UBSan, and the fast-path tests run under it (Python itself is not
+# instrumented: the sanitizer runtimes are preloaded). The normal build is restored afterwards.
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+sanitize: setup
+	DPDKENI_CFLAGS="$(SAN_FLAGS) -O1 -g" DPDKENI_LDFLAGS="$(SAN_FLAGS)" $(PY) -m pip install -q -e .
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  DPDKENI_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_native.py tests/test_fastpath.py; \
+	  rc=$$?; $(PY) -m pip install -q -e . ; exit $$rc
+
+# Benchmarks (root, bounded in time, namespaces of their own): testpmd, iperf3, redis and matplotlib for --plot.
+bench-setup: setup
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  $$(sed -e 's/#.*//' -e '/^\s*$$/d' benchmarks/apt-packages.txt) >/dev/null
+	$(PY) -m pip install -q -e '.[bench]'
+
+bench: bench-setup
+	$(PY) benchmarks/fastpath.py
+	$(PY) benchmarks/seed_table.py --plot seed_table.png
+
 demo: setup
-	$(VENV)/bin/dpdkeni list --all
-	@echo
-	$(VENV)/bin/dpdkeni doctor
+	$(VENV)/bin/dpdkeni lab demo
 
 sdist: setup
 	$(PY) -m pip install -q build && $(PY) -m build --sdist --outdir dist .

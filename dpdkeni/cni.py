@@ -158,8 +158,9 @@ def _not_there(nic_spec: str, timeout: float) -> CniError:
 
 
 def _wait_events(nic_spec: str, timeout: float):
-    """Wait for the NIC: :func:`dpdkeni.events.wait_for_nic` for a MAC or PCI address when the events module is
-    there, else netlink link events (a netdev appearing or being renamed), re-checking after each."""
+    """Wait for the NIC: :func:`dpdkeni.events.wait_for_nic` for a MAC or PCI address (uevents; the managed models
+    and the models file's stand-in kinds count), netlink link events for an interface name (a netdev appearing
+    or being renamed), re-checking after each."""
     from .specs import classify
 
     kind, value = classify(nic_spec)
@@ -167,7 +168,8 @@ def _wait_events(nic_spec: str, timeout: float):
     if waiter is not None and kind in ("mac", "pci"):
         try:
             return waiter(**{kind: value, "timeout": timeout})
-        except (NotFoundError, TimeoutError):
+        except Error as exc:  # events.WaitTimeout: the caller reports error 11
+            log.info("waiting for %s: %s", nic_spec, exc)
             return None
     return _wait_netlink(nic_spec, timeout)
 
@@ -299,7 +301,8 @@ def _attach(conf: NetConf, env: Env, nic, result: Result) -> None:
     from . import handoff
 
     addresses = [ip.address for ip in result.ips] if conf.mode == "netdev" else []
-    handoff.attach(nic, env.netns, conf.mode, ifname=env.ifname, addresses=addresses, mtu=conf.mtu,
+    target = dpdk_target(env.netns) if conf.mode == "dpdk" else env.netns
+    handoff.attach(nic, target, conf.mode, ifname=env.ifname, addresses=addresses, mtu=conf.mtu,
                    hugepages=conf.hugepages, driver=conf.driver, noiommu=conf.noiommu)
     if conf.mode == "netdev" and result.routes:
         try:
@@ -309,13 +312,36 @@ def _attach(conf: NetConf, env: Env, nic, result: Result) -> None:
             raise
 
 
+def dpdk_target(netns: str):
+    """The target for DPDK mode: the pod's netns with a process in it (``/proc/N/ns/net`` names it; else the
+    lowest pid whose netns is this one, the pod's sandbox). DPDK mode makes the vfio nodes and the hugetlbfs mount
+    in that process's namespaces; the application containers a pod starts after ADD get the nodes through the CDI
+    spec ('dpdkeni cdi generate') or a device plugin, since no CNI call sees them."""
+    import psutil
+
+    from .netns import Target, resolve_target
+
+    tgt = resolve_target(netns)
+    parts = netns.split("/")
+    if len(parts) == 5 and parts[1] == "proc" and parts[2].isdigit() and parts[3:] == ["ns", "net"]:
+        return Target(tgt.spec, tgt.path, tgt.ns_id, int(parts[2]))
+    for pid in psutil.pids():
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") == tgt.ns_id:
+                return Target(tgt.spec, tgt.path, tgt.ns_id, pid)
+        except OSError:
+            continue
+    raise _invalid(f"dpdk mode: no process runs in {netns} yet, so there is nowhere to put the vfio nodes",
+                   "start the pod sandbox first, or give the container the NIC with the CDI spec "
+                   "('dpdkeni cdi generate') and a device plugin")
+
+
 def add_routes(netns: str, ifname: str, routes: List[Dict[str, Any]]) -> None:
     """Add the result's routes through ``ifname`` inside the namespace (what the Go ``ipam.ConfigureIface``
     does for host-device)."""
-    from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    with IPRoute(netns=netns, flags=0) as ipr:
+    with _iproute_in(netns) as ipr:
         index = _link_index(ipr, ifname)
         for route in routes:
             kw: Dict[str, Any] = {"dst": route["dst"], "oif": index}
@@ -328,6 +354,17 @@ def add_routes(netns: str, ifname: str, routes: List[Dict[str, Any]]) -> None:
             except NetlinkError as exc:
                 if exc.code != 17:  # EEXIST: the kernel already has it (a prefix route for the subnet)
                     raise CniError(spec.HANDOFF_FAILED, f"adding route {route} in {netns}", str(exc)) from exc
+
+
+def _iproute_in(netns: str):
+    """An IPRoute whose socket lives in the namespace file ``netns`` (opened by path: never created)."""
+    from .netns import iproute_in
+
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return iproute_in(fd)
+    finally:
+        os.close(fd)
 
 
 def _link_index(ipr, ifname: str) -> int:
@@ -406,11 +443,9 @@ def _check_dpdk(record: Mapping[str, Any]) -> None:
 
 def check_netns(netns: str, ifname: str, prev: Result) -> List[str]:
     """What in the namespace differs from ``prev`` (empty when all is as ADD left it)."""
-    from pyroute2 import IPRoute
-
     problems: List[str] = []
     mine = [i for i, iface in enumerate(prev.interfaces) if iface.get("name") == ifname]
-    with IPRoute(netns=netns, flags=0) as ipr:
+    with _iproute_in(netns) as ipr:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             return [f"no interface {ifname}"]
@@ -475,20 +510,30 @@ def cmd_status(conf: Mapping[str, Any], env: Env) -> None:
 
 def cmd_gc(conf: Mapping[str, Any], env: Env, raw: bytes) -> None:
     """Release the attachments of this network that the runtime no longer lists in
-    ``cni.dev/valid-attachments`` (spec 1.1), then let IPAM collect its own."""
+    ``cni.dev/valid-attachments`` (spec 1.1) and free their addresses with an IPAM DEL each (IPAM plugins before
+    1.1 know no GC), then pass GC on to IPAM where it knows it."""
     valid = {(a.get("containerID"), a.get("ifname")) for a in conf.get("cni.dev/valid-attachments") or []}
+    ipam = (conf.get("ipam") or {}).get("type")
     directory = _records_dir()
     for entry in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         path = os.path.join(directory, entry)
         record = load_record(path) if entry.endswith(".json") else None
-        if record and record.get("network") == conf.get("name") and \
-                (record.get("container"), record.get("cni_ifname")) not in valid:
-            log.info("GC: releasing %s of container %s", record.get("nic"), record.get("container"))
-            release_nic(record)
-            _drop_record(path)
-    ipam = conf.get("ipam") or {}
-    if ipam.get("type"):
-        spec.delegate(ipam["type"], "GC", raw, env)
+        if not record or record.get("network") != conf.get("name") or \
+                (record.get("container"), record.get("cni_ifname")) in valid:
+            continue
+        log.info("GC: releasing %s of container %s", record.get("nic"), record.get("container"))
+        release_nic(record)
+        if ipam:
+            stale = Env("DEL", record.get("container", ""), "", record.get("cni_ifname", ""), env.args, env.path)
+            spec.delegate(ipam, "DEL", raw, stale)
+        _drop_record(path)
+    if ipam:
+        try:
+            spec.delegate(ipam, "GC", raw, env)
+        except CniError as exc:
+            if exc.code not in (spec.INVALID_ENV, spec.INCOMPATIBLE_VERSION):
+                raise
+            log.info("%s knows no GC (%s): stale addresses were freed by DEL", ipam, exc.msg)
 
 
 def _error_code(exc: Error) -> int:
@@ -558,6 +603,37 @@ def main(environ: Optional[Mapping[str, str]] = None, stdin: Any = None, stdout:
     return status
 
 
+def _light_pyroute2() -> None:
+    """Make ``import pyroute2`` load only what is used. Its package ``__init__`` imports every netlink family
+    (NDB, IPDB, conntrack, nftables, wireguard, ...): about a fifth of a plugin call's CPU, paid on every pod
+    start. The package module is created without running ``__init__``; ``IPRoute``/``NetNS`` come from
+    ``pyroute2.iproute``, submodules import as usual, and any other name runs the real ``__init__`` once."""
+    import importlib
+    import importlib.util
+
+    if "pyroute2" in sys.modules:
+        return
+    found = importlib.util.find_spec("pyroute2")
+    if found is None or found.loader is None:
+        return
+    module = importlib.util.module_from_spec(found)
+    direct = {"IPRoute": "pyroute2.iproute", "NetNS": "pyroute2.iproute", "AsyncIPRoute": "pyroute2.iproute"}
+
+    def __getattr__(name: str) -> Any:
+        try:
+            if name in direct:
+                return getattr(importlib.import_module(direct[name]), name)
+            return importlib.import_module(f"pyroute2.{name}")
+        except (ImportError, AttributeError):  # another name, or a pyroute2 laid out otherwise (0.7)
+            del module.__getattr__
+            found.loader.exec_module(module)
+            return getattr(module, name)
+
+    module.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    sys.modules["pyroute2"] = module
+
+
 def run() -> None:
     """Console-script entry point (``dpdkeni-cni``)."""
+    _light_pyroute2()
     sys.exit(main())

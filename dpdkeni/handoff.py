@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from . import models, netdev
 from .errors import Error, GuardError, InputError, NotFoundError
 from .guards import check_handoff
-from .inventory import Nic, find_nic
+from .inventory import Nic, find_nic, has_routes
 from .ledger import Lease, Ledger
 from .netns import Target, resolve_target
 
@@ -38,9 +38,12 @@ def _dpdkmode():
         raise InputError("dpdk mode is not available in this build") from None
 
 
-def find_lease(spec: Union[str, Nic], ledger: Optional[Ledger] = None) -> Optional[Lease]:
-    """The lease of a NIC given as a Nic, a lease key, a PCI address, a MAC or its original interface name."""
-    leases = (ledger or Ledger()).leases()
+def find_lease(spec: Union[str, Nic], ledger: Optional[Ledger] = None,
+               leases: Optional[Dict[str, Lease]] = None) -> Optional[Lease]:
+    """The lease of a NIC given as a Nic, a lease key, a PCI address, a MAC or its original interface name
+    (``leases``: a snapshot already read)."""
+    if leases is None:
+        leases = (ledger or Ledger()).leases()
     if isinstance(spec, Nic):
         keys = {lease_key(spec)}
         macs = {spec.mac.lower()} if spec.mac else set()
@@ -95,11 +98,12 @@ def _claim(ledger: Ledger, lease: Lease, target: Target) -> Optional[Lease]:
                      "release it first ('dpdkeni release')")
 
 
-def _auto_table(ledger: Ledger, target: Target, key: str, table: Optional[int], index: int) -> Optional[int]:
+def _auto_table(leases: Dict[str, Lease], target: Target, key: str, table: Optional[int],
+                index: int) -> Optional[int]:
     """Policy routing when another NIC is already leased into the same namespace (the cross-VPC case)."""
     if table is not None:
         return table or None
-    others = [x for x in ledger.leases().values() if x.target_id == target.ns_id and x.key != key]
+    others = [x for x in leases.values() if x.target_id == target.ns_id and x.key != key]
     return netdev.TABLE_BASE + index if others else None
 
 
@@ -117,20 +121,24 @@ def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev
     _validate(mode, ifname, addresses, gateway, mtu, dhcp)
     ledger = Ledger()
     tgt = target if isinstance(target, Target) else resolve_target(target)
-    have = find_lease(nic, ledger)
+    leases = ledger.leases()
+    have = find_lease(nic, leases=leases)
     if have is not None:
         if _same_target(have, tgt) and have.state == "attached":
             return have
         raise GuardError(f"{have.key} is already leased to {have.target} ({have.state})",
                          "release it first ('dpdkeni release')")
     nic = _find(nic, ledger)
+    try:
+        original = _original(nic)  # also decides nic.active, on the same netlink socket
+    except NotFoundError as exc:
+        raise _leased_meanwhile(nic, ledger, exc) from None
     check_handoff(nic, force=force, allow_unmanaged=allow_unmanaged(nic))
-    original = _original(nic)
     key = lease_key(nic)
     params: Dict[str, Any] = {"ifname": ifname, "addresses": addresses, "gateway": gateway, "mtu": mtu,
                               "dhcp": dhcp, "target_path": tgt.path, "pid": tgt.pid}
     if mode == "netdev":
-        params["table"] = _auto_table(ledger, tgt, key, table, original.get("index") or 0)
+        params["table"] = _auto_table(leases, tgt, key, table, original.get("index") or 0)
     else:
         params.update(hugepages=hugepages, driver=driver, noiommu=noiommu)
     lease = Lease(key=key, mode=mode, target=tgt.spec, original=original, target_id=tgt.ns_id, params=params)
@@ -141,22 +149,14 @@ def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev
         return existing
     try:
         if mode == "netdev":
-            learned = netdev.attach_netdev(lease, ledger, tgt, ifname=ifname, addresses=addresses,
-                                           gateway=gateway, mtu=mtu, table=params["table"], dhcp=dhcp)
-            params.update(learned)
-        else:
-            _dpdkmode().attach_dpdk(nic, tgt, lease, ledger, hugepages=hugepages, driver=driver,
-                                    noiommu=noiommu, force=force, dry_run=False)
+            return netdev.attach_netdev(lease, ledger, tgt, ifname=ifname, addresses=addresses,
+                                        gateway=gateway, mtu=mtu, table=params["table"], dhcp=dhcp)
+        _dpdkmode().attach_dpdk(nic, tgt, lease, ledger, hugepages=hugepages, driver=driver,
+                                noiommu=noiommu, force=force, dry_run=False)
     except BaseException:
         ledger.remove(key)
         raise
-    return ledger.update(key, state="attached", params=_merged_params(ledger, key, params))
-
-
-def _merged_params(ledger: Ledger, key: str, params: Dict[str, Any]) -> Dict[str, Any]:
-    """Params as attach knows them, plus whatever a mode stored in the lease meanwhile (e.g. the DHCP pid)."""
-    stored = ledger.get(key)
-    return {**(stored.params if stored else {}), **params}
+    return ledger.update(key, state="attached")
 
 
 def _planned(lease: Lease, nic: Nic, tgt: Target, force: bool) -> Lease:
@@ -172,30 +172,39 @@ def _planned(lease: Lease, nic: Nic, tgt: Target, force: bool) -> Lease:
     return lease
 
 
+def _leased_meanwhile(spec: Union[Nic, str], ledger: Ledger, exc: NotFoundError) -> GuardError:
+    """A NIC that vanished from the host while we looked: leased by a concurrent attach (GuardError), or
+    really gone (the NotFoundError)."""
+    have = find_lease(spec, ledger)
+    if have is None:
+        return exc  # type: ignore[return-value]
+    return GuardError(f"{have.key} is already leased to {have.target} ({have.state})",
+                      "release it first ('dpdkeni release')")
+
+
 def _find(nic: Union[Nic, str], ledger: Ledger) -> Nic:
     if isinstance(nic, Nic):
         return nic
     try:
-        return find_nic(nic)
-    except NotFoundError:
-        have = find_lease(nic, ledger)  # attached meanwhile by someone else
-        if have is not None:
-            raise GuardError(f"{have.key} is already leased to {have.target} ({have.state})") from None
-        raise
+        return find_nic(nic, active=set)  # activity is read with the snapshot (see _original)
+    except NotFoundError as exc:
+        raise _leased_meanwhile(nic, ledger, exc) from None
 
 
 def _original(nic: Nic) -> Dict[str, Any]:
-    """The NIC's state before the handoff, from netlink (its netdev) and the inventory."""
+    """The NIC's state before the handoff, from netlink (its netdev) and the inventory; sets ``nic.active``
+    (an IPv4 or global IPv6 address, or a route through it, as :mod:`dpdkeni.inventory` defines it)."""
     base: Dict[str, Any] = {"pci": nic.pci, "driver": nic.driver, "mac": nic.mac, "ifname": nic.ifname,
                             "model": nic.model}
     if not nic.ifname:
         return base
     from pyroute2 import IPRoute
-    with IPRoute() as ipr:
+    with IPRoute(strict_check=True) as ipr:  # strict: the kernel filters the dumps by link
         idx = ipr.link_lookup(ifname=nic.ifname)
         if not idx:
             raise NotFoundError(f"{nic.ifname} is not in the host's namespace")
         base.update(netdev.snapshot(ipr, idx[0]))
+        nic.active = bool(base["addresses"]) or has_routes(ipr, idx[0])
     return base
 
 
@@ -206,6 +215,9 @@ def release(nic: Union[Nic, str], *, force: bool = False) -> Optional[Lease]:
     lease = find_lease(nic, ledger)
     if lease is None:
         return None
+    if lease.state in ("attaching", "releasing") and _owner_alive(lease):
+        raise GuardError(f"{lease.key} is being {lease.state[:-3]}ed by pid {lease.owner_pid}",
+                         "wait for it to finish, or run 'dpdkeni recover' if that process is stuck")
     prior = lease.state
     lease = ledger.update(lease.key, state="releasing")
     try:

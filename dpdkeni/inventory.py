@@ -7,13 +7,17 @@ real one.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Set
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Set
 
 from . import models, specs
 from .errors import NotFoundError
 from .sysfs import Sysfs
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,16 @@ def _ifname_of(fs: Sysfs, dev: str) -> Optional[str]:
                 if names:
                     break
     return names[0] if names else None
+
+
+def pci_nic(bdf: str, sysfs: Optional[Sysfs] = None) -> Nic:
+    """The NIC at one PCI address, read from sysfs (``active`` is not computed: see :func:`list_nics`)."""
+    return _pci_nic(sysfs or Sysfs(), bdf, _ledger_macs())
+
+
+def is_network_device(fs: Sysfs, bdf: str) -> bool:
+    """Whether the PCI device at ``bdf`` is a network controller (class 0x02)."""
+    return _is_network_device(fs, bdf)
 
 
 def _ledger_macs() -> Dict[str, str]:
@@ -221,6 +235,56 @@ def list_nics(all: bool = False, sysfs: Optional[Sysfs] = None,
     return nics
 
 
+def _pci_of_netdev(fs: Sysfs, ifname: str) -> Optional[str]:
+    """The PCI address behind a netdev (virtio's sits one level up, above virtioN), or None (virtual)."""
+    if not fs.exists(f"{CLASS_NET}/{ifname}/device"):
+        return None
+    for part in reversed(fs.realpath(f"{CLASS_NET}/{ifname}/device").split("/")):
+        if _BDF.match(part):
+            return part
+    return None
+
+
+_BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+
+def netlink_active_one(ifname: str) -> Set[str]:
+    """:func:`netlink_active_ifnames` for one link: ``{ifname}`` when it carries traffic, else empty."""
+    from pyroute2 import IPRoute
+
+    with IPRoute(strict_check=True) as ipr:  # strict: the kernel filters the dumps by link
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            return set()
+        for addr in ipr.get_addr(index=idx[0]):
+            if addr["family"] == socket.AF_INET or addr["scope"] == 0:
+                return {ifname}
+        return {ifname} if has_routes(ipr, idx[0]) else set()
+
+
+def has_routes(ipr: "IPRoute", index: int) -> bool:
+    """Whether a route other than the kernel's local and IPv6 link-local ones goes through link ``index``
+    (``ipr`` with ``strict_check`` has the kernel filter the dump)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for route in ipr.get_routes(family=family, oif=index):
+            dst = route.get_attr("RTA_DST") or ""
+            if (route.get_attr("RTA_TABLE") or route["table"]) != 255 and not dst.startswith(("fe80:", "ff00:")):
+                return True
+    return False
+
+
+def _one_pci_nic(fs: Sysfs, kind: str, value: str) -> Optional[Nic]:
+    """A PCI NIC named by its address or interface name, without scanning every device (attach is on a hot
+    path); None when the spec needs the full scan."""
+    if kind == "ifname":
+        bdf = _pci_of_netdev(fs, value) if fs.exists(f"{CLASS_NET}/{value}") else None
+    else:
+        bdf = value if kind == "pci" else None
+    if not bdf or not fs.exists(f"{PCI_DEVICES}/{bdf}") or not _is_network_device(fs, bdf):
+        return None
+    return _pci_nic(fs, bdf, _ledger_macs())
+
+
 def find_nic(spec: str, sysfs: Optional[Sysfs] = None, active: Optional[ActiveFn] = None) -> Nic:
     """The NIC named by a PCI address (full or short), a MAC or an interface name.
 
@@ -229,11 +293,12 @@ def find_nic(spec: str, sysfs: Optional[Sysfs] = None, active: Optional[ActiveFn
     """
     kind, value = specs.classify(spec)
     fs = sysfs or Sysfs()
-    nic = _find_virtual(fs, kind, value)
+    nic = _find_virtual(fs, kind, value) or _one_pci_nic(fs, kind, value)
     if nic is not None:
-        if active is None:
-            active = netlink_active_ifnames if fs.root == "/" else (lambda: set())
-        nic.active = nic.ifname in active()
+        if nic.ifname and active is None:
+            nic.active = bool(fs.root == "/" and netlink_active_one(nic.ifname))
+        elif nic.ifname:
+            nic.active = nic.ifname in active()
         return nic
     for nic in list_nics(all=True, sysfs=fs, active=active):
         if (kind == "pci" and nic.pci == value) or (kind == "ifname" and nic.ifname == value) or (

@@ -28,7 +28,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import netns as nsmod
-from .errors import Error, GuardError, InputError, StepError
+from .errors import Error, GuardError, InputError, NotFoundError, StepError
 from .ledger import Lease, Ledger
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def snapshot(ipr: IPRoute, index: int) -> Dict[str, Any]:
     makes those) and altnames of link ``index``."""
     link = _link(ipr, index=index)
     if link is None:
-        raise InputError(f"link #{index} vanished")
+        raise NotFoundError(f"link #{index} vanished")
     addrs = []
     for a in ipr.get_addr(index=index):
         if a["family"] == socket.AF_INET6 and a["scope"] == SCOPE_LINK:
@@ -135,7 +135,7 @@ def plan(original: Dict[str, Any], target: str, ifname: str, addresses: Sequence
     if gateway or table:
         where = f"table {table} with a rule from each address" if table else "the main table"
         lines.append(f"routes: default via {gateway or '-'} in {where}")
-    lines.append(f"announce: gratuitous ARP / unsolicited NA on {ifname}")
+    lines.append(f"announce: gratuitous ARP (the kernel's arp_notify as {ifname} comes up) / unsolicited NA")
     if dhcp:
         lines.append(f"dhcp: run a DHCP client for {ifname} inside {target}, renewing while attached")
     return lines
@@ -164,27 +164,37 @@ def _best_effort(step: str, undo: Callable[[], Any]) -> None:
 
 
 class Steps:
-    """Run named steps: record each in the ledger, push its undo on ``stack``, raise StepError on failure."""
+    """Run named steps: record each in the ledger before it runs, push its undo on ``stack``, raise StepError
+    on failure. A step's ``done`` mark shares the ledger write with the next step's ``started`` record."""
 
     def __init__(self, ledger: Ledger, key: str, stack: contextlib.ExitStack) -> None:
         self.ledger, self.key, self.stack = ledger, key, stack
+        self.pending: Optional[tuple] = None  # (name, learned) of the last step, not yet marked done
 
     def run(self, name: str, fn: Callable[[], Optional[Dict[str, Any]]],
             undo: Optional[Callable[[], Any]] = None, record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """Record ``name`` as started, run ``fn``, push ``undo``, record it done with what ``fn`` returned."""
-        self.ledger.begin_step(self.key, name, record)
+        """Record ``name`` as started, run ``fn``, push ``undo``; ``fn``'s dict result is kept with the step."""
+        done, learned = self.pending or (None, None)
+        self.ledger.advance(self.key, done=done, learned=learned, begin=name, undo=record)
+        self.pending = None
         try:
-            learned = fn()
+            result = fn()
         except (StepError, GuardError):
             raise
         except (NetlinkError, OSError, Error) as exc:
             raise StepError(name, _why(exc)) from exc
         if undo is not None:
             self.stack.callback(_best_effort, name, undo)
-        learned = learned if isinstance(learned, dict) else {}
-        self.ledger.end_step(self.key, name, **learned)
+        result = result if isinstance(result, dict) else {}
+        self.pending = (name, result)
         _test_hook(name)
-        return learned
+        return result
+
+    def finish(self, **changes: Any) -> Lease:
+        """Mark the last step done and set lease fields, in one write."""
+        done, learned = self.pending or (None, None)
+        self.pending = None
+        return self.ledger.advance(self.key, done=done, learned=learned, **changes)
 
 
 # --- attach --------------------------------------------------------------------------------------------------------
@@ -236,7 +246,7 @@ def add_addresses(ipr: IPRoute, index: int, addresses: Sequence[Any]) -> None:
                 raise
 
 
-def _garp(ifname: str, mac: str, ip: str) -> bytes:
+def _garp(mac: str, ip: str) -> bytes:
     hw = bytes.fromhex(mac.replace(":", ""))
     addr = socket.inet_aton(ip)
     arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, hw, addr, b"\0" * 6, addr)
@@ -249,19 +259,36 @@ def _unsolicited_na(mac: str, ip: str) -> bytes:
     return struct.pack("!BBHI16sBB6s", 136, 0, 0, 0x20000000, socket.inet_pton(socket.AF_INET6, ip), 2, 1, hw)
 
 
-def announce(ns_fd: int, ifname: str, index: int, mac: str, addresses: Sequence[Any]) -> None:
-    """A gratuitous ARP per IPv4 address and an unsolicited neighbour advertisement per IPv6 address, so peers
-    and switches learn the new location at once (sriov-cni does the same after ADD)."""
+def arp_notify_on(ns_fd: int, ifname: str) -> None:
+    """Let the kernel send the gratuitous ARP for the first IPv4 address when the link comes up
+    (``arp_notify``) and unsolicited NAs on address changes (``ndisc_notify``), in the target's namespace.
+    An AF_PACKET socket would do it too, but closing one waits for an RCU grace period (~20 ms here)."""
     with nsmod.entered(ns_fd):
-        for a in addresses:
-            if a.version == 4:
-                with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as s:
-                    s.bind((ifname, 0x0806))
-                    s.send(_garp(ifname, mac, str(a.ip)))
-            else:
-                with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
-                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
-                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+        for path in (f"/proc/sys/net/ipv4/conf/{ifname}/arp_notify", f"/proc/sys/net/ipv6/conf/{ifname}/ndisc_notify"):
+            try:
+                with open(path, "w", encoding="ascii") as f:
+                    f.write("1")
+            except FileNotFoundError:  # IPv6 disabled in that namespace
+                pass
+
+
+def announce(ns_fd: int, ifname: str, index: int, mac: str, addresses: Sequence[Any]) -> None:
+    """A gratuitous ARP for each IPv4 address after the first (the kernel announced that one on up) and an
+    unsolicited neighbour advertisement per IPv6 address, so peers and switches learn the new location at once
+    (sriov-cni does the same after ADD)."""
+    v4 = [a for a in addresses if a.version == 4][1:]
+    v6 = [a for a in addresses if a.version == 6]
+    with nsmod.entered(ns_fd):
+        if v4:
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as s:
+                s.bind((ifname, 0x0806))
+                for a in v4:
+                    s.send(_garp(mac, str(a.ip)))
+        if v6:
+            with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+                for a in v6:
                     s.sendto(_unsolicited_na(mac, str(a.ip)), ("ff02::1", 0, 0, index))
 
 
@@ -288,11 +315,11 @@ def opened(target_path: str) -> Iterator[int]:
 
 def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifname: str,
                   addresses: Sequence[str], gateway: Optional[str], mtu: Optional[int], table: Optional[int],
-                  dhcp: bool) -> Dict[str, Any]:
+                  dhcp: bool) -> Lease:
     """Hand the NIC of ``lease`` (in the root namespace, as ``lease.original``) to ``target``.
 
-    Returns what was learned (the link's index inside the target). On failure every step done is undone and
-    StepError names the failed one.
+    Returns the lease as stored, state ``attached``, with ``params["index"]`` the link's index inside the
+    target. On failure every step done is undone and StepError names the failed one.
     """
     orig = lease.original
     nets = parse_addresses(addresses)
@@ -314,7 +341,15 @@ def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifnam
         where: Dict[str, Any] = {}
 
         def do_move() -> Dict[str, Any]:
-            move_link(root, index, tfd, ifname, mtu)
+            try:
+                move_link(root, index, tfd, ifname, mtu)
+            except NetlinkError:
+                # the kernel moves first and renames after: a name taken meanwhile fails the rename with the NIC
+                # already inside, under its host name
+                stray = find_by_mac(tip, orig["mac"]) if orig.get("mac") else None
+                if stray is not None:
+                    return_home(lease, tip, stray["index"], force=True)
+                raise
             where["index"] = _link(tip, ifname=ifname)["index"]
             return {"index": where["index"]}
 
@@ -323,18 +358,24 @@ def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifnam
         tidx = where["index"]
         if nets:
             steps.run("addresses", lambda: add_addresses(tip, tidx, nets), record={"addresses": list(addresses)})
-        steps.run("up", lambda: tip.link("set", index=tidx, state="up"))  # routes need the link up
+
+        def do_up() -> None:
+            arp_notify_on(tfd, ifname)  # the kernel announces the first IPv4 address as the link comes up
+            tip.link("set", index=tidx, state="up")
+
+        steps.run("up", do_up)  # before routes: the kernel refuses routes through a link that is down
         if gw is not None or table:
             steps.run("routes", lambda: add_routes(tip, tidx, nets, gw, table),
                       undo=lambda: del_rules(tip, addresses, table), record={"table": table})
-        if nets:
+        if len([a for a in nets if a.version == 4]) > 1 or any(a.version == 6 for a in nets):
             steps.run("announce", lambda: _announce_quietly(tfd, ifname, tidx, orig["mac"], nets))
         if dhcp:
             from . import dhcp as dhcpmod
             steps.run("dhcp", lambda: dhcpmod.start(lease, target, ifname),
                       undo=lambda: dhcpmod.stop(ledger.get(lease.key) or lease))
+        done = steps.finish(state="attached", params={"index": tidx})
         stack.pop_all()
-        return {"index": tidx}
+        return done
 
 
 def _announce_quietly(fd: int, ifname: str, index: int, mac: str, nets: Sequence[Any]) -> None:
@@ -414,6 +455,11 @@ def rename_home(root: IPRoute, link: Any, orig: Dict[str, Any], force: bool) -> 
     current = link.get_attr("IFLA_IFNAME")
     if current != name:
         taken = _link(root, ifname=name)
+        if taken is not None and taken["index"] == index:
+            # udev gave the NIC its predictable name as an altname when it came back (the kernel resolves
+            # altnames as names): drop it, then rename, as sriov-cni does
+            root.link("property_del", index=index, altname=[name])
+            taken = None
         if taken is not None:
             log.warning("%s stays %s: %s is taken on the host", orig.get("mac"), current, name)
             name = current

@@ -5,6 +5,7 @@ import os
 import jsonschema
 import pytest
 
+from conftest import unique  # at import time: tests/vm/conftest.py takes the module name "conftest" later
 from dpdkeni import cdi
 from dpdkeni.cdi_schema import SCHEMA
 from dpdkeni.errors import Error
@@ -80,7 +81,6 @@ def _podman(spec, tmp_path, device):
     """Run a busybox container from a bare rootfs with ``device`` from ``spec`` (put in /var/run/cdi)."""
     import shutil
     import subprocess
-    from conftest import unique
     root = tmp_path / "rootfs"
     for d in ("bin", "dev", "proc", "sys", "etc"):
         (root / d).mkdir(parents=True, exist_ok=True)

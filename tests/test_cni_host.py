@@ -234,3 +234,86 @@ def test_find_nic_fast_path_matches_the_full_scan(state_dir, veth_factory):
     assert full.model == "veth"
     assert find_nic(nic) == full
     assert find_nic(full.mac) == full
+
+
+def test_dpdk_mode_targets_a_process_in_the_pods_netns(netns_factory, container_factory):
+    """DPDK mode needs a process for the vfio nodes and the hugetlbfs mount: /proc/N/ns/net names it, a pod's
+    netns file is matched to the process living in it (its sandbox), an empty netns is refused with a pointer
+    to CDI (error 7)."""
+    import subprocess
+
+    from dpdkeni import cni
+
+    box = container_factory()
+    assert cni.dpdk_target(f"/proc/{box.pid}/ns/net").pid == box.pid
+    ns = netns_factory()
+    with pytest.raises(cnispec.CniError) as err:
+        cni.dpdk_target(f"/run/netns/{ns}")
+    assert err.value.code == cnispec.INVALID_CONFIG and "CDI" in err.value.details
+    sandbox = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.readlink(f"/proc/{sandbox.pid}/exe").find("sleep") < 0:
+            time.sleep(0.01)
+        target = cni.dpdk_target(f"/run/netns/{ns}")
+        assert target.pid == sandbox.pid and target.path == f"/run/netns/{ns}"
+    finally:
+        sandbox.kill()
+        sandbox.wait()
+
+
+def test_gc_releases_attachments_the_runtime_no_longer_lists(tmp_path, state_dir, stand_in_models, netns_factory,
+                                                             veth_factory):
+    """CNI 1.1 GC: of two pods' NICs, the one missing from cni.dev/valid-attachments goes home; IPAM GC frees its
+    address."""
+    conf = _conf(tmp_path, subnet="198.18.67.0/24")
+    nics = []
+    for i in range(2):
+        nic, _ = veth_factory()
+        ns = netns_factory()
+        assert run_cni("ADD", {**conf, "device": nic}, netns=f"/run/netns/{ns}", container_id=f"gc{i}").returncode == 0
+        nics.append(nic)
+    gc_conf = {**conf, "device": nics[0], "cni.dev/valid-attachments": [{"containerID": "gc0", "ifname": "net1"}]}
+    gc = run_cni("GC", gc_conf)
+    assert gc.returncode == 0, gc
+    assert _link(nics[0]) is None and _link(nics[1]) is not None, "gc1's NIC is back, gc0's stays in its pod"
+    assert list(Ledger().leases()) == [f"if:{nics[0]}"] and len(_ipam_leases(tmp_path, conf)) == 1
+
+
+def test_del_renames_a_returned_nic_that_udev_gave_its_name_as_altname(tmp_path, state_dir, stand_in_models,
+                                                                       stand_in):
+    """What a real NIC goes through when its pod's netns dies (the lab test shows it on virtio-net): it lands in
+    the host namespace under another name and udev adds its predictable name -- the original -- as an altname.
+    DEL still gives it its own name back."""
+    ns = unique("dkns")
+    pynetns.create(ns)
+    conf = _conf(tmp_path, subnet="198.18.68.0/24", device=stand_in)
+    try:
+        add = run_cni("ADD", conf, netns=f"/run/netns/{ns}", container_id="back1")
+        assert add.returncode == 0, add
+        with IPRoute(netns=f"/run/netns/{ns}", flags=0) as ipr, open("/proc/self/ns/net") as root:
+            ipr.link("set", index=ipr.link_lookup(ifname="net1")[0], net_ns_fd=root.fileno(), ifname="dev7x")
+    finally:
+        pynetns.remove(ns)
+    with IPRoute() as ipr:
+        ipr.link("property_add", index=ipr.link_lookup(ifname="dev7x")[0], altname=stand_in)
+    deleted = run_cni("DEL", conf, netns=f"/run/netns/{ns}", container_id="back1")
+    assert deleted.returncode == 0, deleted
+    assert _link("dev7x") is None and _link(stand_in)[0] == add.doc["interfaces"][0]["mac"]
+    assert Ledger().leases() == {}
+
+
+def test_benchmark_runs_both_plugins_on_the_same_nics(stand_in_models):
+    """benchmarks/cni.py, one round: both plugins measured, the reference named as Debian's build."""
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "cni.py")
+    out = subprocess.run([sys.executable, script, "--rounds", "1", "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert "Debian containernetworking-plugins" in doc["reference"]
+    rows = {r["plugin"]: r for r in doc["rows"]}
+    assert set(rows) == {"host-device", "dpdkeni-cni"} and rows["host-device"]["ratio_p50"] == 1.0
+    assert rows["dpdkeni-cni"]["runs"] == rows["host-device"]["runs"] == 1

@@ -190,3 +190,18 @@ def test_delegated_error_keeps_the_ipam_code(tmp_path):
     with pytest.raises(CniError) as err:
         cnispec.delegate("no-such-ipam", "ADD", b"{}", _ipam_env(tmp_path))
     assert err.value.code == cnispec.INVALID_CONFIG and "CNI_PATH" in err.value.msg
+
+
+def test_light_pyroute2_loads_only_what_the_plugin_uses():
+    """The plugin's entry point skips pyroute2's import-everything __init__; any other name still works."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dpdkeni.cni import _light_pyroute2; _light_pyroute2()\n"
+            "from pyroute2 import IPRoute, netns\nfrom pyroute2.netlink.exceptions import NetlinkError\n"
+            "with IPRoute() as ipr: assert ipr.link_lookup(ifname='lo')\n"
+            "print('ndb' if 'pyroute2.ndb.main' in sys.modules else 'light')\n"
+            "import pyroute2; assert pyroute2.NDB and pyroute2.IPRoute is IPRoute\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["light"]

@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from conftest import needs_root
+from conftest import needs_root, unique  # at import time: tests/vm/conftest.py shadows the name later
 from cnirun import run_cni
 
 from dpdkeni import cni, cnispec
@@ -68,6 +68,9 @@ def test_testpmd_pod_uses_a_dpdk_nad_and_the_image_built_here():
     (container,) = pod["spec"]["containers"]
     assert "testpmd" in container["command"][0]
     assert nad["metadata"]["annotations"]["k8s.v1.cni.cncf.io/resourceName"] in container["resources"]["limits"]
+    from dpdkeni import cdi, specs
+    kind, device = pod["metadata"]["annotations"]["cdi.k8s.io/dpdkeni"].split("=")
+    assert kind == cdi.KIND and specs.classify(device) == ("pci", device)
     with open(os.path.join(K8S, "Containerfile"), encoding="utf-8") as f:
         assert "dpdk" in f.read()
     with open(os.path.join(K8S, "pod-testpmd.yaml"), encoding="utf-8") as f:
@@ -94,7 +97,6 @@ def test_orchestrator_waits_attaches_and_releases_on_exit(state_dir, stand_in_mo
 
     from pyroute2 import IPRoute
 
-    from conftest import unique
 
     box = container_factory()
     mac = "02:de:%02x:%02x:00:02" % (os.getpid() % 256, (os.getpid() >> 8) % 256)
@@ -123,3 +125,79 @@ def test_orchestrator_waits_attaches_and_releases_on_exit(state_dir, stand_in_mo
         with IPRoute() as ipr:
             for idx in (ipr.link_lookup(ifname=nic) + ipr.link_lookup(ifname=peer))[:1]:
                 ipr.link("del", index=idx)
+
+
+# --- examples/cdi/ ------------------------------------------------------------------------------------------------
+
+
+def test_cdi_example_asks_for_a_device_of_the_spec_it_writes(sysfs_tree, state_dir, tmp_path):
+    """run-podman.sh on a synthetic host with a virtio-net NIC on vfio-pci: it skips the bind, writes the CDI
+    spec, and the podman command (echoed) requests exactly a device that spec defines."""
+    import subprocess
+    import sys
+
+    import jsonschema
+
+    from dpdkeni.cdi_schema import SCHEMA
+
+    bdf = "0000:00:04.0"
+    sysfs_tree.add_nic(bdf, "virtio-net", driver="vfio-pci", iommu_group=4, numa_node=0)
+    sysfs_tree.write("dev/vfio/4", "")
+    cdi_dir = tmp_path / "cdi"
+    env = {**os.environ, "DPDKENI_SYSFS_ROOT": sysfs_tree.root, "DPDKENI": f"{sys.executable} -m dpdkeni",
+           "PODMAN": "echo", "CDI_DIR": str(cdi_dir)}
+    run = subprocess.run([os.path.join(ROOT, "examples", "cdi", "run-podman.sh"), "00:04.0"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    spec = json.load(open(cdi_dir / "dpdkeni.json"))
+    jsonschema.validate(spec, SCHEMA)
+    argv = run.stdout.split()
+    assert argv[0] == "run" and spec["cdiVersion"] == "0.5.0"  # what Debian 12's podman 4.3 resolves
+    kind, name = argv[argv.index("--device") + 1].split("=")
+    assert kind == spec["kind"] and name in [d["name"] for d in spec["devices"]] and name == bdf
+    assert "localhost/dpdkeni-testpmd:latest" in argv and argv[argv.index("-a") + 1] == bdf
+
+
+# --- examples/udev/ -------------------------------------------------------------------------------------------
+
+UDEV = os.path.join(ROOT, "examples", "udev")
+
+
+def test_udev_rules_file_is_what_dpdkeni_generates(monkeypatch):
+    udev = pytest.importorskip("dpdkeni.udev", reason="dpdkeni.udev (events) has not landed")
+    monkeypatch.delenv("DPDKENI_MODELS", raising=False)
+    text = udev.rules_text(hook="/usr/local/bin/dpdkeni-hook", dpdkeni="/usr/local/bin/dpdkeni")
+    with open(os.path.join(UDEV, "90-dpdkeni.rules"), encoding="utf-8") as f:
+        assert f.read() == text, "regenerate examples/udev/90-dpdkeni.rules with udev.rules_text()"
+    assert 'ENV{PCI_ID}=="1AF4:1000|1AF4:1041"' in text  # virtio-net, legacy and modern
+
+
+def _hook_demo(state):
+    import subprocess
+    import sys
+    return subprocess.run(["sh", os.path.join(UDEV, "hook-demo.sh")], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DPDKENI_STATE_DIR": str(state),
+                               "HOOK": f"{sys.executable} -m dpdkeni.udev"})
+
+
+def test_udev_hook_queues_the_event_when_no_daemon_listens(tmp_path):
+    pytest.importorskip("dpdkeni.udev", reason="dpdkeni.udev (events) has not landed")
+    run = _hook_demo(tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "queued" in run.stderr and "queued: " in run.stdout
+    event = json.loads(run.stdout.split("\n", 1)[1])
+    assert event["ACTION"] == "add" and event["INTERFACE"] == "ens5" and event["ID_MODEL_ID"] == "0x1041"
+    assert "PATH" not in event, "only udev's event variables are forwarded"
+
+
+def test_udev_hook_hands_the_event_to_a_listening_daemon(tmp_path):
+    import socket
+    pytest.importorskip("dpdkeni.udev", reason="dpdkeni.udev (events) has not landed")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as daemon:
+        daemon.bind(str(tmp_path / "daemon.sock"))
+        daemon.settimeout(30)
+        run = _hook_demo(tmp_path)
+        assert run.returncode == 0, run.stderr
+        event = json.loads(daemon.recv(65536))
+    assert event["ACTION"] == "add" and event["DEVPATH"].endswith("/net/ens5")
+    assert "sent" in run.stderr and "queued" not in run.stdout

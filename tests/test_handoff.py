@@ -3,6 +3,7 @@ net+mount namespaces, peers are named netns. Addresses from 198.18.0.0/15 only."
 import json
 import os
 import subprocess
+import time
 
 import pytest
 from pyroute2 import IPRoute
@@ -270,3 +271,71 @@ def test_reclaim_for_the_daemon(env, netns_factory, veth_factory):
     assert handoff.reclaim(devn)["action"] == "reclaimed"
     assert host_state(nic) == before and Ledger().leases() == {}
     assert handoff.reclaim(nic) is None
+
+
+def test_gratuitous_arp_updates_the_peer(env, netns_factory, veth_factory, container_factory):
+    """The peer had the address at another MAC: the kernel's GARP on up (arp_notify) corrects it at once."""
+    nic, ns, peer = peer_ns(netns_factory, veth_factory, "198.18.14.1/24")
+    in_ns(ns, "ip", "neigh", "replace", "198.18.14.2", "lladdr", "02:00:00:00:00:01", "dev", peer, "nud", "stale")
+    time.sleep(1.2)  # the kernel ignores ARP for an entry updated less than locktime (1 s) ago
+    c = container_factory()
+    handoff.attach(nic, c.target, addresses=["198.18.14.2/24"])
+    mac = Ledger().get(f"if:{nic}").original["mac"]
+    assert wait_until(lambda: mac in in_ns(ns, "ip", "neigh", "show", "198.18.14.2").stdout)
+    handoff.release(nic)
+
+
+def wait_until(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_cli_json_attach_release(env, veth_factory, container_factory, cli):
+    nic, _ = veth_factory()
+    c = container_factory()
+    r = cli("attach", nic, "--to", c.target, "--ifname", "net0", "--address", "198.18.15.2/24", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["state"] == "attached" and doc["params"]["ifname"] == "net0" and doc["original"]["ifname"] == nic
+    r = cli("release", nic, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["params"]["outcome"] == "returned"
+    r = cli("release", nic, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) is None
+
+
+def test_name_taken_during_the_move_is_undone(env, veth_factory, container_factory, monkeypatch):
+    """eth0 appears in the container after the check: the kernel moves the NIC, then fails the rename; the NIC
+    must come back home, not stay inside under its host name."""
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400)
+    before = host_state(nic)
+    c = container_factory()
+    real = netdev._link
+
+    def racing_link(ipr, **key):
+        if key == {"ifname": "eth0"} and "eth0" not in c.run("ip", "link").stdout:
+            c.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0")
+            return None  # the check saw no eth0; it exists by the time of the move
+        return real(ipr, **key)
+
+    monkeypatch.setattr(netdev, "_link", racing_link)
+    with pytest.raises(StepError) as err:
+        handoff.attach(nic, c.target)
+    assert err.value.step == "move" and "exists" in str(err.value)
+    assert host_state(nic) == before and Ledger().leases() == {}
+
+
+def test_release_refuses_a_lease_another_process_is_working_on(env, veth_factory, container_factory):
+    nic, _ = veth_factory()
+    c = container_factory()
+    handoff.attach(nic, c.target)
+    Ledger().update(f"if:{nic}", state="attaching", owner_pid=c.pid)  # a live process, started before the lease
+    with pytest.raises(GuardError, match=f"being attached by pid {c.pid}"):
+        handoff.release(nic)
+    assert "eth0" in c.run("ip", "link").stdout
+    Ledger().update(f"if:{nic}", state="attached", owner_pid=os.getpid())
+    handoff.release(nic)

@@ -1,0 +1,110 @@
+"""``dpdkeni watch``, ``dpdkeni wait``, ``dpdkeni daemon`` and ``dpdkeni udev rules|hook``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger("dpdkeni")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from ..events import Watcher
+    try:
+        with Watcher(args.source, all=args.all, existing=args.existing) as watcher:
+            log.info("watching NIC events (source %s); Ctrl-C to stop", watcher.source)
+            for event in watcher:
+                line = json.dumps(event.to_dict(), sort_keys=True, default=str) if args.json else str(event)
+                print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from ..events import wait_for_nic
+    try:
+        nic = wait_for_nic(mac=args.mac, pci=args.pci, timeout=args.timeout, source=args.source, all=args.all)
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        from ..cli import emit_json
+        emit_json(nic.to_dict())
+    else:
+        print(" ".join(f"{k}={v}" for k, v in (("pci", nic.pci), ("if", nic.ifname), ("mac", nic.mac),
+                                                ("drv", nic.driver)) if v))
+    return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    import signal
+
+    from ..daemon import Daemon
+    from ..events import Watcher
+    from ..policy import describe, load
+    policy = load(args.policy)  # an invalid policy: one line naming file:line, exit 2, nothing started
+    for line in describe(policy.rules):
+        log.info("rule %s", line)
+    daemon = Daemon(policy, watcher=Watcher(args.source, all=args.all, existing=True))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: daemon.stop.set())
+    daemon.serve()
+    return 0
+
+
+def cmd_udev_rules(args: argparse.Namespace) -> int:
+    from .. import udev
+    text = udev.rules_text()
+    if args.install:
+        print(f"wrote {udev.install_rules(text, args.path)}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_udev_hook(args: argparse.Namespace) -> int:
+    from .. import udev
+    return udev.hook_main()
+
+
+def _source_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", choices=("auto", "udev", "kernel"), default="auto",
+                   help="uevent source: udev (after udevd renamed the device), kernel (works without udevd); "
+                        "auto picks udev when udevd runs")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``watch``, ``wait``, ``daemon`` and ``udev``."""
+    p = sub.add_parser("watch", help="print NIC events (added/removed/bound/moved) until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--all", action="store_true", help="every network device, virtual ones included")
+    p.add_argument("--existing", action="store_true", help="first report the NICs already present as added")
+    _source_arg(p)
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("wait", help="wait until a NIC is present and named (already present counts)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--mac", help="the NIC's MAC address")
+    g.add_argument("--pci", help="the NIC's PCI address")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30); exit 1 when it passes")
+    p.add_argument("--all", action="store_true", help="let virtual devices count too (tests)")
+    p.add_argument("--json", action="store_true", help="the NIC as one JSON document")
+    _source_arg(p)
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("daemon", help="apply a policy to NICs as they appear; reclaim them when containers die")
+    p.add_argument("--policy", required=True, help="rules file (TOML, or JSON by the .json extension)")
+    p.add_argument("--all", action="store_true", help="let virtual devices match rules too (tests)")
+    _source_arg(p)
+    p.set_defaults(func=cmd_daemon)
+
+    p = sub.add_parser("udev", help="udev rules and the hook they run")
+    usub = p.add_subparsers(dest="udev_command", metavar="SUBCOMMAND")
+    usub.required = True
+    q = usub.add_parser("rules", help="print the rules (or --install them)")
+    q.add_argument("--install", action="store_true", help="write them to /etc/udev/rules.d/90-dpdkeni.rules")
+    q.add_argument("--path", default="/etc/udev/rules.d/90-dpdkeni.rules", help=argparse.SUPPRESS)
+    q.set_defaults(func=cmd_udev_rules)
+    q = usub.add_parser("hook", help="(run by udev) hand the event in the environment to the daemon")
+    q.set_defaults(func=cmd_udev_hook)

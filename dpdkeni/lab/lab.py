@@ -1,0 +1,244 @@
+"""``Lab``: one booted guest with real PCI hot-plug, driven from the host.
+
+    from dpdkeni.lab import Lab
+    with Lab() as lab:                       # builds or reuses the image, boots, waits for the agent
+        nic = lab.plug("virtio-net", mac="52:54:00:00:00:01")
+        print(lab.run(["dpdkeni", "list"]).stdout)
+        lab.unplug(nic.id)
+
+The project reaches the guest through a read-only 9p share of the directory that holds the ``dpdkeni``
+package (the checkout in an editable install), so the guest runs exactly this code with Debian's python3.
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence
+
+from ..errors import Error, InputError
+from .agent import AgentClient, Result
+from .image import Image, cache_root, ensure_image
+from .qemu import Qemu, accel
+from .qmp import QMP
+
+log = logging.getLogger(__name__)
+
+# model name -> (QEMU device, extra device_add properties)
+DEVICES: Dict[str, tuple] = {
+    "virtio-net": ("virtio-net-pci", {"iommu_platform": True, "ats": True}),
+    "e1000": ("e1000", {}),
+    "e1000e": ("e1000e", {}),
+}
+_ALIASES = {"virtio-net-pci": "virtio-net", "virtio": "virtio-net"}
+_macs = itertools.count(1)
+
+
+@dataclass
+class PluggedNic:
+    """A NIC hot-plugged into the guest, as the guest saw it."""
+
+    id: str
+    model: str
+    mac: str
+    port: str
+    netdev: str
+    pci: str = ""
+    ifname: str = ""
+    seconds: float = 0.0
+    extra: Dict[str, object] = field(default_factory=dict)
+
+
+def default_share() -> str:
+    """The directory holding the ``dpdkeni`` package (the checkout for an editable install)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Lab:
+    """A QEMU guest with hot-plug slots, a QMP monitor and an agent. Use as a context manager."""
+
+    def __init__(self, progress: Optional[Callable[[str], None]] = None, share: Optional[str] = None,
+                 root_ports: int = 8, memory: str = "2048", cpus: int = 2, boot_timeout: float = 300.0) -> None:
+        self.progress = progress or log.info
+        self.share = share or default_share()
+        self.root_ports, self.memory, self.cpus = root_ports, memory, cpus
+        self.boot_timeout = boot_timeout
+        self.image: Optional[Image] = None
+        self.qemu: Optional[Qemu] = None
+        self.qmp: Optional[QMP] = None
+        self.agent: Optional[AgentClient] = None
+        self.workdir: Optional[str] = None
+        self.nics: Dict[str, PluggedNic] = {}
+        self.boot_seconds = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def __enter__(self) -> "Lab":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and self.qemu is not None:
+            self.progress("lab: failed; guest console (last lines):\n" + self.console_tail())
+        self.stop()
+
+    def start(self) -> None:
+        """Build or reuse the image, boot QEMU, connect QMP and the agent; raises with the console on failure."""
+        self.image = ensure_image(self.progress)
+        self.workdir = tempfile.mkdtemp(prefix="dpdkeni-lab-")
+        self.qemu = Qemu(self.image, self.workdir, self.share, self.root_ports, self.memory, self.cpus)
+        atexit.register(self.stop)
+        started = time.monotonic()
+        self.progress(f"lab: booting the guest (kernel {self.image.kernel_release}, "
+                      f"{accel().upper()}; 10-60 s)")
+        try:
+            self.qemu.start()
+            self.qmp = QMP(self.qemu.qmp_path)
+            self.agent = AgentClient(self.qemu.agent_path)
+            self.agent.wait_ready(self.boot_timeout, alive=self.qemu.alive)
+        except Error as exc:
+            detail = self.qemu.stderr().strip()[-1500:]
+            tail = self.console_tail()
+            self.stop()
+            raise Error(f"lab: the guest did not come up: {exc}\n{detail}\n--- guest console ---\n{tail}")
+        self.boot_seconds = time.monotonic() - started
+        self.progress(f"lab: guest up in {self.boot_seconds:.1f}s")
+
+    def stop(self) -> None:
+        """Stop QEMU (idempotent) and keep the console log under the cache dir."""
+        if self.qemu is not None:
+            self.qemu.stop(self.qmp)
+            self._keep_console()
+        for conn in (self.agent, self.qmp):
+            if conn is not None:
+                conn.close()
+        self.agent = self.qmp = None
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        atexit.unregister(self.stop)
+
+    def _keep_console(self) -> None:
+        text = self.qemu.console()
+        if text:
+            os.makedirs(cache_root(), exist_ok=True)
+            with open(os.path.join(cache_root(), "last-console.log"), "w") as f:
+                f.write(text)
+
+    def console_tail(self, lines: int = 60) -> str:
+        """The last lines of the guest's serial console."""
+        return "\n".join(self.qemu.console().splitlines()[-lines:]) if self.qemu else ""
+
+    # -- running things in the guest ---------------------------------------------------------------------
+    def run(self, argv: Sequence[str], timeout: float = 120.0, check: bool = False, input: str = "",
+            env: Optional[Dict[str, str]] = None) -> Result:
+        """Run a command in the guest; ``check=True`` raises unless it exits 0."""
+        result = self._agent().run(argv, timeout=timeout, input=input, env=env)
+        return result.check() if check else result
+
+    def sh(self, script: str, timeout: float = 120.0, check: bool = False) -> Result:
+        """Run a shell script in the guest."""
+        return self.run(["sh", "-c", script], timeout=timeout, check=check)
+
+    def dpdkeni(self, *args: str, timeout: float = 120.0, check: bool = False) -> Result:
+        """Run the ``dpdkeni`` command (this checkout) in the guest."""
+        return self.run(["python3", "-m", "dpdkeni", *args], timeout=timeout, check=check)
+
+    def python(self, code: str, timeout: float = 120.0, check: bool = True) -> Result:
+        """Run Python code in the guest (with this checkout on ``PYTHONPATH``)."""
+        return self.run(["python3", "-c", code], timeout=timeout, check=check)
+
+    def spawn(self, argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
+        """Start a background process in the guest; returns its handle."""
+        return self._agent().call("spawn", argv=list(argv), env=env or {})["handle"]
+
+    def poll(self, handle: int) -> Dict[str, object]:
+        """``{"rc": None while running, "output": the tail of its output}``."""
+        return self._agent().call("poll", handle=handle)
+
+    def wait(self, handle: int, timeout: float = 60.0, until: Optional[str] = None) -> Dict[str, object]:
+        """Wait until a background process exits (or, with ``until``, until its output contains that text);
+        returns the last ``poll``. Raises Error on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.poll(handle)
+            if (until is not None and until in str(state["output"])) or (until is None and state["rc"] is not None):
+                return state
+            if until is not None and state["rc"] is not None:
+                raise Error(f"lab: guest process {handle} exited {state['rc']} before printing {until!r}: "
+                            f"{str(state['output'])[-2000:]}")
+            if time.monotonic() > deadline:
+                raise Error(f"lab: guest process {handle} still running after {timeout:.0f}s: "
+                            f"{str(state['output'])[-2000:]}")
+            time.sleep(0.2)
+
+    def kill(self, handle: int, signal: int = 15, timeout: float = 10.0) -> Dict[str, object]:
+        """Signal a background process's group and wait for it; returns rc and output."""
+        return self._agent().call("signal", timeout=timeout + 10, handle=handle, signal=signal, limit=timeout)
+
+    def write(self, path: str, data: str, mode: int = 0o644) -> None:
+        """Write a file in the guest."""
+        self._agent().call("write", path=path, data=data, mode=mode)
+
+    def _agent(self) -> AgentClient:
+        if self.agent is None:
+            raise Error("lab: the guest is not running")
+        return self.agent
+
+    # -- hot-plug ----------------------------------------------------------------------------------------
+    def plug(self, model: str, mac: Optional[str] = None, id: Optional[str] = None,
+             timeout: float = 60.0) -> PluggedNic:
+        """Hot-plug a NIC (``virtio-net``, ``e1000``, ``e1000e``) on the QEMU hub and wait until the guest has
+        its netdev (udev done renaming it)."""
+        model = _ALIASES.get(model, model)
+        if model not in DEVICES:
+            raise InputError(f"lab: unknown NIC model {model!r}", f"one of {', '.join(DEVICES)}")
+        driver, props = DEVICES[model]
+        mac = (mac or f"52:54:00:aa:00:{next(_macs):02x}").lower()
+        nic_id = id or f"nic{len(self.nics) + 1}-{mac[-2:]}"
+        port = self._free_port()
+        nic = PluggedNic(nic_id, model, mac, port, f"hub-{nic_id}")
+        qmp = self._qmp()
+        started = time.monotonic()
+        qmp.execute("netdev_add", type="hubport", id=nic.netdev, hubid=0)
+        try:
+            qmp.execute("device_add", driver=driver, netdev=nic.netdev, bus=port, id=nic_id, mac=mac, **props)
+        except Error:
+            qmp.execute("netdev_del", id=nic.netdev)
+            raise
+        self.nics[nic_id] = nic
+        seen = self._agent().call("wait_net", timeout=timeout + 10, mac=mac, limit=timeout)
+        nic.pci, nic.ifname = seen["pci"], seen["ifname"]
+        nic.seconds = time.monotonic() - started
+        self.progress(f"lab: plugged {model} {mac} -> {nic.pci} {nic.ifname} ({nic.seconds:.1f}s)")
+        return nic
+
+    def unplug(self, nic_id: str, timeout: float = 60.0) -> None:
+        """``device_del`` a plugged NIC, wait for QEMU's DEVICE_DELETED and for the guest to drop it."""
+        nic = self.nics.get(nic_id)
+        if nic is None:
+            raise InputError(f"lab: no plugged NIC {nic_id!r}", f"plugged: {', '.join(self.nics) or 'none'}")
+        qmp = self._qmp()
+        qmp.execute("device_del", id=nic_id)
+        qmp.wait_event("DEVICE_DELETED", lambda d: d.get("device") == nic_id, timeout=timeout)
+        qmp.execute("netdev_del", id=nic.netdev)
+        del self.nics[nic_id]
+        self._agent().call("wait_net", timeout=timeout + 10, mac=nic.mac, gone=True, limit=timeout)
+        self.progress(f"lab: unplugged {nic.model} {nic.mac} ({nic.pci})")
+
+    def _free_port(self) -> str:
+        used = {n.port for n in self.nics.values()}
+        for i in range(1, self.root_ports + 1):
+            if f"rp{i}" not in used:
+                return f"rp{i}"
+        raise Error(f"lab: all {self.root_ports} hot-plug slots are in use", "unplug a NIC first")
+
+    def _qmp(self) -> QMP:
+        if self.qmp is None:
+            raise Error("lab: the guest is not running")
+        return self.qmp
+

@@ -1,0 +1,127 @@
+"""PCI hot-plug sequences this kernel cannot produce, replayed as uevents against a synthetic sysfs tree:
+the pci/virtio/net uevents of one NIC coalesce into one event with everything known about it."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from dpdkeni.events import NicEvent, Watcher
+from dpdkeni.sysfs import Sysfs
+
+BDF = "0000:00:04.0"
+
+
+class Uevent:
+    """What pyudev hands the watcher: action, subsystem, sys_name and the uevent properties."""
+
+    def __init__(self, action, subsystem, sys_name, **props):
+        self.action, self.subsystem, self.sys_name = action, subsystem, sys_name
+        self.properties = {"ACTION": action, "SUBSYSTEM": subsystem, **props}
+
+
+def pci(action, bdf=BDF):
+    return Uevent(action, "pci", bdf, PCI_CLASS="20000", DEVPATH=f"/devices/pci0000:00/{bdf}")
+
+
+def net(action, ifname, bdf=BDF):
+    return Uevent(action, "net", ifname, INTERFACE=ifname, IFINDEX="10",
+                  DEVPATH=f"/devices/pci0000:00/{bdf}/virtio1/net/{ifname}")
+
+
+@pytest.fixture
+def watcher(sysfs_tree):
+    w = Watcher(source="kernel", sysfs=Sysfs(sysfs_tree.root), settle=0.05)
+    w.resync(emit=False)
+    return w
+
+
+def feed(w, *uevents, settle=True):
+    """Hand the uevents to the watcher; with ``settle`` also let the NICs in transition time out."""
+    out = []
+    for u in uevents:
+        w._on_uevent(u)
+    deadline = time.monotonic() + 1
+    while settle and w._pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+        w._expire()
+    out += list(w._out)
+    w._out.clear()
+    return out
+
+
+def unplug(tree, bdf=BDF):
+    shutil.rmtree(tree.p(f"sys/devices/pci0000:00/{bdf}"))
+    tree_link = tree.p(f"sys/bus/pci/devices/{bdf}")
+    import os
+    os.unlink(tree_link)
+
+
+def test_hotplug_pci_virtio_net_bind_is_one_added(watcher, sysfs_tree):
+    sysfs_tree.add_nic(BDF, "virtio-net", driver=None)
+    assert feed(watcher, pci("add"), settle=False) == []  # no driver yet: held back
+    sysfs_tree.add_nic(BDF, "virtio-net", ifname="eth1", mac="52:54:00:aa:00:01")
+    events = feed(watcher, net("add", "eth1"), pci("bind"))
+    assert [(e.action, e.nic.pci, e.nic.ifname, e.nic.mac, e.nic.driver, e.nic.model) for e in events] == [
+        ("added", BDF, "eth1", "52:54:00:aa:00:01", "virtio-pci", "virtio-net")]
+
+
+def test_pci_add_already_complete_then_late_uevents_add_nothing(watcher, sysfs_tree):
+    sysfs_tree.add_nic(BDF, "e1000", ifname="eth1")
+    events = feed(watcher, pci("add"), net("add", "eth1"), pci("bind"))
+    assert [(e.action, e.nic.ifname, e.nic.model) for e in events] == [("added", "eth1", "e1000")]
+
+
+def test_no_driver_is_reported_after_settling(watcher, sysfs_tree):
+    sysfs_tree.add_nic(BDF, "e1000e", driver=None)
+    events = feed(watcher, pci("add"))
+    assert [(e.action, e.nic.driver) for e in events] == [("added", None)]
+
+
+def test_unplug_is_one_removed(watcher, sysfs_tree):
+    sysfs_tree.add_nic(BDF, "virtio-net", ifname="eth1")
+    watcher.resync(emit=False)
+    unplug(sysfs_tree)
+    events = feed(watcher, net("remove", "eth1"), pci("unbind"), pci("remove"))
+    assert [(e.action, e.nic.ifname) for e in events] == [("removed", "eth1")]
+
+
+def test_rebind_to_vfio_is_one_bound(watcher, sysfs_tree):
+    sysfs_tree.add_nic(BDF, "virtio-net", ifname="eth1")
+    watcher.resync(emit=False)
+    unplug(sysfs_tree)
+    sysfs_tree.add_nic(BDF, "virtio-net", driver="vfio-pci")
+    events = feed(watcher, net("remove", "eth1"), pci("unbind"), pci("bind"))
+    assert [(e.action, e.nic.driver, e.old.driver, e.nic.ifname) for e in events] == [
+        ("bound", "vfio-pci", "virtio-pci", None)]
+
+
+def test_netdev_leaving_the_netns_is_moved(watcher, sysfs_tree):
+    sysfs_tree.add_nic(BDF, "e1000", ifname="eth1")
+    watcher.resync(emit=False)
+    import os
+    os.unlink(sysfs_tree.p("sys/class/net/eth1"))
+    shutil.rmtree(sysfs_tree.p(f"sys/devices/pci0000:00/{BDF}/net"))
+    events = feed(watcher, net("remove", "eth1"))
+    assert [(e.action, e.nic.ifname, e.old.ifname) for e in events] == [("moved", None, "eth1")]
+
+
+def test_unmanaged_and_non_network_pci_devices_are_ignored(watcher, sysfs_tree):
+    events = feed(watcher, Uevent("add", "pci", "0000:00:05.0", PCI_CLASS="10802"),
+                  Uevent("add", "net", "veth0", INTERFACE="veth0", IFINDEX="3",
+                         DEVPATH="/devices/virtual/net/veth0"))
+    assert events == []
+
+
+def test_event_json_has_the_changed_fields_only(watcher, sysfs_tree):
+    sysfs_tree.add_nic(BDF, "e1000", ifname="eth1")
+    watcher.resync(emit=False)
+    os_unlink = __import__("os").unlink
+    os_unlink(sysfs_tree.p("sys/class/net/eth1"))
+    shutil.rmtree(sysfs_tree.p(f"sys/devices/pci0000:00/{BDF}/net"))
+    (event,) = feed(watcher, net("remove", "eth1"))
+    doc = event.to_dict()
+    assert isinstance(event, NicEvent) and doc["action"] == "moved" and "seqnum" not in doc
+    assert doc["old"] == {"ifname": "eth1", "mac": "52:54:00:00:00:01", "mtu": 1500, "operstate": "up"}
+    assert "moved" in str(event) and "was=eth1" in str(event)

@@ -1,0 +1,349 @@
+"""The native forwarder on real veth pairs in namespaces made by each test (both backends; AF_XDP is skipped
+with the exact reason where it cannot run). Rates are bounded (``rate=``/``count=``) so counts agree exactly on a
+loaded 2-core machine; nothing asserts on time."""
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable
+
+import psutil
+import pytest
+from pyroute2 import netns
+
+from conftest import needs_root, unique
+from dpdkeni.errors import InputError, NotFoundError
+from dpdkeni.fastpath import Forwarder, have_af_xdp
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from topo import Topo  # noqa: E402
+
+pytestmark = needs_root
+BACKENDS = ["af_packet", "af_xdp"]
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+_xdp_reason = {}
+
+
+def xdp_unavailable() -> str:
+    """Why AF_XDP cannot run here ('' when it can), found once by opening it on a scratch veth pair."""
+    if "r" not in _xdp_reason:
+        if not have_af_xdp():
+            _xdp_reason["r"] = "this build has no AF_XDP (libxdp-dev/libbpf-dev missing at build time)"
+        else:
+            with Topo("direct", unique("dkx")) as t:
+                try:
+                    Forwarder(["b0"], mode="rxonly", backend="af_xdp", target=t.target("b")).open().close()
+                    _xdp_reason["r"] = ""
+                except Exception as exc:  # the exact reason goes into the skip
+                    _xdp_reason["r"] = f"AF_XDP cannot run here: {exc}"
+    return _xdp_reason["r"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    if request.param == "af_xdp" and xdp_unavailable():
+        pytest.skip(xdp_unavailable())
+    return request.param
+
+
+@pytest.fixture
+def direct():
+    with Topo("direct", unique("dkf")) as t:
+        yield t
+
+
+def wait_until(pred, timeout: float = 10.0) -> bool:
+    """Poll pred (bounded): the tests never assert on time, only on what arrived."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def send_count(topo: Topo, role: str, ifname: str, count: int, backend: str = "af_packet") -> Forwarder:
+    src = Forwarder([ifname], mode="txonly", backend=backend, target=topo.target(role), rate=20000,
+                    count=count)
+    src.run()
+    return src
+
+
+def settled(fwd: Forwarder, total: Callable[[], int], want: int) -> None:
+    """Wait (bounded) until ``total()`` reaches ``want`` or stops moving for half a second."""
+    last, still = -1, 0
+    end = time.monotonic() + 15
+    while time.monotonic() < end and total() < want and still < 10:
+        now = total()
+        still = still + 1 if now == last else 0
+        last = now
+        time.sleep(0.05)
+
+
+def test_txonly_to_rxonly_counts_agree(direct, backend):
+    sink = Forwarder(["b0"], mode="rxonly", backend=backend, target=direct.target("b")).start()
+    try:
+        src = Forwarder(["a0"], mode="txonly", backend=backend, target=direct.target("a"), rate=20000,
+                        count=20000)
+        sent = src.run()
+        assert sent.backend == backend and sent.ports[0].tx_packets == 20000
+        settled(sink, lambda: sink.stats().ports[0].rx_packets, 20000)
+    finally:
+        sink.stop()
+        got = sink.wait()
+    p = got.ports[0]
+    assert got.backend == backend
+    # every frame the sender's kernel took is counted at the sink: received, or dropped by the sink's ring
+    # (which only a machine too loaded to sustain 20 kpps does)
+    assert p.rx_packets + p.rx_dropped == 20000 and p.rx_packets > 0
+    assert p.rx_bytes == p.rx_packets * 64
+
+
+def raw_socket(topo: Topo, role: str, ifname: str) -> socket.socket:
+    """An AF_PACKET socket on ifname inside the topology's namespace (the test's own far side)."""
+    netns.pushns(topo.ns[role])
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        s.bind((ifname, 0))
+    finally:
+        netns.popns()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    s.settimeout(0.2)
+    return s
+
+
+def frames(n: int, src: bytes, dst: bytes):
+    # ethertype 0x88b5 (local experimental): no stack on either side acts on these
+    return [dst + src + b"\x88\xb5" + i.to_bytes(4, "big") + os.urandom(50 + i % 200) for i in range(n)]
+
+
+def exchange(sock: socket.socket, out: list) -> list:
+    """Send each frame and collect what comes back in (not our own outgoing copies), bounded in time."""
+    back = []
+    for i, f in enumerate(out):
+        sock.send(f)
+        if i % 20 == 19:
+            time.sleep(0.002)
+    end = time.monotonic() + 10
+    while len(back) < len(out) and time.monotonic() < end:
+        try:
+            data, addr = sock.recvfrom(4096)
+        except socket.timeout:
+            continue
+        if addr[2] != PACKET_OUTGOING and data[12:14] == b"\x88\xb5":
+            back.append(data)
+    return back
+
+
+def test_macswap_returns_every_frame_swapped(direct, backend):
+    sock = raw_socket(direct, "a", "a0")
+    a_mac = bytes.fromhex(direct.mac("a0").replace(":", ""))
+    out = frames(300, a_mac, bytes.fromhex("020000000099"))
+    fwd = Forwarder(["b0"], mode="macswap", backend=backend, target=direct.target("b")).start()
+    try:
+        back = exchange(sock, out)
+    finally:
+        stats = fwd.stats()
+        fwd.close()
+        sock.close()
+    assert stats.ports[0].rx_packets >= 300
+    expected = sorted(f[6:12] + f[0:6] + f[12:] for f in out)
+    assert sorted(back) == expected      # every frame, byte for byte, MACs swapped
+
+
+def test_mac_mode_rewrites_source_and_peer(direct, backend):
+    sock = raw_socket(direct, "a", "a0")
+    a_mac = bytes.fromhex(direct.mac("a0").replace(":", ""))
+    out = frames(50, a_mac, bytes.fromhex("020000000099"))
+    fwd = Forwarder(["b0"], mode="mac", backend=backend, target=direct.target("b"),
+                    peer="02:00:00:00:00:77").start()
+    try:
+        back = exchange(sock, out)
+    finally:
+        b_mac = bytes.fromhex(fwd.mac(0).replace(":", ""))
+        fwd.close()
+        sock.close()
+    assert b_mac == bytes.fromhex(direct.mac("b0").replace(":", ""))
+    assert sorted(back) == sorted(bytes.fromhex("020000000077") + b_mac + f[12:] for f in out)
+
+
+def test_io_forwards_through_middle_namespace(backend):
+    with Topo("fwd", unique("dkf")) as t:
+        sink = Forwarder(["b0"], mode="rxonly", backend="af_packet", target=t.target("b")).start()
+        fwd = Forwarder(["a1", "b1"], mode="io", backend=backend, target=t.target("m")).start()
+        try:
+            send_count(t, "a", "a0", 10000)
+            settled(sink, lambda: sink.stats().ports[0].rx_packets, 10000)
+        finally:
+            fwd.stop()
+            middle = fwd.wait()
+            sink.stop()
+            got = sink.wait()
+    a1, b1 = middle.ports
+    sink_p = got.ports[0]
+    assert middle.backend == backend
+    # every frame is accounted for hop by hop (drops only where a loaded machine cannot keep up)
+    assert a1.rx_packets + a1.rx_dropped == 10000
+    assert b1.tx_packets + b1.tx_dropped == a1.rx_packets and b1.tx_packets > 0
+    assert sink_p.rx_packets + sink_p.rx_dropped == b1.tx_packets
+    assert a1.tx_packets == 0 and b1.rx_packets == 0          # nothing came back the other way
+
+
+def test_auto_picks_af_xdp_or_says_why(direct):
+    fwd = Forwarder(["b0"], mode="rxonly", backend="auto", target=direct.target("b")).open()
+    try:
+        if xdp_unavailable():
+            assert fwd.backend_used == "af_packet" and "AF_XDP unavailable" in fwd.fallback_reason
+        else:
+            assert fwd.backend_used == "af_xdp" and fwd.fallback_reason is None
+    finally:
+        fwd.close()
+
+
+def test_auto_falls_back_with_reason_when_xdp_is_taken(direct):
+    if xdp_unavailable():
+        pytest.skip(xdp_unavailable())
+    first = Forwarder(["b0"], mode="rxonly", backend="af_xdp", target=direct.target("b")).open()
+    try:
+        second = Forwarder(["b0"], mode="rxonly", backend="auto", target=direct.target("b")).open()
+        try:
+            assert second.backend_used == "af_packet"
+            assert "AF_XDP unavailable (attaching the XDP program to b0" in second.fallback_reason
+            assert "another XDP program is attached" in second.fallback_reason
+        finally:
+            second.close()
+    finally:
+        first.close()
+
+
+def test_live_counters_and_stop_from_another_thread(direct):
+    sink = Forwarder(["b0"], mode="rxonly", backend="af_packet", target=direct.target("b"))
+    result = {}
+    runner = threading.Thread(target=lambda: result.setdefault("s", sink.run()))
+    runner.start()
+    try:
+        assert wait_until(lambda: sink.running)
+        src = Forwarder(["a0"], mode="txonly", backend="af_packet", target=direct.target("a"), rate=5000,
+                        count=3000).start()
+        assert wait_until(lambda: sink.stats().ports[0].rx_packets > 0)   # read while it runs
+        src.wait(30)
+        settled(sink, lambda: sink.stats().ports[0].rx_packets, 3000)
+    finally:
+        sink.stop()                                                       # from this thread
+        runner.join(30)
+    assert not runner.is_alive() and result["s"].ports[0].rx_packets == 3000
+
+
+# -- bad input -------------------------------------------------------------------------------------------------
+
+def test_unknown_interface_is_not_found():
+    with pytest.raises(NotFoundError, match="no interface dknothere0"):
+        Forwarder(["dknothere0"], mode="rxonly", backend="af_packet").open()
+
+
+def test_interface_in_another_namespace(direct):
+    with pytest.raises(NotFoundError, match="another network namespace"):
+        Forwarder(["b0"], mode="rxonly", backend="auto").open()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "bogus"}, "bad mode"), ({"burst": 0}, "bad burst 0"), ({"burst": 1025}, "ring holds"),
+    ({"backend": "dpdk"}, "bad backend"), ({"queues": 0}, "bad queues"), ({"pkt_size": 20}, "bad packet size"),
+    ({"peer": "zz"}, "bad peer"), ({"ports": []}, "one or two ports"), ({"ports": ["a", "b", "c"]}, "one or two"),
+])
+def test_bad_arguments(kwargs, match):
+    args = {"ports": ["lo"], "mode": "rxonly", **kwargs}
+    with pytest.raises(InputError, match=match):
+        Forwarder(**args)
+
+
+def test_negative_duration_is_refused_and_nothing_opened():
+    fwd = Forwarder(["lo"], mode="rxonly", backend="af_packet")
+    with pytest.raises(InputError, match="bad duration"):
+        fwd.run(-1)
+    assert fwd._fwd is None
+
+
+def test_cli_bad_input_one_line(cli):
+    for args, text in ((["--mode", "rxonly", "--port", "dknothere0"], "no interface dknothere0"),
+                       (["--mode", "rxonly", "--port", "lo", "--burst", "0"], "bad burst 0"),
+                       (["--mode", "rxonly", "--port", "lo", "--burst", "99999"], "ring holds"),
+                       (["--mode", "rxonly", "--port", "lo", "--seconds", "-1"], "bad --seconds"),
+                       (["--mode", "nope", "--port", "lo"], "invalid choice")):
+        r = cli("fwd", *args)
+        assert r.returncode == 2, r.stderr
+        assert text in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+# -- nothing left open ---------------------------------------------------------------------------------------
+
+def _usage(p: psutil.Process):
+    gc.collect()
+    return p.num_fds(), p.memory_info().rss, p.num_threads()
+
+
+def test_no_fd_or_memory_growth_over_200_cycles(direct, backend):
+    me = psutil.Process()
+
+    def cycle():
+        fwd = Forwarder(["b0"], mode="macswap", backend=backend, target=direct.target("b"))
+        fwd.start()
+        fwd.stop()
+        fwd.wait()
+        with pytest.raises(NotFoundError):      # a failed open leaves nothing either
+            Forwarder(["dknothere0"], mode="io", backend=backend, target=direct.target("b")).open()
+
+    for _ in range(10):
+        cycle()
+    fds, rss, threads = _usage(me)
+    for _ in range(200):
+        cycle()
+    fds2, rss2, threads2 = _usage(me)
+    assert fds2 == fds and threads2 == threads
+    if os.environ.get("DPDKENI_SANITIZE"):
+        return      # ASan's quarantine holds freed memory on purpose: RSS says nothing under it
+    assert rss2 - rss < 4 << 20, f"RSS grew by {(rss2 - rss) >> 10} KiB over 200 cycles"
+
+
+# -- CLI -----------------------------------------------------------------------------------------------------
+
+def test_cli_fwd_json_summary(direct, cli):
+    sink = Forwarder(["b0"], mode="rxonly", backend="af_packet", target=direct.target("b")).start()
+    try:
+        r = cli("fwd", "--mode", "txonly", "--port", "a0", "--target", direct.target("a"), "--count", "2000",
+                "--rate", "10000", "--backend", "af_packet", "--json")
+        assert wait_until(lambda: sink.stats().ports[0].rx_packets >= 2000)
+    finally:
+        got = sink.wait(0) or (sink.stop() or sink.wait())
+    assert r.returncode == 0, r.stderr
+    import json
+    doc = json.loads(r.stdout)
+    assert doc["ports"][0]["tx_packets"] == 2000 and doc["backend"] == "af_packet"
+    assert got.ports[0].rx_packets == 2000
+
+
+def test_cli_fwd_stops_on_sigint_with_testpmd_summary(direct):
+    p = subprocess.Popen([sys.executable, "-m", "dpdkeni", "fwd", "--mode", "rxonly", "--port", "b0",
+                          "--target", direct.target("b"), "--backend", "af_packet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        end = time.monotonic() + 30
+        while "Press Ctrl-C" not in line and time.monotonic() < end:
+            line = p.stdout.readline()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    assert "Forward statistics for port 0 (b0)" in out and "Accumulated forward statistics" in out
+    assert "stopped by signal" in out

@@ -1,0 +1,104 @@
+"""Crash safety and concurrency of the handoff: SIGKILL after each step, then ``dpdkeni recover``; two processes
+racing for one NIC. Real namespaces, veth stand-ins."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import needs_root, unique
+from dpdkeni import handoff, netdev
+from dpdkeni.ledger import Ledger
+from test_handoff import host_state, prepare_nic
+
+pytestmark = [needs_root]
+
+ATTACH_ARGS = ["--address", "198.18.40.2/24", "--address", "198.18.41.2/24", "--address", "2001:db8::2/64",
+               "--gateway", "198.18.99.1", "--table", "140"]
+
+
+@pytest.fixture
+def env(state_dir, stand_in_models):
+    return state_dir
+
+
+def test_every_attach_step_is_listed():
+    assert set(netdev.ATTACH_STEPS) >= {"altnames", "move", "addresses", "up", "routes", "announce"}
+
+
+@pytest.mark.parametrize("step", [s for s in netdev.ATTACH_STEPS if s != "dhcp"])
+def test_sigkill_after_attach_step_then_recover(env, veth_factory, container_factory, cli, step):
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400, altname=unique("dkalt"))
+    before = host_state(nic)
+    c = container_factory()
+    r = cli("attach", nic, "--to", c.target, *ATTACH_ARGS, env={netdev.TEST_KILL_ENV: step})
+    assert r.returncode == -9, r.stderr
+    lease = Ledger().get(f"if:{nic}")
+    assert lease.state == "attaching" and lease.step(step) is not None
+    r = cli("recover", "--json")
+    assert r.returncode == 0, r.stderr
+    actions = json.loads(r.stdout)
+    assert [(a["key"], a["action"]) for a in actions] == [(f"if:{nic}", "rolled-back")]
+    assert host_state(nic) == before, step
+    assert Ledger().leases() == {}
+    assert "eth0" not in c.run("ip", "link").stdout
+    assert "lookup 140" not in c.run("ip", "rule").stdout
+
+
+@pytest.mark.parametrize("step", ["rules", "return"])
+def test_sigkill_during_release_then_recover(env, veth_factory, container_factory, cli, step):
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400, altname=unique("dkalt"))
+    before = host_state(nic)
+    c = container_factory()
+    assert cli("attach", nic, "--to", c.target, *ATTACH_ARGS).returncode == 0
+    r = cli("release", nic, env={netdev.TEST_KILL_ENV: step})
+    assert r.returncode == -9
+    assert Ledger().get(f"if:{nic}").state == "releasing"
+    r = cli("recover", "--json")
+    assert json.loads(r.stdout)[0]["action"] == "released", r.stdout + r.stderr
+    assert host_state(nic) == before and Ledger().leases() == {}
+    assert "lookup 140" not in c.run("ip", "rule").stdout
+
+
+def test_recover_keeps_a_healthy_attachment(env, veth_factory, container_factory, cli):
+    nic, _ = veth_factory()
+    c = container_factory()
+    handoff.attach(nic, c.target, addresses=["198.18.42.2/24"])
+    assert handoff.recover() == [{"key": f"if:{nic}", "action": "kept", "detail": f"attached to {c.target}"}]
+    assert "198.18.42.2" in c.run("ip", "addr").stdout
+    handoff.release(nic)
+
+
+RACE = """
+import subprocess, sys
+procs = [subprocess.Popen([sys.executable, "-m", "dpdkeni", "attach", sys.argv[1], "--to", t],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for t in sys.argv[2:]]
+print([p.wait() for p in procs])
+"""
+
+
+def test_two_processes_race_for_one_nic(env, veth_factory, container_factory, cli):
+    """Both attaches start together, many times: exactly one wins (exit 0), the other is refused (exit 3), the
+    ledger holds one lease naming the winner, and the NIC is in the winner's namespace only."""
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400)
+    before = host_state(nic)
+    c1, c2 = container_factory(), container_factory()
+    wins = {0: 0, 1: 0}
+    for _ in range(8):
+        out = subprocess.run([sys.executable, "-c", RACE, nic, c1.target, c2.target], capture_output=True,
+                             text=True, timeout=60)
+        codes = json.loads(out.stdout)
+        assert sorted(codes) == [0, 3], (codes, out.stderr)
+        winner = codes.index(0)
+        wins[winner] += 1
+        leases = Ledger().leases()
+        assert list(leases) == [f"if:{nic}"]
+        assert leases[f"if:{nic}"].target == (c1, c2)[winner].target
+        assert leases[f"if:{nic}"].state == "attached"
+        assert "eth0" in (c1, c2)[winner].run("ip", "link").stdout
+        assert "eth0" not in (c1, c2)[1 - winner].run("ip", "link").stdout
+        handoff.release(nic)
+        assert host_state(nic) == before

@@ -1,0 +1,90 @@
+"""The QEMU lab for tests marked ``vm``: one guest per test session (booting costs 10-60 s under TCG).
+
+Tests share the guest, so each one unplugs what it plugged (the ``plugged`` fixture does it even when the test
+fails) and uses its own MACs. A failing test gets the guest's serial console in its report.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Callable, Iterator, List
+
+import pytest
+
+from dpdkeni.lab import Lab, PluggedNic
+from dpdkeni.lab.qemu import qemu_binary
+
+_mac = itertools.count(0x10)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.vm)
+
+
+def _lab_unavailable() -> str:
+    if qemu_binary() is None:
+        return "QEMU cannot run: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+    if os.geteuid() != 0:
+        return "the lab image is built with mmdebstrap --mode=root: run as root"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def lab(pytestconfig) -> Iterator[Lab]:
+    """The booted lab guest (built or reused image), shared by the whole session."""
+    reason = _lab_unavailable()
+    if reason:
+        pytest.skip(reason)
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
+
+    def progress(msg: str) -> None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(msg) if reporter else print(msg, flush=True)
+
+    the_lab = Lab(progress=progress)
+    the_lab.start()
+    try:
+        yield the_lab
+    finally:
+        the_lab.stop()
+
+
+def new_mac() -> str:
+    """A MAC unique within this session (locally administered range of QEMU's OUI)."""
+    n = next(_mac)
+    return f"52:54:00:7e:{n >> 8:02x}:{n & 0xff:02x}"
+
+
+@pytest.fixture
+def lab_mac() -> Callable[[], str]:
+    """``lab_mac()``: a fresh MAC for this session (import-free: two conftest modules share the name)."""
+    return new_mac
+
+
+@pytest.fixture
+def plugged(lab: Lab) -> Iterator[Callable[..., PluggedNic]]:
+    """``plugged(model, mac=None)`` hot-plugs a NIC; every NIC still plugged is unplugged at teardown."""
+    mine: List[str] = []
+
+    def plug(model: str, mac: str = None) -> PluggedNic:
+        nic = lab.plug(model, mac=mac or new_mac())
+        mine.append(nic.id)
+        return nic
+
+    yield plug
+    for nic_id in mine:
+        if nic_id in lab.nics:
+            lab.unplug(nic_id)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    the_lab = item.funcargs.get("lab") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(the_lab, Lab) and the_lab.qemu is not None:
+        report.sections.append(("guest serial console (last 80 lines)", the_lab.console_tail(80)))

@@ -1,0 +1,57 @@
+"""dpdkeni.events on real hot-plug: the Watcher (udev source) in the guest reports ``added`` and ``removed``
+with the model, PCI address and MAC; ``wait_for_nic(mac=…)`` returns the NIC the host plugged."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+WATCH = """
+import json, sys, time
+from dpdkeni.events import Watcher
+mac = sys.argv[1]
+deadline = time.monotonic() + float(sys.argv[2])
+seen = set()
+with Watcher(source="udev") as w:
+    print("READY", flush=True)
+    while time.monotonic() < deadline and seen != {"added", "removed"}:
+        for ev in w.poll(1.0):
+            print(json.dumps(ev.to_dict()), flush=True)
+            if ev.nic.mac == mac:
+                seen.add(ev.action)
+"""
+
+WAIT = """
+import json, sys
+from dpdkeni.events import wait_for_nic
+nic = wait_for_nic(mac=sys.argv[1], timeout=float(sys.argv[2]))
+print(json.dumps(nic.to_dict()), flush=True)
+"""
+
+
+def _events(output: str, mac: str):
+    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return [r for r in rows if r["nic"]["mac"] == mac]
+
+
+@pytest.mark.parametrize("model", ["virtio-net", "e1000", "e1000e"])
+def test_watcher_reports_added_and_removed_and_wait_for_nic_returns(lab, plugged, lab_mac, model):
+    mac = lab_mac()
+    watcher = lab.spawn(["python3", "-c", WATCH, mac, "120"])
+    lab.wait(watcher, timeout=90, until="READY")
+    waiter = lab.spawn(["python3", "-c", WAIT, mac, "90"])
+    nic = plugged(model, mac=mac)
+    waited = lab.wait(waiter, timeout=100)
+    assert waited["rc"] == 0, waited["output"]
+    found = json.loads([line for line in str(waited["output"]).splitlines() if line.startswith("{")][-1])
+    assert (found["model"], found["pci"], found["mac"]) == (model, nic.pci, mac)
+    lab.unplug(nic.id)
+    done = lab.wait(watcher, timeout=100)
+    events = _events(str(done["output"]), mac)
+    actions = [e["action"] for e in events]
+    assert actions[0] == "added" and actions[-1] == "removed", actions
+    added = events[0]["nic"]
+    assert (added["model"], added["pci"]) == (model, nic.pci)
+    assert events[-1]["nic"]["pci"] == nic.pci
