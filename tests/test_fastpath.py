@@ -126,20 +126,11 @@ def frames(n: int, src: bytes, dst: bytes):
 
 def exchange(sock: socket.socket, out: list) -> list:
     """Send each frame and collect what comes back in (not our own outgoing copies), bounded in time."""
-    back = []
     for i, f in enumerate(out):
         sock.send(f)
         if i % 20 == 19:
             time.sleep(0.002)
-    end = time.monotonic() + 10
-    while len(back) < len(out) and time.monotonic() < end:
-        try:
-            data, addr = sock.recvfrom(4096)
-        except socket.timeout:
-            continue
-        if addr[2] != PACKET_OUTGOING and data[12:14] == b"\x88\xb5":
-            back.append(data)
-    return back
+    return collect(sock, len(out), b"\x88\xb5")
 
 
 def test_macswap_returns_every_frame_swapped(direct, backend):
@@ -349,8 +340,8 @@ def test_cli_fwd_stops_on_sigint_with_testpmd_summary(direct):
     assert "stopped by signal" in out
 
 
-def collect(sock: socket.socket, want: int) -> list:
-    """Incoming IPv4 frames on sock until ``want`` arrived (bounded in time)."""
+def collect(sock: socket.socket, want: int, ethertype: bytes = b"\x08\x00") -> list:
+    """Incoming frames of ``ethertype`` on sock until ``want`` arrived (bounded in time)."""
     got = []
     end = time.monotonic() + 10
     while len(got) < want and time.monotonic() < end:
@@ -358,7 +349,7 @@ def collect(sock: socket.socket, want: int) -> list:
             data, addr = sock.recvfrom(4096)
         except socket.timeout:
             continue
-        if addr[2] != PACKET_OUTGOING and data[12:14] == b"\x08\x00":
+        if addr[2] != PACKET_OUTGOING and data[12:14] == ethertype:
             got.append(data)
     return got
 
