@@ -339,10 +339,9 @@ def dpdk_target(netns: str):
 def add_routes(netns: str, ifname: str, routes: List[Dict[str, Any]]) -> None:
     """Add the result's routes through ``ifname`` inside the namespace (what the Go ``ipam.ConfigureIface``
     does for host-device)."""
-    from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    with IPRoute(netns=netns, flags=0) as ipr:
+    with _iproute_in(netns) as ipr:
         index = _link_index(ipr, ifname)
         for route in routes:
             kw: Dict[str, Any] = {"dst": route["dst"], "oif": index}
@@ -355,6 +354,17 @@ def add_routes(netns: str, ifname: str, routes: List[Dict[str, Any]]) -> None:
             except NetlinkError as exc:
                 if exc.code != 17:  # EEXIST: the kernel already has it (a prefix route for the subnet)
                     raise CniError(spec.HANDOFF_FAILED, f"adding route {route} in {netns}", str(exc)) from exc
+
+
+def _iproute_in(netns: str):
+    """An IPRoute whose socket lives in the namespace file ``netns`` (opened by path: never created)."""
+    from .netns import iproute_in
+
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return iproute_in(fd)
+    finally:
+        os.close(fd)
 
 
 def _link_index(ipr, ifname: str) -> int:
@@ -433,11 +443,9 @@ def _check_dpdk(record: Mapping[str, Any]) -> None:
 
 def check_netns(netns: str, ifname: str, prev: Result) -> List[str]:
     """What in the namespace differs from ``prev`` (empty when all is as ADD left it)."""
-    from pyroute2 import IPRoute
-
     problems: List[str] = []
     mine = [i for i, iface in enumerate(prev.interfaces) if iface.get("name") == ifname]
-    with IPRoute(netns=netns, flags=0) as ipr:
+    with _iproute_in(netns) as ipr:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             return [f"no interface {ifname}"]
@@ -612,11 +620,11 @@ def _light_pyroute2() -> None:
     direct = {"IPRoute": "pyroute2.iproute", "NetNS": "pyroute2.iproute", "AsyncIPRoute": "pyroute2.iproute"}
 
     def __getattr__(name: str) -> Any:
-        if name in direct:
-            return getattr(importlib.import_module(direct[name]), name)
         try:
+            if name in direct:
+                return getattr(importlib.import_module(direct[name]), name)
             return importlib.import_module(f"pyroute2.{name}")
-        except ModuleNotFoundError:
+        except (ImportError, AttributeError):  # another name, or a pyroute2 laid out otherwise (0.7)
             del module.__getattr__
             found.loader.exec_module(module)
             return getattr(module, name)

@@ -447,6 +447,11 @@ def rename_home(root: IPRoute, link: Any, orig: Dict[str, Any], force: bool) -> 
     current = link.get_attr("IFLA_IFNAME")
     if current != name:
         taken = _link(root, ifname=name)
+        if taken is not None and taken["index"] == index:
+            # udev gave the NIC its predictable name as an altname when it came back (the kernel resolves
+            # altnames as names): drop it, then rename, as sriov-cni does
+            root.link("property_del", index=index, altname=[name])
+            taken = None
         if taken is not None:
             log.warning("%s stays %s: %s is taken on the host", orig.get("mac"), current, name)
             name = current

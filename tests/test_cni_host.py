@@ -278,3 +278,26 @@ def test_gc_releases_attachments_the_runtime_no_longer_lists(tmp_path, state_dir
     assert gc.returncode == 0, gc
     assert _link(nics[0]) is None and _link(nics[1]) is not None, "gc1's NIC is back, gc0's stays in its pod"
     assert list(Ledger().leases()) == [f"if:{nics[0]}"] and len(_ipam_leases(tmp_path, conf)) == 1
+
+
+def test_del_renames_a_returned_nic_that_udev_gave_its_name_as_altname(tmp_path, state_dir, stand_in_models,
+                                                                       stand_in):
+    """What a real NIC goes through when its pod's netns dies (the lab test shows it on virtio-net): it lands in
+    the host namespace under another name and udev adds its predictable name -- the original -- as an altname.
+    DEL still gives it its own name back."""
+    ns = unique("dkns")
+    pynetns.create(ns)
+    conf = _conf(tmp_path, subnet="198.18.68.0/24", device=stand_in)
+    try:
+        add = run_cni("ADD", conf, netns=f"/run/netns/{ns}", container_id="back1")
+        assert add.returncode == 0, add
+        with IPRoute(netns=f"/run/netns/{ns}", flags=0) as ipr, open("/proc/self/ns/net") as root:
+            ipr.link("set", index=ipr.link_lookup(ifname="net1")[0], net_ns_fd=root.fileno(), ifname="dev7x")
+    finally:
+        pynetns.remove(ns)
+    with IPRoute() as ipr:
+        ipr.link("property_add", index=ipr.link_lookup(ifname="dev7x")[0], altname=stand_in)
+    deleted = run_cni("DEL", conf, netns=f"/run/netns/{ns}", container_id="back1")
+    assert deleted.returncode == 0, deleted
+    assert _link("dev7x") is None and _link(stand_in)[0] == add.doc["interfaces"][0]["mac"]
+    assert Ledger().leases() == {}
