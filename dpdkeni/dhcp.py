@@ -54,6 +54,8 @@ def start(lease: Lease, target: Any, ifname: str, timeout: float = BOUND_TIMEOUT
              "--state-dir", ledger.directory, "--ready-fd", str(wfd)],
             pass_fds=(wfd,), start_new_session=True, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
     os.close(wfd)
+    info = {"pid": proc.pid, "started": psutil.Process(proc.pid).create_time()}
+    _remember(ledger, lease.key, info)  # before waiting: a crash from here on still knows what to stop
     try:
         line = _read_ready(rfd, timeout)
     finally:
@@ -64,7 +66,14 @@ def start(lease: Lease, target: Any, ifname: str, timeout: float = BOUND_TIMEOUT
             proc.wait(1)
         raise Error(f"no DHCP lease for {ifname} within {timeout:.0f} s" if not line else line,
                     f"is a DHCP server reachable from {target.spec}? see {_log_path(ledger, lease.key)}")
-    return {"pid": proc.pid, "started": psutil.Process(proc.pid).create_time(), "bound": line.split()[1:]}
+    return {**info, "bound": line.split()[1:]}
+
+
+def _remember(ledger: Ledger, key: str, info: Dict[str, Any]) -> None:
+    with ledger.transaction() as leases:
+        step = leases[key].step("dhcp") if key in leases else None
+        if step is not None:
+            step.undo.update(info)
 
 
 def _read_ready(fd: int, timeout: float) -> str:
@@ -129,11 +138,7 @@ def ensure_running(lease: Lease, ledger: Ledger) -> bool:
         return False
     from .netns import Target
     target = Target(lease.target, lease.params.get("target_path", ""), lease.target_id or "")
-    info = start(lease, target, lease.params.get("ifname", "eth0"))
-    with ledger.transaction() as leases:
-        step = leases[lease.key].step("dhcp")
-        if step is not None:
-            step.undo.update(info)
+    _remember(ledger, lease.key, start(lease, target, lease.params.get("ifname", "eth0")))
     return True
 
 
@@ -210,6 +215,7 @@ async def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_event.set)
     async with AsyncDHCPClient(cfg) as client:
+        watch = asyncio.create_task(_watch_link(args.ifname, stop_event))
         await client.bootstrap()
         try:
             await asyncio.wait_for(applied.wait(), timeout=args.timeout)
@@ -218,7 +224,6 @@ async def _run(args: argparse.Namespace) -> int:
             return 1
         os.write(args.ready_fd, f"bound {client.lease.ip}/{client.lease.prefixlen}\n".encode())
         os.close(args.ready_fd)
-        watch = asyncio.create_task(_watch_link(args.ifname, stop_event))
         await stop_event.wait()
         watch.cancel()
     return 0

@@ -262,14 +262,20 @@ class Watcher:
                 out = list(self._out)
                 self._out.clear()
                 return out
-            now = time.monotonic()
-            waits = [t - now for t in (deadline, min(self._pending.values(), default=None)) if t is not None]
-            wait = max(0.0, min(waits)) if waits else None
-            if deadline is not None and now >= deadline:
-                return []
-            ready = self._poller.poll(None if wait is None else max(1, int(wait * 1000 + 0.999)))
+            waits = [t for t in (deadline, self.next_deadline()) if t is not None]
+            wait = max(0.0, min(waits) - time.monotonic()) if waits else None
+            ready = self._poller.poll(None if wait is None else int(wait * 1000 + 0.999))
             if ready:
                 self._read(ready[0][1])
+            elif deadline is not None and time.monotonic() >= deadline:
+                self._expire()
+                out = list(self._out)
+                self._out.clear()
+                return out
+
+    def next_deadline(self) -> Optional[float]:
+        """When (``time.monotonic()``) the next NIC in transition is reported as it is; None if none waits."""
+        return min(self._pending.values(), default=None)
 
     def _read(self, revents: int) -> None:
         if revents & select.POLLERR:

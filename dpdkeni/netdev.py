@@ -341,7 +341,15 @@ def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifnam
         where: Dict[str, Any] = {}
 
         def do_move() -> Dict[str, Any]:
-            move_link(root, index, tfd, ifname, mtu)
+            try:
+                move_link(root, index, tfd, ifname, mtu)
+            except NetlinkError:
+                # the kernel moves first and renames after: a name taken meanwhile fails the rename with the NIC
+                # already inside, under its host name
+                stray = find_by_mac(tip, orig["mac"]) if orig.get("mac") else None
+                if stray is not None:
+                    return_home(lease, tip, stray["index"], force=True)
+                raise
             where["index"] = _link(tip, ifname=ifname)["index"]
             return {"index": where["index"]}
 

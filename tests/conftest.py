@@ -181,3 +181,19 @@ def stand_in_models(tmp_path, monkeypatch) -> str:
         f.write('{"model": [], "virtual_kinds": ["veth"]}')
     monkeypatch.setenv("DPDKENI_MODELS", path)
     return path
+
+
+@pytest.fixture
+def link_prefix() -> Iterator[str]:
+    """A link-name prefix unique to this test; every link named with it is deleted at teardown, even when the
+    test fails (for tests whose code under test makes or renames links itself)."""
+    pre = unique("dkl")[:9] + "x"
+    yield pre
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            if (link.get_attr("IFLA_IFNAME") or "").startswith(pre):
+                try:
+                    ipr.link("del", index=link["index"])
+                except Exception:
+                    pass

@@ -305,3 +305,25 @@ def test_cli_json_attach_release(env, veth_factory, container_factory, cli):
     assert r.returncode == 0 and json.loads(r.stdout)["params"]["outcome"] == "returned"
     r = cli("release", nic, "--json")
     assert r.returncode == 0 and json.loads(r.stdout) is None
+
+
+def test_name_taken_during_the_move_is_undone(env, veth_factory, container_factory, monkeypatch):
+    """eth0 appears in the container after the check: the kernel moves the NIC, then fails the rename; the NIC
+    must come back home, not stay inside under its host name."""
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400)
+    before = host_state(nic)
+    c = container_factory()
+    real = netdev._link
+
+    def racing_link(ipr, **key):
+        if key == {"ifname": "eth0"} and "eth0" not in c.run("ip", "link").stdout:
+            c.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0")
+            return None  # the check saw no eth0; it exists by the time of the move
+        return real(ipr, **key)
+
+    monkeypatch.setattr(netdev, "_link", racing_link)
+    with pytest.raises(StepError) as err:
+        handoff.attach(nic, c.target)
+    assert err.value.step == "move" and "exists" in str(err.value)
+    assert host_state(nic) == before and Ledger().leases() == {}

@@ -100,3 +100,23 @@ def test_recover_restarts_a_dead_client(env, dnsmasq, container_factory):
     assert dhcp.running(Ledger().get(lease.key))
     handoff.release(nic)
     assert not dhcp.running(lease)
+
+
+@pytest.mark.parametrize("step", ["dhcp"])
+def test_sigkill_after_dhcp_step_then_recover(env, dnsmasq, container_factory, cli, step):
+    """Killed right after the DHCP client bound: recover stops the client (which gives the lease back) and
+    brings the NIC home; no client process is left."""
+    nic, leasefile = dnsmasq
+    prepare_nic(nic, mtu=1500)
+    before = host_state(nic)
+    c = container_factory()
+    from dpdkeni import netdev
+    r = cli("attach", nic, "--to", c.target, "--dhcp", env={netdev.TEST_KILL_ENV: step})
+    assert r.returncode == -9, r.stderr
+    pid = Ledger().get(f"if:{nic}").step("dhcp").undo["pid"]
+    assert psutil.pid_exists(pid)
+    r = cli("recover", "--json")
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    assert host_state(nic) == before and Ledger().leases() == {}
+    assert wait_for(lambda: before["mac"] not in leasefile.read_text())

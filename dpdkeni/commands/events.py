@@ -37,6 +37,37 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_daemon(args: argparse.Namespace) -> int:
+    import signal
+
+    from ..daemon import Daemon
+    from ..events import Watcher
+    from ..policy import describe, load
+    policy = load(args.policy)  # an invalid policy: one line naming file:line, exit 2, nothing started
+    for line in describe(policy.rules):
+        log.info("rule %s", line)
+    daemon = Daemon(policy, watcher=Watcher(args.source, all=args.all, existing=True))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: daemon.stop.set())
+    daemon.serve()
+    return 0
+
+
+def cmd_udev_rules(args: argparse.Namespace) -> int:
+    from .. import udev
+    text = udev.rules_text()
+    if args.install:
+        print(f"wrote {udev.install_rules(text, args.path)}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_udev_hook(args: argparse.Namespace) -> int:
+    from .. import udev
+    return udev.hook_main()
+
+
 def _source_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=("auto", "udev", "kernel"), default="auto",
                    help="uevent source: udev (after udevd renamed the device), kernel (works without udevd); "
@@ -61,3 +92,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="the NIC as one JSON document")
     _source_arg(p)
     p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("daemon", help="apply a policy to NICs as they appear; reclaim them when containers die")
+    p.add_argument("--policy", required=True, help="rules file (TOML, or JSON by the .json extension)")
+    p.add_argument("--all", action="store_true", help="let virtual devices match rules too (tests)")
+    _source_arg(p)
+    p.set_defaults(func=cmd_daemon)
+
+    p = sub.add_parser("udev", help="udev rules and the hook they run")
+    usub = p.add_subparsers(dest="udev_command", metavar="SUBCOMMAND")
+    usub.required = True
+    q = usub.add_parser("rules", help="print the rules (or --install them)")
+    q.add_argument("--install", action="store_true", help="write them to /etc/udev/rules.d/90-dpdkeni.rules")
+    q.add_argument("--path", default="/etc/udev/rules.d/90-dpdkeni.rules", help=argparse.SUPPRESS)
+    q.set_defaults(func=cmd_udev_rules)
+    q = usub.add_parser("hook", help="(run by udev) hand the event in the environment to the daemon")
+    q.set_defaults(func=cmd_udev_hook)

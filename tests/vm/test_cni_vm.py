@@ -69,3 +69,41 @@ def test_add_waits_for_the_hotplug_and_del_survives_the_netns_going(lab, plugged
     again = lab.run(["python3", "-c", "from dpdkeni.cni import run; run()"], input=json.dumps(conf),
                     env=_env("DEL"))
     assert again.rc == 0, again
+
+
+DPDK_MAC = "52:54:00:7e:c0:02"
+DPDK_NETNS = "cnidpdk1"
+
+
+def test_dpdk_mode_binds_and_exposes_vfio_to_the_pod_then_del_gives_it_back(lab, plugged):
+    """mode dpdk through the CNI: the NIC leaves its kernel driver for vfio-pci and the pod's sandbox (the process
+    in its netns) gets the vfio nodes; DEL returns it to virtio-pci under its own name."""
+    nic = plugged("virtio-net", mac=DPDK_MAC)
+    lab.python(f"from pyroute2 import netns; netns.create({DPDK_NETNS!r})")
+    sandbox = lab.spawn(["nsenter", f"--net=/run/netns/{DPDK_NETNS}", "unshare", "--mount", "--propagation",
+                         "private", "sleep", "600"])
+    conf = {"cniVersion": "1.1.0", "name": "vmdpdk", "type": "dpdkeni-cni", "mode": "dpdk", "pciBusID": nic.pci,
+            "hugepages": "4M"}
+    env = {**_env("ADD", f"/run/netns/{DPDK_NETNS}"), "CNI_CONTAINERID": "vmpod2"}
+    try:
+        deadline = time.monotonic() + 30  # until the sandbox runs in the netns
+        while time.monotonic() < deadline and not lab.sh(f"ip netns pids {DPDK_NETNS}").stdout.strip():
+            time.sleep(0.2)
+        add = lab.run(["python3", "-c", "from dpdkeni.cni import run; run()"], input=json.dumps(conf), env=env)
+        assert add.rc == 0, (add.stdout, add.stderr)
+        result = json.loads(add.stdout)
+        assert result["interfaces"][0]["pciID"] == nic.pci and "sandbox" not in result["interfaces"][0]
+        driver = lab.sh(f"basename $(readlink /sys/bus/pci/devices/{nic.pci}/driver)").stdout.strip()
+        assert driver == "vfio-pci"
+        pid = lab.sh(f"ip netns pids {DPDK_NETNS}").stdout.split()[0]
+        inside = lab.sh(f"nsenter -t {pid} -m ls /dev/vfio").stdout.split()
+        group = lab.sh(f"basename $(readlink /sys/bus/pci/devices/{nic.pci}/iommu_group)").stdout.strip()
+        assert "vfio" in inside and group in inside, inside
+        deleted = lab.run(["python3", "-c", "from dpdkeni.cni import run; run()"], input=json.dumps(conf),
+                          env={**env, "CNI_COMMAND": "DEL"})
+        assert deleted.rc == 0, (deleted.stdout, deleted.stderr)
+        driver = lab.sh(f"basename $(readlink /sys/bus/pci/devices/{nic.pci}/driver)").stdout.strip()
+        assert driver == "virtio-pci" and _links(lab).get(DPDK_MAC) == nic.ifname
+    finally:
+        lab.kill(sandbox)
+        lab.python(f"from pyroute2 import netns; netns.remove({DPDK_NETNS!r})")

@@ -1,0 +1,246 @@
+"""The policy daemon: hands NICs to containers as they appear, and takes them back when the container dies.
+
+One thread, one poll loop over: the :class:`~dpdkeni.events.Watcher`, the unix datagram socket the udev hook
+writes to (``<state dir>/daemon.sock``, 0600, root senders only), and a pidfd per target process. Decisions
+are logged one line each.
+
+A NIC handed to a process's netns is watched with a pidfd, and the daemon keeps the netns open: when the
+process exits the namespace lives on until the daemon moved the NIC back under its own name (otherwise the
+kernel destroys virtual links and returns physical ones as ``devN``), then it is let go.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from . import handoff, udev
+from .errors import Error
+from .events import NicEvent, Watcher
+from .inventory import Nic
+from .ledger import Ledger, Lease
+from .netns import resolve_target
+from .policy import Policy, attach_kwargs
+
+log = logging.getLogger(__name__)
+
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+@dataclass
+class _Held:
+    """A target the daemon watches: its process (pidfd) and an fd keeping its netns alive."""
+
+    pid: int
+    pidfd: int
+    nsfd: int
+    keys: List[str]
+
+
+class Daemon:
+    """Apply ``policy`` to NICs as they appear. ``watcher`` defaults to ``Watcher(existing=True)``."""
+
+    def __init__(self, policy: Policy, *, watcher: Optional[Watcher] = None, source: str = "auto",
+                 state: Optional[str] = None) -> None:
+        self.policy = policy
+        self.state = state or os.environ.get("DPDKENI_STATE_DIR", "/run/dpdkeni")
+        self.watcher = watcher or Watcher(source, existing=True)
+        self.hook_events: List[Dict[str, str]] = []
+        self.decisions: List[Dict[str, Any]] = []
+        self._held: Dict[int, _Held] = {}  # pidfd -> held target
+        self._dead: set = set()  # target specs whose process exited: not attached to again
+        self._sock: Optional[socket.socket] = None
+        self._poller = select.poll()
+        self.stop = threading.Event()
+
+    # ----- lifecycle
+    def start(self) -> None:
+        """Open the socket, reconcile with the ledger, take the pending hook events, start watching."""
+        os.makedirs(self.state, mode=0o700, exist_ok=True)
+        os.chmod(self.state, 0o700)
+        self._open_socket()
+        self._reconcile()
+        self.watcher.start()
+        self._poller.register(self.watcher.fileno(), select.POLLIN | select.POLLERR)
+        for event in self.watcher.poll(0):
+            self.on_event(event)
+        for event in udev.read_queue(self.state):
+            self.on_hook(event, queued=True)
+        log.info("daemon ready: %d rules, socket %s", len(self.policy.rules), udev.socket_path(self.state))
+
+    def _open_socket(self) -> None:
+        path = udev.socket_path(self.state)
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket of a daemon that died
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._sock = sock
+        self._poller.register(sock.fileno(), select.POLLIN)
+
+    def close(self) -> None:
+        """Stop listening; NICs stay where they are (the ledger remembers them for the next start)."""
+        self.watcher.close()
+        if self._sock is not None:
+            self._sock.close()
+            try:
+                os.unlink(udev.socket_path(self.state))
+            except OSError:
+                pass
+            self._sock = None
+        for held in list(self._held.values()):
+            self._let_go(held)
+
+    def serve(self) -> None:
+        """Run until :attr:`stop` is set."""
+        self.start()
+        try:
+            while not self.stop.is_set():
+                self.step(0.2)
+        finally:
+            self.close()
+
+    def step(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for something to do, and do it."""
+        ready = self._poller.poll(int(timeout * 1000))
+        for fd, _ in ready:
+            if fd in self._held:
+                self._on_exit(self._held[fd])
+            elif self._sock is not None and fd == self._sock.fileno():
+                self._read_socket()
+        for event in self.watcher.poll(0):
+            self.on_event(event)
+
+    # ----- decisions
+    def _decide(self, what: str, **fields: Any) -> None:
+        self.decisions.append({"decision": what, **fields})
+        log.info("%s: %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    def on_event(self, event: NicEvent) -> None:
+        """A NIC appeared (or came back): apply the first rule that matches it."""
+        nic = event.nic
+        if event.action == "removed" or (event.action == "moved" and not nic.ifname):
+            return  # it left this netns (often: we handed it over)
+        key = handoff.lease_key(nic)
+        if handoff.find_lease(nic, Ledger(self.state)) is not None:
+            self._decide("skip", nic=key, why="already leased")
+            return
+        rule = self.policy.rule_for(nic)
+        if rule is None:
+            self._decide("ignore", nic=key, model=nic.model, why="no rule matches")
+            return
+        self._attach(nic, key, rule)
+
+    def _attach(self, nic: Nic, key: str, rule) -> None:
+        try:
+            spec = rule.resolve_target(nic)
+            if spec in self._dead:
+                self._decide("skip", nic=key, rule=rule.name, why=f"target {spec} has exited")
+                return
+            target = resolve_target(spec)
+            lease = handoff.attach(nic, target, **attach_kwargs(rule))
+        except Error as exc:
+            self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
+            return
+        self._decide("attached", nic=key, rule=rule.name, mode=rule.mode, target=spec)
+        self._hold(lease)
+
+    def _hold(self, lease: Lease) -> None:
+        pid = lease.params.get("pid")
+        if not pid:
+            return  # a named netns: nothing dies with a process
+        for held in self._held.values():
+            if held.pid == pid:
+                held.keys.append(lease.key)
+                return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            self._reclaim([lease.key], None, "target process is gone")
+            return
+        try:
+            nsfd = os.open(lease.params["target_path"], os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            nsfd = -1
+        held = _Held(pid, pidfd, nsfd, [lease.key])
+        self._held[pidfd] = held
+        self._poller.register(pidfd, select.POLLIN)
+
+    def _on_exit(self, held: _Held) -> None:
+        self._dead.add(f"pid:{held.pid}")
+        self._reclaim(held.keys, held, f"process {held.pid} exited")
+        self._let_go(held)
+
+    def _let_go(self, held: _Held) -> None:
+        self._held.pop(held.pidfd, None)
+        self._poller.unregister(held.pidfd)
+        os.close(held.pidfd)
+        if held.nsfd >= 0:
+            os.close(held.nsfd)
+
+    def _reclaim(self, keys: List[str], held: Optional[_Held], why: str) -> None:
+        ledger = Ledger(self.state)
+        for key in keys:
+            lease = ledger.get(key)
+            if lease is None:
+                continue
+            if held is not None:
+                self._dead.add(lease.target)
+            try:
+                if held is not None and held.nsfd >= 0:  # the netns outlives its process while we hold it
+                    ledger.update(key, params={**lease.params,
+                                               "target_path": f"/proc/{os.getpid()}/fd/{held.nsfd}"})
+                done = handoff.release(key, force=True)
+                outcome = (done.params.get("outcome") if done else None) or "released"
+            except Error as exc:
+                self._decide("release-failed", nic=key, why=why, error=str(exc))
+                continue
+            self._decide("released", nic=key, why=why, outcome=outcome)
+
+    def _reconcile(self) -> None:
+        """Finish what a crash left half-done, reclaim NICs whose target died, watch the live ones."""
+        for done in handoff.recover():
+            self._decide("recovered", **done)
+        for lease in Ledger(self.state).leases().values():
+            if lease.state == "attached":
+                self._hold(lease)
+
+    # ----- the udev hook
+    def _read_socket(self) -> None:
+        while True:
+            try:
+                data, anc, _, _ = self._sock.recvmsg(65536, socket.CMSG_SPACE(_CRED.size), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            uid = next((_CRED.unpack(d[:_CRED.size])[1] for lvl, typ, d in anc
+                        if lvl == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS), None)
+            if uid != 0:
+                log.warning("hook message from uid %s ignored (root only)", uid)
+                continue
+            try:
+                event = json.loads(data)
+            except ValueError:
+                log.warning("malformed hook message ignored")
+                continue
+            self.on_hook(event)
+
+    def on_hook(self, event: Dict[str, str], queued: bool = False) -> None:
+        """A udev event from the hook: record it, and re-read the NICs (the hook is the only source where
+        the daemon hears no uevents itself, e.g. in a container)."""
+        self.hook_events.append(event)
+        self._decide("hook", action=event.get("ACTION"), devpath=event.get("DEVPATH"),
+                     interface=event.get("INTERFACE"), seqnum=event.get("SEQNUM"), queued=queued)
+        self.watcher.resync()
+        for nic_event in self.watcher.poll(0):
+            self.on_event(nic_event)
