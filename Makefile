@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test demo setup clean sdist sanitize
+.PHONY: test demo setup clean sdist sanitize bench-setup bench
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,16 @@ sanitize: setup
 	  DPDKENI_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_native.py tests/test_fastpath.py; \
 	  rc=$$?; $(PY) -m pip install -q -e . ; exit $$rc
+
+# Benchmarks (root, bounded in time, namespaces of their own): testpmd, iperf3, redis and matplotlib for --plot.
+bench-setup: setup
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  $$(sed -e 's/#.*//' -e '/^\s*$$/d' benchmarks/apt-packages.txt) >/dev/null
+	$(PY) -m pip install -q -e '.[bench]'
+
+bench: bench-setup
+	$(PY) benchmarks/fastpath.py
+	$(PY) benchmarks/seed_table.py --plot seed_table.png
 
 demo: setup
 	$(VENV)/bin/dpdkeni lab demo

@@ -20,6 +20,7 @@ import os
 import re
 import select
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Deque, Dict, Iterator, List, Optional, Tuple, Union
@@ -40,6 +41,7 @@ UDEV_CONTROL = "run/udev/control"
 SETTLE_S = 0.5
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _DRAIN_BATCH = 512
+RTM_NEWLINK_TYPE = 16
 
 Filter = Union[None, Collection[str], Callable[[Nic], bool]]
 
@@ -110,10 +112,20 @@ def _bdf_in(devpath: str) -> Optional[str]:
 
 
 class _Links:
-    """Kinds of virtual links, asked of netlink once per ifindex (pyroute2; one request per new link)."""
+    """Kinds of virtual links (``veth``, ``bridge``, …), asked of netlink once per ifindex.
+
+    The request is a pyroute2 ``ifinfmsg``; of the reply only IFLA_LINKINFO/IFLA_INFO_KIND is read, by walking
+    the attributes: a full pyroute2 decode costs 0.8 ms per link on this kind of VM and an ``IPRoute`` call
+    3-4 ms, on the path of every uevent (the latency goal is 5 ms over a raw uevent reader).
+    """
+
+    _RTA = struct.Struct("HH")
+    IFLA_LINKINFO, IFLA_INFO_KIND, NLA_TYPE_MASK = 18, 1, 0x3FFF
 
     def __init__(self) -> None:
         self._ipr = None
+        self._sock: Optional[socket.socket] = None
+        self._seq = 0
         self._kinds: Dict[int, str] = {}
 
     def _ensure(self):
@@ -128,14 +140,52 @@ class _Links:
         kind = info.get_attr("IFLA_INFO_KIND") if info else None
         return kind or ("loopback" if link.get_attr("IFLA_IFNAME") == "lo" else "unknown")
 
+    @classmethod
+    def _attrs(cls, data: bytes, offset: int, end: int) -> Iterator[Tuple[int, bytes]]:
+        while offset + 4 <= end:
+            length, kind = cls._RTA.unpack_from(data, offset)
+            if length < 4:
+                return
+            yield kind & cls.NLA_TYPE_MASK, data[offset + 4:offset + length]
+            offset += (length + 3) & ~3
+
+    def _ask(self, ifindex: int) -> Optional[str]:
+        from pyroute2.netlink import NLM_F_REQUEST
+        from pyroute2.netlink.rtnl import RTM_GETLINK
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+            self._sock.bind((0, 0))
+        self._seq += 1
+        msg = ifinfmsg()
+        msg["index"] = ifindex
+        msg["header"].update(type=RTM_GETLINK, flags=NLM_F_REQUEST, sequence_number=self._seq)
+        msg["attrs"] = [("IFLA_EXT_MASK", 8)]  # RTEXT_FILTER_SKIP_STATS
+        msg.encode()
+        self._sock.send(msg.data)
+        while True:
+            data = self._sock.recv(65536)
+            length, mtype, _, seq = struct.unpack_from("IHHI", data)
+            if seq == self._seq:
+                break
+        if mtype != RTM_NEWLINK_TYPE:
+            return None  # NLMSG_ERROR: no such link (any more)
+        name = None
+        for kind, payload in self._attrs(data, 32, length):  # nlmsghdr 16 + ifinfomsg 16
+            if kind == 3:  # IFLA_IFNAME
+                name = payload.rstrip(b"\0").decode()
+            if kind == self.IFLA_LINKINFO:
+                for sub, value in self._attrs(payload, 0, len(payload)):
+                    if sub == self.IFLA_INFO_KIND:
+                        return value.rstrip(b"\0").decode()
+        return "loopback" if name == "lo" else "unknown"
+
     def kind(self, ifindex: int) -> Optional[str]:
         if ifindex not in self._kinds:
-            try:
-                links = self._ensure().link("get", index=ifindex)
-            except Exception as exc:  # the link went away meanwhile (NetlinkError ENODEV)
-                log.debug("link %d: %s", ifindex, exc)
+            kind = self._ask(ifindex)
+            if kind is None:
                 return None
-            self._kinds[ifindex] = self._kind(links[0])
+            self._kinds[ifindex] = kind
         return self._kinds[ifindex]
 
     def dump(self) -> Dict[int, tuple]:
@@ -155,6 +205,9 @@ class _Links:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 class Watcher:

@@ -215,6 +215,9 @@ def release(nic: Union[Nic, str], *, force: bool = False) -> Optional[Lease]:
     lease = find_lease(nic, ledger)
     if lease is None:
         return None
+    if lease.state in ("attaching", "releasing") and _owner_alive(lease):
+        raise GuardError(f"{lease.key} is being {lease.state[:-3]}ed by pid {lease.owner_pid}",
+                         "wait for it to finish, or run 'dpdkeni recover' if that process is stuck")
     prior = lease.state
     lease = ledger.update(lease.key, state="releasing")
     try:

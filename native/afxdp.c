@@ -294,21 +294,27 @@ static void reclaim(struct xq *x)
         xsk_ring_cons__release(&x->comp, n);
 }
 
-static void kick(struct dk_q *q, struct xq *x, int n)
+/* Make the kernel send what is on the tx ring; returns how many frames it dropped. In copy mode each sendto
+ * moves at most 32 descriptors, and a frame the device dropped comes back as EBUSY (completed but not sent). */
+static int kick(struct dk_q *q, struct xq *x, int n)
 {
-    int tries = n / 32 + 2;
+    int tries = n / 32 + 2, dropped = 0;
 
-    /* in copy mode each sendto moves at most 32 descriptors */
     while (tries-- > 0 && xsk_ring_prod__needs_wakeup(&x->tx)) {
         if (sendto(x->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0)
             continue;
-        if (errno != EAGAIN && errno != EBUSY && errno != ENOBUFS && errno != ENETDOWN) {
+        if (errno == EBUSY) {
+            dropped++;
+            continue;
+        }
+        if (errno != EAGAIN && errno != ENOBUFS && errno != ENETDOWN) {
             dk_add(&q->c.tx_errors, 1);
             break;
         }
         if (errno != EAGAIN)
             break;
     }
+    return dropped;
 }
 
 static int xq_tx(struct dk_q *q, const struct dk_pkt *pkts, int n)
@@ -330,8 +336,7 @@ static int xq_tx(struct dk_q *q, const struct dk_pkt *pkts, int n)
     }
     if (want)
         xsk_ring_prod__submit(&x->tx, want);
-    kick(q, x, (int)want);
-    return (int)want;
+    return (int)want - kick(q, x, (int)want);
 }
 
 static void xq_drops(struct dk_q *q)

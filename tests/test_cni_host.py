@@ -301,3 +301,19 @@ def test_del_renames_a_returned_nic_that_udev_gave_its_name_as_altname(tmp_path,
     assert deleted.returncode == 0, deleted
     assert _link("dev7x") is None and _link(stand_in)[0] == add.doc["interfaces"][0]["mac"]
     assert Ledger().leases() == {}
+
+
+def test_benchmark_runs_both_plugins_on_the_same_nics(stand_in_models):
+    """benchmarks/cni.py, one round: both plugins measured, the reference named as Debian's build."""
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "cni.py")
+    out = subprocess.run([sys.executable, script, "--rounds", "1", "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert "Debian containernetworking-plugins" in doc["reference"]
+    rows = {r["plugin"]: r for r in doc["rows"]}
+    assert set(rows) == {"host-device", "dpdkeni-cni"} and rows["host-device"]["ratio_p50"] == 1.0
+    assert rows["dpdkeni-cni"]["runs"] == rows["host-device"]["runs"] == 1

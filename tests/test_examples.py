@@ -156,3 +156,48 @@ def test_cdi_example_asks_for_a_device_of_the_spec_it_writes(sysfs_tree, state_d
     kind, name = argv[argv.index("--device") + 1].split("=")
     assert kind == spec["kind"] and name in [d["name"] for d in spec["devices"]] and name == bdf
     assert "localhost/dpdkeni-testpmd:latest" in argv and argv[argv.index("-a") + 1] == bdf
+
+
+# --- examples/udev/ -------------------------------------------------------------------------------------------
+
+UDEV = os.path.join(ROOT, "examples", "udev")
+
+
+def test_udev_rules_file_is_what_dpdkeni_generates(monkeypatch):
+    udev = pytest.importorskip("dpdkeni.udev", reason="dpdkeni.udev (events) has not landed")
+    monkeypatch.delenv("DPDKENI_MODELS", raising=False)
+    text = udev.rules_text(hook="/usr/local/bin/dpdkeni-hook", dpdkeni="/usr/local/bin/dpdkeni")
+    with open(os.path.join(UDEV, "90-dpdkeni.rules"), encoding="utf-8") as f:
+        assert f.read() == text, "regenerate examples/udev/90-dpdkeni.rules with udev.rules_text()"
+    assert 'ENV{PCI_ID}=="1AF4:1000|1AF4:1041"' in text  # virtio-net, legacy and modern
+
+
+def _hook_demo(state):
+    import subprocess
+    import sys
+    return subprocess.run(["sh", os.path.join(UDEV, "hook-demo.sh")], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DPDKENI_STATE_DIR": str(state),
+                               "HOOK": f"{sys.executable} -m dpdkeni.udev"})
+
+
+def test_udev_hook_queues_the_event_when_no_daemon_listens(tmp_path):
+    pytest.importorskip("dpdkeni.udev", reason="dpdkeni.udev (events) has not landed")
+    run = _hook_demo(tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "queued" in run.stderr and "queued: " in run.stdout
+    event = json.loads(run.stdout.split("\n", 1)[1])
+    assert event["ACTION"] == "add" and event["INTERFACE"] == "ens5" and event["ID_MODEL_ID"] == "0x1041"
+    assert "PATH" not in event, "only udev's event variables are forwarded"
+
+
+def test_udev_hook_hands_the_event_to_a_listening_daemon(tmp_path):
+    import socket
+    pytest.importorskip("dpdkeni.udev", reason="dpdkeni.udev (events) has not landed")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as daemon:
+        daemon.bind(str(tmp_path / "daemon.sock"))
+        daemon.settimeout(30)
+        run = _hook_demo(tmp_path)
+        assert run.returncode == 0, run.stderr
+        event = json.loads(daemon.recv(65536))
+    assert event["ACTION"] == "add" and event["DEVPATH"].endswith("/net/ens5")
+    assert "sent" in run.stderr and "queued" not in run.stdout

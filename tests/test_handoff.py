@@ -327,3 +327,15 @@ def test_name_taken_during_the_move_is_undone(env, veth_factory, container_facto
         handoff.attach(nic, c.target)
     assert err.value.step == "move" and "exists" in str(err.value)
     assert host_state(nic) == before and Ledger().leases() == {}
+
+
+def test_release_refuses_a_lease_another_process_is_working_on(env, veth_factory, container_factory):
+    nic, _ = veth_factory()
+    c = container_factory()
+    handoff.attach(nic, c.target)
+    Ledger().update(f"if:{nic}", state="attaching", owner_pid=c.pid)  # a live process, started before the lease
+    with pytest.raises(GuardError, match=f"being attached by pid {c.pid}"):
+        handoff.release(nic)
+    assert "eth0" in c.run("ip", "link").stdout
+    Ledger().update(f"if:{nic}", state="attached", owner_pid=os.getpid())
+    handoff.release(nic)

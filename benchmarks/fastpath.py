@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""dpdkeni's native forwarder against dpdk-testpmd, on the same veth topology and cores, in one invocation.
+
+Lines (64-byte frames, packets/s measured at the sink, median of the per-second rates of each run, median over
+--runs runs, the tools interleaved run by run so drift hits both alike):
+  txonly -> rxonly, direct topology (A a0 <-> b0 B): generator on cpu0, sink on cpu1
+      dpdkeni AF_PACKET vs testpmd net_af_packet; dpdkeni AF_XDP vs testpmd net_af_xdp
+  io forwarding through a middle namespace (A a0 <-> a1 [fwd] b1 <-> b0 B): the same generator (dpdkeni AF_XDP
+      txonly, cpu0) and sink (dpdkeni AF_PACKET rxonly, cpu0) for every line; the forwarder on cpu1
+  AF_PACKET transmit method: sendmmsg vs PACKET_TX_RING (dpdkeni txonly -> rxonly)
+testpmd runs with the EAL flags of reference/perf-baseline.md. Everything runs in namespaces made here and removed
+at the end; every run is bounded (--seconds). Run as root on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from topo import Topo  # noqa: E402
+
+from dpdkeni.fastpath import Forwarder  # noqa: E402
+
+GEN_CPU, SINK_CPU = 0, 1
+
+
+def steady(samples: List[float]) -> float:
+    """The median of the per-second rates, leaving out the partial first and last seconds."""
+    nonzero = [s for s in samples if s > 0]
+    core = nonzero[1:-1] if len(nonzero) > 3 else nonzero
+    return statistics.median(core) if core else 0.0
+
+
+class Sampler:
+    """Reads a running Forwarder's last-second rate once a second."""
+
+    def __init__(self, fwd: Forwarder, key: str = "rx_pps", port: int = 0) -> None:
+        self.fwd, self.key, self.port, self.samples = fwd, key, port, []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            if self.fwd.running:
+                self.samples.append(getattr(self.fwd.stats().ports[self.port], self.key))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join()
+        return steady(self.samples)
+
+
+# -- testpmd ---------------------------------------------------------------------------------------------------
+
+def testpmd_vdev(backend: str, ifname: str, index: int) -> str:
+    if backend == "af_packet":
+        return f"net_af_packet{index},iface={ifname},qdisc_bypass=1"
+    return f"net_af_xdp{index},iface={ifname},start_queue=0,queue_count=1"
+
+
+class TestPmd:
+    """dpdk-testpmd in namespace ``role``, its forwarding lcore on ``fwd_cpu``; its output is read as it comes so
+    the run is timed from the moment forwarding starts (EAL start-up takes seconds here), and it is stopped with
+    SIGINT so it prints its final statistics. ``timeout`` bounds it in any case."""
+
+    def __init__(self, topo: Topo, role: str, backend: str, ifnames: List[str], mode: str, fwd_cpu: int) -> None:
+        self.prefix = f"dkbench{os.getpid()}{role}{mode}"
+        vdevs = [a for i, name in enumerate(ifnames) for a in ("--vdev", testpmd_vdev(backend, name, i))]
+        argv = topo.exec(role, "stdbuf", "-oL", "timeout", "-s", "INT", "-k", "5", "120", "dpdk-testpmd",
+                         "--lcores", f"0@{1 - fwd_cpu},1@{fwd_cpu}", "--no-huge", "-m", "512", "--no-pci",
+                         "--no-shconf", "--file-prefix", self.prefix, *vdevs, "--", f"--forward-mode={mode}",
+                         "--total-num-mbufs=32768", "--stats-period", "1", "--txpkts=64")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     stdin=subprocess.DEVNULL)
+        self.lines: List[str] = []
+        self.ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.append(line)
+            if "Port statistics" in line:          # the first stats block: forwarding has started
+                self.ready.set()
+        self.ready.set()
+
+    def wait_ready(self, timeout: float = 60) -> "TestPmd":
+        self.ready.wait(timeout)
+        if self.proc.poll() is not None:
+            raise RuntimeError("testpmd failed: " + "".join(self.lines[-5:]).strip())
+        return self
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)   # ip netns exec execs; timeout passes SIGINT on to testpmd
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(10)
+        shutil.rmtree(f"/var/run/dpdk/{self.prefix}", ignore_errors=True)
+        return "".join(self.lines)
+
+
+def testpmd_rates(out: str, key: str = "Rx-pps") -> List[float]:
+    """Per-second rates of the first port from testpmd's --stats-period blocks."""
+    rates: List[float] = []
+    for block in out.split("Port statistics ====")[1:]:
+        m = re.search(rf"{key}:\s+(\d+)", block)
+        if m:
+            rates.append(float(m.group(1)))
+    return rates
+
+
+# -- the lines -------------------------------------------------------------------------------------------------
+
+def pair_dpdkeni(topo: Topo, backend: str, seconds: float, tx_method: Optional[str] = None) -> float:
+    sink = Forwarder(["b0"], mode="rxonly", backend=backend, target=topo.target("b"), cpu=SINK_CPU).start()
+    sampler = Sampler(sink)
+    try:
+        Forwarder(["a0"], mode="txonly", backend=backend, target=topo.target("a"), cpu=GEN_CPU,
+                  tx_method=tx_method).run(seconds)
+    finally:
+        pps = sampler.stop()
+        sink.close()
+    return pps
+
+
+def pair_testpmd(topo: Topo, backend: str, seconds: float) -> float:
+    sink = TestPmd(topo, "b", backend, ["b0"], "rxonly", SINK_CPU)
+    gen = None
+    try:
+        sink.wait_ready()
+        gen = TestPmd(topo, "a", backend, ["a0"], "txonly", GEN_CPU).wait_ready()
+        time.sleep(seconds)
+    finally:
+        if gen is not None:
+            gen.stop()
+        out = sink.stop()
+    return steady(testpmd_rates(out))
+
+
+def io_run(topo: Topo, seconds: float, forwarder: Callable[[], Callable[[], None]]) -> float:
+    """The common generator and sink around a forwarder in M; returns the sink's rate."""
+    sink = Forwarder(["b0"], mode="rxonly", backend="af_packet", target=topo.target("b"), cpu=GEN_CPU).start()
+    finish = forwarder()
+    sampler = Sampler(sink)
+    try:
+        Forwarder(["a0"], mode="txonly", backend="af_xdp", target=topo.target("a"), cpu=GEN_CPU).run(seconds)
+    finally:
+        pps = sampler.stop()
+        finish()
+        sink.close()
+    return pps
+
+
+def io_dpdkeni(topo: Topo, backend: str, seconds: float) -> float:
+    def start():
+        fwd = Forwarder(["a1", "b1"], mode="io", backend=backend, target=topo.target("m"), cpu=SINK_CPU).start()
+        return fwd.close
+    return io_run(topo, seconds, start)
+
+
+def io_testpmd(topo: Topo, backend: str, seconds: float) -> float:
+    def start():
+        proc = TestPmd(topo, "m", backend, ["a1", "b1"], "io", SINK_CPU)
+        try:
+            proc.wait_ready()
+        except BaseException:
+            proc.stop()
+            raise
+        return proc.stop
+    return io_run(topo, seconds, start)
+
+
+# -- the table -------------------------------------------------------------------------------------------------
+
+def measure(runs: int, seconds: float, lines: Dict[str, Callable[[], float]]) -> Dict[str, List[float]]:
+    got: Dict[str, List[float]] = {name: [] for name in lines}
+    for r in range(runs):
+        for name, fn in lines.items():      # interleaved: drift in the machine's load hits every line alike
+            try:
+                got[name].append(fn())
+            except Exception as exc:        # a tool that cannot run here: say so in the table
+                print(f"  {name}: {exc}", file=sys.stderr)
+            print(f"  run {r + 1}/{runs} {name}: {got[name][-1] if got[name] else 'failed':>.0f}"
+                  if got[name] else f"  run {r + 1}/{runs} {name}: failed", file=sys.stderr, flush=True)
+    return got
+
+
+def fmt(values: List[float]) -> str:
+    return f"{statistics.median(values) / 1000:.0f} k" if values else "n/a"
+
+
+def ratio(a: List[float], b: List[float]) -> str:
+    if not a or not b or not statistics.median(b):
+        return "n/a"
+    return f"{statistics.median(a) / statistics.median(b):.2f}x"
+
+
+def spread(values: List[float]) -> str:
+    return ", ".join(f"{v / 1000:.0f}" for v in values)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=4.0, help="length of each run (default 4)")
+    ap.add_argument("--runs", type=int, default=5, help="runs per line (default 5)")
+    ap.add_argument("--skip-io", action="store_true")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("benchmarks/fastpath.py: needs root (namespaces)", file=sys.stderr)
+        return 2
+    s = args.seconds
+    with Topo("direct") as direct:
+        pair = measure(args.runs, s, {
+            "dpdkeni af_packet": lambda: pair_dpdkeni(direct, "af_packet", s),
+            "testpmd net_af_packet": lambda: pair_testpmd(direct, "af_packet", s),
+            "dpdkeni af_xdp": lambda: pair_dpdkeni(direct, "af_xdp", s),
+            "testpmd net_af_xdp": lambda: pair_testpmd(direct, "af_xdp", s),
+            "dpdkeni af_packet tx_ring": lambda: pair_dpdkeni(direct, "af_packet", s, "tx_ring"),
+        })
+    io: Dict[str, List[float]] = {}
+    if not args.skip_io:
+        with Topo("fwd") as mid:
+            io = measure(args.runs, s, {
+                "dpdkeni af_packet": lambda: io_dpdkeni(mid, "af_packet", s),
+                "testpmd net_af_packet": lambda: io_testpmd(mid, "af_packet", s),
+                "dpdkeni af_xdp": lambda: io_dpdkeni(mid, "af_xdp", s),
+                "testpmd net_af_xdp": lambda: io_testpmd(mid, "af_xdp", s),
+            })
+    print(f"\n64-byte frames, packets/s at the sink (median of {args.runs} runs of {s:g} s; per-run values in "
+          "k after the bars). Goal: dpdkeni >= 1.2x testpmd.\n")
+    print("| test | backend | dpdkeni | testpmd | dpdkeni / testpmd | runs dpdkeni | runs testpmd |")
+    print("|---|---|---|---|---|---|---|")
+    for title, table in (("txonly -> rxonly (direct)", pair), ("io forwarding (middle netns)", io)):
+        for backend, tp in (("af_packet", "testpmd net_af_packet"), ("af_xdp", "testpmd net_af_xdp")):
+            mine = table.get(f"dpdkeni {backend}", [])
+            ref = table.get(tp, [])
+            if mine or ref:
+                print(f"| {title} | {backend} | {fmt(mine)} | {fmt(ref)} | {ratio(mine, ref)} | {spread(mine)} | "
+                      f"{spread(ref)} |")
+    mm, ring = pair.get("dpdkeni af_packet", []), pair.get("dpdkeni af_packet tx_ring", [])
+    print(f"\nAF_PACKET transmit: sendmmsg {fmt(mm)} vs PACKET_TX_RING {fmt(ring)} "
+          f"(sendmmsg / tx_ring = {ratio(mm, ring)}; runs {spread(mm)} / {spread(ring)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
