@@ -161,14 +161,27 @@ def cli() -> Callable[..., subprocess.CompletedProcess]:
     return dpdkeni_cli
 
 
+HUGEPAGE_TEST_LOCK = "/run/dpdkeni-test-hugepages.lock"
+
+
+def _read_pools_locked(paths):
+    """Read the pools under the lock every hugepage test holds while it has pages (other suites run at the
+    same time on this machine; their reservations must not count as ours)."""
+    import fcntl
+    with open(HUGEPAGE_TEST_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return {p: open(p).read() for p in paths}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _hugepages_unchanged():
     """Every test run leaves nr_hugepages as it found it."""
     paths = [f"/sys/kernel/mm/hugepages/{d}/nr_hugepages" for d in os.listdir("/sys/kernel/mm/hugepages")] \
         if os.path.isdir("/sys/kernel/mm/hugepages") else []
-    before = {p: open(p).read() for p in paths}
+    before = _read_pools_locked(paths)
     yield
-    changed = [p for p, v in before.items() if open(p).read() != v]
+    after = _read_pools_locked(paths)
+    changed = [p for p, v in before.items() if after[p] != v]
     assert not changed, f"tests left hugepages reserved: {changed}"
 
 

@@ -1,5 +1,5 @@
 """The dpdk mode end to end on this host: binding on the simulated PCI core (no vfio here; the lab's
-tests/vm/test_dpdk.py::test_attach_dpdk_testpmd runs it for real), with real hugepages, a real hugetlbfs mount in a
+tests/vm/test_dpdk.py::test_attach_dpdk_and_release runs it for real), with real hugepages, a real hugetlbfs mount in a
 stand-in container, real v1 and v2 device cgroups and real device nodes (/dev/zero and /dev/full stand in for
 /dev/vfio/vfio and the group node)."""
 import errno
