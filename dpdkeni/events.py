@@ -242,6 +242,7 @@ class Watcher:
         self.stats = collections.Counter()
         self._known: Dict[str, Nic] = {}
         self._pending: Dict[str, float] = {}
+        self._udev_named: set = set()  # PCI NICs whose netdev udev has announced (named) since we started
         self._out: Deque[NicEvent] = collections.deque()
         self._links = _Links()
         self._monitor = None
@@ -404,10 +405,18 @@ class Watcher:
             return None
         return inventory.pci_nic(bdf, self.fs)
 
+    def _unnamed(self, bdf: str, nic: Nic) -> bool:
+        """With the udev source, a netdev udev has not announced yet still has its kernel name (udev renames
+        it before it passes the net event on, after the pci bind event it already passed)."""
+        return self.source == "udev" and bool(nic.ifname) and bdf not in self._udev_named \
+            and bdf not in self._known
+
     def _refresh_pci(self, bdf: str, seqnum: Optional[int], final: bool = False, resync: bool = False) -> None:
         nic = self._read_pci(bdf)
         if nic is None or not self._admit(nic):
             self._drop(bdf, seqnum, resync)
+        elif self._unnamed(bdf, nic) and self._pending.get(bdf, float("inf")) > time.monotonic():
+            self._pending.setdefault(bdf, time.monotonic() + max(self.settle, 3.0))
         elif final or _settled(nic):
             self._set(bdf, nic, seqnum, resync)
         else:
@@ -447,6 +456,10 @@ class Watcher:
             return
         bdf = _bdf_in(props.get("DEVPATH", ""))
         if bdf:
+            if action == "remove":
+                self._udev_named.discard(bdf)
+            elif self.source == "udev":
+                self._udev_named.add(bdf)
             self._on_pci(bdf, action, seqnum)
         elif self._wants_virtual:
             self._on_virtual(action, props, seqnum)

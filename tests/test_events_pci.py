@@ -125,3 +125,17 @@ def test_event_json_has_the_changed_fields_only(watcher, sysfs_tree):
     assert isinstance(event, NicEvent) and doc["action"] == "moved" and "seqnum" not in doc
     assert doc["old"] == {"ifname": "eth1", "mac": "52:54:00:00:00:01", "mtu": 1500, "operstate": "up"}
     assert "moved" in str(event) and "was=eth1" in str(event)
+
+
+def test_udev_source_reports_the_name_udev_gave(sysfs_tree):
+    """udevd passes the pci bind on before it renamed the netdev: the NIC waits for its net event."""
+    w = Watcher(source="udev", sysfs=Sysfs(sysfs_tree.root), settle=0.05)
+    w.resync(emit=False)
+    sysfs_tree.add_nic(BDF, "virtio-net", ifname="eth0")
+    assert feed(w, pci("add"), pci("bind"), settle=False) == []
+    import os
+    os.unlink(sysfs_tree.p("sys/class/net/eth0"))
+    shutil.rmtree(sysfs_tree.p(f"sys/devices/pci0000:00/{BDF}"))
+    sysfs_tree.add_nic(BDF, "virtio-net", ifname="enp1s0")
+    events = feed(w, net("add", "enp1s0"))
+    assert [(e.action, e.nic.ifname) for e in events] == [("added", "enp1s0")]
