@@ -34,6 +34,7 @@ _LAZY = {
     "wait_for_nic": "events",
     "bind": "driver",
     "unbind": "driver",
+    "Forwarder": "fastpath",
 }
 
 __all__ = sorted([

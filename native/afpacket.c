@@ -13,8 +13,10 @@
 #include <unistd.h>
 #include "fwd_int.h"
 
-#define RX_BLOCK_SIZE (1u << 18)
-#define RX_BLOCK_NR 16u
+/* Many small blocks: at a low rate the 2 ms retire timeout closes blocks holding a few frames each, so the
+ * number of blocks is what buffers a descheduled reader (256 x 2 ms); at a high rate 16 KiB hold ~110 frames. */
+#define RX_BLOCK_SIZE (1u << 14)
+#define RX_BLOCK_NR 256u
 #define RX_FRAME_SIZE 2048u
 #define TX_FRAME_SIZE 2048u
 #define TX_FRAME_NR ((unsigned)DK_RING_SIZE)
@@ -72,7 +74,7 @@ static int open_rx(struct afp *a, const struct dk_fwd *f, const struct dk_q *q, 
     req.tp_block_nr = RX_BLOCK_NR;
     req.tp_frame_size = RX_FRAME_SIZE;
     req.tp_frame_nr = RX_BLOCK_SIZE / RX_FRAME_SIZE * RX_BLOCK_NR;
-    req.tp_retire_blk_tov = 1;    /* ms: a lightly loaded port still sees its frames promptly */
+    req.tp_retire_blk_tov = 2;    /* ms: a lightly loaded port still sees its frames promptly */
     if ((rc = sockopt(a->rxfd, PACKET_VERSION, &v3, sizeof v3, "PACKET_VERSION", port->ifname, err, errlen)) ||
         (rc = sockopt(a->rxfd, PACKET_RX_RING, &req, sizeof req, "PACKET_RX_RING", port->ifname, err, errlen)))
         return rc;

@@ -68,15 +68,15 @@ static void put16(uint8_t *p, uint16_t v)
 }
 
 /* testpmd's txonly packet: Ethernet / IPv4 198.18.0.1 -> 198.18.0.2 / UDP 9 -> 9, zero payload. */
-static void build_template(struct dk_fwd *f)
+static void build_template(struct dk_fwd *f, int port)
 {
-    uint8_t *p = f->tmpl;
+    uint8_t *p = f->tmpl[port];
     int size = f->cfg.pkt_size;
     uint16_t csum;
 
-    memset(p, 0, sizeof f->tmpl);
+    memset(p, 0, sizeof f->tmpl[port]);
     memcpy(p, f->cfg.peer, 6);
-    memcpy(p + 6, f->port[0].mac, 6);
+    memcpy(p + 6, f->port[port].mac, 6);
     put16(p + 12, 0x0800);
     p[14] = 0x45;
     put16(p + 16, (uint16_t)(size - 14));
@@ -164,7 +164,7 @@ static int open_ports(struct dk_fwd *f, char *err, size_t errlen)
 int dk_fwd_open(const struct dk_config *cfg, struct dk_fwd **out, char *err, size_t errlen)
 {
     struct dk_fwd *f;
-    int rc, saved;
+    int rc, saved, p;
 
     *out = NULL;
     rc = check_config(cfg);
@@ -196,7 +196,8 @@ int dk_fwd_open(const struct dk_config *cfg, struct dk_fwd **out, char *err, siz
         free(f);
         return rc;
     }
-    build_template(f);
+    for (p = 0; p < f->cfg.nports; p++)
+        build_template(f, p);
     *out = f;
     return 0;
 }
@@ -306,7 +307,7 @@ struct qthread {
     uint8_t *txbuf;               /* txonly with several flows: burst frames */
     struct dk_pkt pkts[DK_MAX_BURST];
     uint64_t sent[DK_MAX_PORTS], tried[DK_MAX_PORTS];
-    uint64_t flow;
+    uint64_t flow[DK_MAX_PORTS];
     double t0;
 };
 
@@ -405,14 +406,12 @@ static int txonly_once(struct qthread *t, double now)
             allowed = count - t->sent[p];
         n = allowed < (uint64_t)f->cfg.burst ? (int)allowed : f->cfg.burst;
         for (i = 0; i < n; i++) {
-            uint8_t *frame = f->tmpl;
+            uint8_t *frame = f->tmpl[p];
             if (f->cfg.flows > 1) {
                 frame = t->txbuf + (size_t)i * (size_t)f->cfg.pkt_size;
-                memcpy(frame, f->tmpl, (size_t)f->cfg.pkt_size);
-                put16(frame + 34, (uint16_t)(1024 + t->flow++ % (uint64_t)f->cfg.flows));
+                memcpy(frame, f->tmpl[p], (size_t)f->cfg.pkt_size);
+                put16(frame + 34, (uint16_t)(1024 + t->flow[p]++ % (uint64_t)f->cfg.flows));
             }
-            if (p == 1)
-                memcpy(frame + 6, f->port[1].mac, 6);
             t->pkts[i].data = frame;
             t->pkts[i].len = (uint32_t)f->cfg.pkt_size;
         }

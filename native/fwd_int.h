@@ -57,7 +57,7 @@ struct dk_fwd {
     struct dk_port port[DK_MAX_PORTS];
     int stop;
     int fanout_id;
-    uint8_t tmpl[1514];           /* txonly frame */
+    uint8_t tmpl[DK_MAX_PORTS][1514];   /* txonly frame of each port (its own source MAC) */
     double next_tick, last_tick;
 };
 

@@ -126,20 +126,11 @@ def frames(n: int, src: bytes, dst: bytes):
 
 def exchange(sock: socket.socket, out: list) -> list:
     """Send each frame and collect what comes back in (not our own outgoing copies), bounded in time."""
-    back = []
     for i, f in enumerate(out):
         sock.send(f)
         if i % 20 == 19:
             time.sleep(0.002)
-    end = time.monotonic() + 10
-    while len(back) < len(out) and time.monotonic() < end:
-        try:
-            data, addr = sock.recvfrom(4096)
-        except socket.timeout:
-            continue
-        if addr[2] != PACKET_OUTGOING and data[12:14] == b"\x88\xb5":
-            back.append(data)
-    return back
+    return collect(sock, len(out), b"\x88\xb5")
 
 
 def test_macswap_returns_every_frame_swapped(direct, backend):
@@ -238,7 +229,8 @@ def test_live_counters_and_stop_from_another_thread(direct):
     finally:
         sink.stop()                                                       # from this thread
         runner.join(30)
-    assert not runner.is_alive() and result["s"].ports[0].rx_packets == 3000
+    p = result["s"].ports[0]
+    assert not runner.is_alive() and p.rx_packets + p.rx_dropped == 3000 and p.rx_packets > 0
 
 
 # -- bad input -------------------------------------------------------------------------------------------------
@@ -347,3 +339,44 @@ def test_cli_fwd_stops_on_sigint_with_testpmd_summary(direct):
     assert p.returncode == 0, err
     assert "Forward statistics for port 0 (b0)" in out and "Accumulated forward statistics" in out
     assert "stopped by signal" in out
+
+
+def collect(sock: socket.socket, want: int, ethertype: bytes = b"\x08\x00") -> list:
+    """Incoming frames of ``ethertype`` on sock until ``want`` arrived (bounded in time)."""
+    got = []
+    end = time.monotonic() + 10
+    while len(got) < want and time.monotonic() < end:
+        try:
+            data, addr = sock.recvfrom(4096)
+        except socket.timeout:
+            continue
+        if addr[2] != PACKET_OUTGOING and data[12:14] == ethertype:
+            got.append(data)
+    return got
+
+
+@pytest.mark.parametrize("size, flows", [(64, 1), (128, 4)])
+def test_txonly_frames_on_two_ports(size, flows):
+    """txonly on two ports: each port's frames carry its own MAC, the peer, UDP 198.18.0.1 -> 198.18.0.2 with a
+    valid IPv4 checksum, the asked size, and ``flows`` source ports."""
+    from dpdkeni.fastpath import inet_checksum
+    with Topo("fwd", unique("dkf")) as t:
+        socks = [raw_socket(t, "a", "a0"), raw_socket(t, "b", "b0")]
+        try:
+            gen = Forwarder(["a1", "b1"], mode="txonly", backend="af_packet", target=t.target("m"), rate=2000,
+                            count=40, pkt_size=size, flows=flows, peer="02:00:00:00:00:42")
+            stats = gen.run()
+            got = [collect(s, 40) for s in socks]
+        finally:
+            for s in socks:
+                s.close()
+    assert [p.tx_packets for p in stats.ports] == [40, 40]
+    for frames_in, src_if in zip(got, ("a1", "b1")):
+        assert len(frames_in) == 40
+        mac = bytes.fromhex(t.mac(src_if).replace(":", ""))
+        for f in frames_in:
+            assert len(f) == size and f[:6] == bytes.fromhex("020000000042") and f[6:12] == mac
+            assert f[14] == 0x45 and f[23] == 17 and inet_checksum(f[14:34]) == 0
+            assert f[26:30] == bytes([198, 18, 0, 1]) and f[30:34] == bytes([198, 18, 0, 2])
+        ports = {int.from_bytes(f[34:36], "big") for f in frames_in}
+        assert ports == set(range(1024, 1024 + flows))
