@@ -186,3 +186,28 @@ def test_udev_rules_text(cli, tmp_path):
     dest = tmp_path / "rules.d" / "90-dpdkeni.rules"
     out = cli("udev", "rules", "--install", "--path", str(dest))
     assert out.returncode == 0 and dest.read_text() == text
+
+
+def test_restarted_daemon_reconciles_with_the_ledger_and_still_reclaims(
+        state_dir, stand_in_models, container_factory, prefix, running):
+    """A daemon that stops leaves the NIC in the container; the next one finds the lease in the ledger, keeps
+    it (the container lives), and takes the NIC back when the container's process exits."""
+    from pyroute2 import IPRoute
+    box = container_factory()
+    policy = f'[[rule]]\nmatch = {{ ifname = "{prefix}a" }}\ntarget = "{box.target}"\nifname = "eth6"\n'
+    mine = lambda nic: nic.model == "veth" and (nic.ifname or "").startswith(prefix)  # noqa: E731
+    first = running(policy, Watcher(source="kernel", models=mine, existing=True))
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=prefix + "a", kind="veth", peer=prefix + "b")
+    wait_until(lambda: any(d["decision"] == "attached" for d in first.decisions), "attach")
+    first.stop.set()
+    wait_until(lambda: not os.path.exists(udev.socket_path(state_dir)), "the first daemon gone")
+    assert "eth6" in box.run("ip", "-o", "link").stdout  # stopping the daemon leaves the NIC where it is
+
+    second = running(policy, Watcher(source="kernel", models=mine, existing=True))
+    assert [(d["decision"], d["key"], d["action"]) for d in second.decisions if d["decision"] == "recovered"] \
+        == [("recovered", f"if:{prefix}a", "kept")]
+    box.kill()
+    wait_until(lambda: any(d["decision"] == "released" for d in second.decisions), "release")
+    with IPRoute() as ipr:
+        assert ipr.link_lookup(ifname=prefix + "a"), "back on the host under its own name"
