@@ -303,11 +303,12 @@ def test_del_renames_a_returned_nic_that_udev_gave_its_name_as_altname(tmp_path,
     assert Ledger().leases() == {}
 
 
-def test_benchmark_runs_both_plugins_on_the_same_nics(stand_in_models):
+def test_benchmark_runs_both_plugins_on_the_same_nics(monkeypatch):
     """benchmarks/cni.py, one round: both plugins measured, the reference named as Debian's build."""
     import subprocess
     import sys
 
+    monkeypatch.delenv("DPDKENI_MODELS", raising=False)  # the benchmark sets up its own stand-in models file
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "cni.py")
     out = subprocess.run([sys.executable, script, "--rounds", "1", "--json"], capture_output=True, text=True,
                          timeout=120)
