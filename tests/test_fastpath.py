@@ -22,7 +22,7 @@ from dpdkeni.errors import InputError, NotFoundError
 from dpdkeni.fastpath import Forwarder, have_af_xdp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from topo import Topo  # noqa: E402
+from topo import Topo, sysctl_in  # noqa: E402
 
 pytestmark = needs_root
 BACKENDS = ["af_packet", "af_xdp"]
@@ -380,3 +380,47 @@ def test_txonly_frames_on_two_ports(size, flows):
             assert f[26:30] == bytes([198, 18, 0, 1]) and f[30:34] == bytes([198, 18, 0, 2])
         ports = {int.from_bytes(f[34:36], "big") for f in frames_in}
         assert ports == set(range(1024, 1024 + flows))
+
+
+def test_fanout_queues_share_the_port(direct):
+    """queues=2: two receive sockets in one PACKET_FANOUT (hash) group, one thread each; the port's counters are
+    their sum and every frame is counted once."""
+    sink = Forwarder(["b0"], mode="rxonly", backend="af_packet", queues=2, target=direct.target("b")).start()
+    try:
+        Forwarder(["a0"], mode="txonly", backend="af_packet", target=direct.target("a"), rate=10000, count=4000,
+                  flows=64).run()
+        settled(sink, lambda: sink.stats().ports[0].rx_packets, 4000)
+    finally:
+        sink.stop()
+        got = sink.wait()
+    assert "fanout hash" in got.details[0]
+    p = got.ports[0]
+    assert p.rx_packets + p.rx_dropped == 4000 and p.rx_packets > 0
+
+
+def test_runs_inside_a_container_target(container_factory, netns_factory):
+    """target=pid:N: the forwarder opens its sockets in the container's netns (the NIC as it was handed)."""
+    from pyroute2 import IPRoute, NetNS
+    box, peer_ns = container_factory(), netns_factory()
+    for key in ("all", "default"):      # no IPv6 chatter from the sending side into the count
+        sysctl_in(peer_ns, f"net.ipv6.conf.{key}.disable_ipv6", "1")
+    inside, outside = unique("dkc"), unique("dko")
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=inside, kind="veth", peer=outside)
+        ipr.link("set", index=ipr.link_lookup(ifname=outside)[0], net_ns_fd=peer_ns)
+        ipr.link("set", index=ipr.link_lookup(ifname=inside)[0], net_ns_pid=box.pid)
+    with NetNS(peer_ns) as ns:
+        ns.link("set", index=ns.link_lookup(ifname=outside)[0], state="up")
+    assert box.run("ip", "link", "set", inside, "up").returncode == 0
+    sink = Forwarder([inside], mode="rxonly", backend="af_packet", target=box.target).start()
+    try:
+        Forwarder([outside], mode="txonly", backend="af_packet", target=f"netns:{peer_ns}", rate=5000,
+                  count=500).run()
+        settled(sink, lambda: sink.stats().ports[0].rx_packets, 500)
+    finally:
+        sink.stop()
+        got = sink.wait()
+    p = got.ports[0]
+    assert p.rx_packets + p.rx_dropped == 500 and p.rx_packets > 0
+    with pytest.raises(NotFoundError, match=f"no interface {inside}"):      # not in the caller's netns
+        Forwarder([inside], mode="rxonly", backend="af_packet").open()
