@@ -1,6 +1,6 @@
 """The agent inside the lab guest (standard library only): PID 1's child under tini.
 
-With ``--init`` it first sets the guest up (pseudo filesystems, cgroup2, hugetlbfs, the NIC and vfio modules,
+With ``--init`` it first sets the guest up (pseudo filesystems, cgroup2, the NIC and vfio modules,
 systemd-udevd with a trigger and settle). Then it serves newline-delimited JSON requests on the
 virtio-serial port ``org.dpdkeni.agent``: ``{"id": n, "op": ..., ...}`` -> ``{"id": n, ...}``; each request
 runs in its own thread so a long command does not block a ping or a spawn.
@@ -24,8 +24,7 @@ MOUNTS = [  # (type, source, target, options)
     ("proc", "proc", "/proc", ""), ("sysfs", "sysfs", "/sys", ""), ("devpts", "devpts", "/dev/pts", ""),
     ("tmpfs", "tmpfs", "/dev/shm", ""), ("tmpfs", "tmpfs", "/run", "mode=755"),
     ("tmpfs", "tmpfs", "/tmp", ""), ("cgroup2", "cgroup2", "/sys/fs/cgroup", ""),
-    ("hugetlbfs", "hugetlbfs", "/dev/hugepages", ""),
-]
+]  # no /dev/hugepages: dpdkeni mounts a capped hugetlbfs per container, and tests check that it is the only one
 WRAPPER = "#!/bin/sh\nexec python3 -m dpdkeni \"$@\"\n"
 
 

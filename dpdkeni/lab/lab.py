@@ -74,6 +74,8 @@ class Lab:
         self.agent: Optional[AgentClient] = None
         self.workdir: Optional[str] = None
         self.nics: Dict[str, PluggedNic] = {}
+        self.pids: Dict[int, int] = {}
+        self.containers: Dict[int, int] = {}
         self.boot_seconds = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -153,8 +155,25 @@ class Lab:
         return self.run(["python3", "-c", code], timeout=timeout, check=check)
 
     def spawn(self, argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
-        """Start a background process in the guest; returns its handle."""
-        return self._agent().call("spawn", argv=list(argv), env=env or {})["handle"]
+        """Start a background process in the guest (its own session); returns its handle (``pid_of`` gives
+        its pid)."""
+        reply = self._agent().call("spawn", argv=list(argv), env=env or {})
+        self.pids[reply["handle"]] = reply["pid"]
+        return reply["handle"]
+
+    def pid_of(self, handle: int) -> int:
+        """The guest pid of a spawned process."""
+        return self.pids[handle]
+
+    def container(self) -> int:
+        """A stand-in container in the guest (``sleep`` in its own net and mount namespaces); returns its pid
+        once it runs there. Kill it with ``kill(handle)``; its handle is ``self.containers[pid]``."""
+        handle = self.spawn(["unshare", "--net", "--mount", "--propagation", "private", "sleep", "3600"])
+        pid = self.pid_of(handle)
+        self.sh(f'while [ "$(readlink /proc/{pid}/exe)" != /usr/bin/sleep ]; do sleep 0.05; done',
+                timeout=30, check=True)
+        self.containers[pid] = handle
+        return pid
 
     def poll(self, handle: int) -> Dict[str, object]:
         """``{"rc": None while running, "output": the tail of its output}``."""
@@ -211,7 +230,7 @@ class Lab:
             qmp.execute("netdev_del", id=nic.netdev)
             raise
         self.nics[nic_id] = nic
-        seen = self._agent().call("wait_net", timeout=timeout + 10, mac=mac, limit=timeout)
+        seen = self.wait_net(mac, timeout=timeout)
         nic.pci, nic.ifname = seen["pci"], seen["ifname"]
         nic.seconds = time.monotonic() - started
         self.progress(f"lab: plugged {model} {mac} -> {nic.pci} {nic.ifname} ({nic.seconds:.1f}s)")
@@ -227,8 +246,13 @@ class Lab:
         qmp.wait_event("DEVICE_DELETED", lambda d: d.get("device") == nic_id, timeout=timeout)
         qmp.execute("netdev_del", id=nic.netdev)
         del self.nics[nic_id]
-        self._agent().call("wait_net", timeout=timeout + 10, mac=nic.mac, gone=True, limit=timeout)
+        self.wait_net(nic.mac, gone=True, timeout=timeout)
         self.progress(f"lab: unplugged {nic.model} {nic.mac} ({nic.pci})")
+
+    def wait_net(self, mac: str, gone: bool = False, timeout: float = 60.0) -> Dict[str, str]:
+        """Wait until the guest's root namespace has a netdev with ``mac`` (``{"ifname", "pci"}``), or with
+        ``gone=True`` until it has none."""
+        return self._agent().call("wait_net", timeout=timeout + 10, mac=mac, gone=gone, limit=timeout)
 
     def _free_port(self) -> str:
         used = {n.port for n in self.nics.values()}

@@ -88,3 +88,18 @@ def pytest_runtest_makereport(item, call):
     the_lab = item.funcargs.get("lab") if hasattr(item, "funcargs") else None
     if report.failed and isinstance(the_lab, Lab) and the_lab.qemu is not None:
         report.sections.append(("guest serial console (last 80 lines)", the_lab.console_tail(80)))
+
+
+@pytest.fixture
+def guest_containers(lab: Lab) -> Iterator[Callable[[], int]]:
+    """``make()`` starts a stand-in container in the guest and returns its pid; all are killed at teardown."""
+    mine: List[int] = []
+
+    def make() -> int:
+        pid = lab.container()
+        mine.append(pid)
+        return pid
+
+    yield make
+    for pid in mine:
+        lab.kill(lab.containers[pid], signal=9)
