@@ -6,11 +6,12 @@
 # the lab's guest does) and the entrypoint is bind-mounted in. Then: runc run -d -b OUT NAME.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-from="" envs=""
+from="" envs=$(mktemp)
+trap 'rm -f "$envs"' EXIT
 while [ $# -gt 1 ]; do
   case "$1" in
     --rootfs-from) from=$2; shift 2 ;;
-    --env) envs="$envs $2"; shift 2 ;;
+    --env) printf '%s\n' "$2" >>"$envs"; shift 2 ;;
     *) break ;;
   esac
 done
@@ -29,9 +30,11 @@ fi
 cd "$out"
 rm -f config.json
 runc spec
-python3 - "$root" "$here/entrypoint.sh" "$([ -n "$from" ] && echo bind)" $envs <<'PY'
+python3 - "$root" "$here/entrypoint.sh" "$([ -n "$from" ] && echo bind)" "$envs" <<'PY'
 import json, sys
-root, entry, bind, envs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+root, entry, bind = sys.argv[1], sys.argv[2], sys.argv[3]
+with open(sys.argv[4]) as f:
+    envs = [line.rstrip("\n") for line in f if "=" in line]
 with open("config.json") as f:
     spec = json.load(f)
 spec["root"] = {"path": root, "readonly": True}

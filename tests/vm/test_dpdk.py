@@ -8,6 +8,18 @@ import pytest
 pytest.importorskip("dpdkeni.lab", reason="the QEMU lab (dpdkeni.lab) is not in this build")
 
 
+@pytest.fixture
+def guest_container(lab):
+    """A stand-in container in the guest (sleep in its own net and mount namespaces): its pid; killed after."""
+    handle = lab.spawn(["sh", "-c", "echo pid=$$; exec unshare --net --mount --propagation private sleep 3600"])
+    out = lab.wait(handle, timeout=30, until="pid=")
+    pid = int(str(out["output"]).split("pid=")[1].split()[0])
+    lab.sh(f'while [ "$(readlink /proc/{pid}/exe)" != /usr/bin/sleep ]; do sleep 0.05; done', timeout=30,
+           check=True)
+    yield pid
+    lab.kill(handle, signal=9)
+
+
 def _driver(lab, pci):
     return lab.sh(f"basename $(readlink /sys/bus/pci/devices/{pci}/driver) 2>/dev/null").stdout.strip() or None
 
@@ -57,9 +69,9 @@ def test_bind_refuses_an_active_nic(lab, plugged):
     assert _driver(lab, nic.pci) == "virtio-pci"
 
 
-def test_attach_dpdk_and_release(lab, plugged, guest_containers):
+def test_attach_dpdk_and_release(lab, plugged, guest_container):
     nic = plugged("virtio-net")
-    pid = guest_containers()
+    pid = guest_container
     lab.sh(f"nsenter -t {pid} -m mount -t tmpfs tmpfs /dev && modprobe vfio-pci", check=True)
     before = lab.sh("cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", check=True).stdout.strip()
     out = lab.dpdkeni("attach", nic.pci, "--to", f"pid:{pid}", "--mode", "dpdk", "--hugepages", "64M",
@@ -75,4 +87,5 @@ def test_attach_dpdk_and_release(lab, plugged, guest_containers):
     assert rel.rc == 0, rel.stderr
     assert _driver(lab, nic.pci) == "virtio-pci" and _ifname(lab, nic.pci) == nic.ifname
     assert lab.sh("cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").stdout.strip() == before
-    assert lab.sh(f"grep hugetlbfs /proc/{pid}/mounts").stdout.strip() == ""
+    # the guest's own /dev/hugepages (no size cap) stays listed under the container's tmpfs /dev; ours is gone
+    assert f"size={64 << 20}" not in lab.sh(f"grep hugetlbfs /proc/{pid}/mounts").stdout
