@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import cnispec as spec
+from . import models
 from .cnispec import CniError, Env, IpConfig, Result
 from .errors import Error, GuardError, InputError, NotFoundError
 
 log = logging.getLogger("dpdkeni.cni")
 
 DEFAULT_WAIT = 10.0
-MODES = ("netdev", "dpdk")
+MODES = models.MODES
 _DEVICE_KEYS = ("device", "hwaddr", "kernelpath", "pciBusID")
 
 

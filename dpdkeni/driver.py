@@ -30,7 +30,7 @@ from .sysfs import Sysfs
 
 log = logging.getLogger(__name__)
 
-USER_DRIVERS = ("vfio-pci", "uio_pci_generic")
+USER_DRIVERS = models.USER_DRIVERS
 # Drivers the kernel's vfio accepts beside vfio ones in a viable group (vfio_dev_driver_allowed).
 _VIABLE_DRIVERS = ("vfio-pci", "pci-stub", "pcieport")
 NOIOMMU_PARAM = "sys/module/vfio/parameters/enable_unsafe_noiommu_mode"

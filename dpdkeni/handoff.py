@@ -23,7 +23,7 @@ from .netns import Target, resolve_target
 
 log = logging.getLogger(__name__)
 
-MODES = ("netdev", "dpdk")
+MODES = models.MODES
 
 
 def lease_key(nic: Nic) -> str:

@@ -58,6 +58,9 @@ E1000E = Model("e1000e", "8086", (
 
 BUILTIN_MODELS: Tuple[Model, ...] = (VIRTIO_NET, E1000, E1000E)
 DPDK_DRIVERS = ("vfio-pci", "uio_pci_generic", "igb_uio")
+# the drivers dpdkeni binds a NIC to for DPDK, and the two ways a NIC is handed to a container
+USER_DRIVERS = ("vfio-pci", "uio_pci_generic")
+MODES = ("netdev", "dpdk")
 
 _extra: List[Model] = []
 _loaded_config: Optional[str] = None

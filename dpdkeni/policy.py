@@ -33,14 +33,14 @@ try:
 except ImportError:  # Python < 3.11: JSON policies only
     tomllib = None  # type: ignore[assignment]
 
-from . import specs
+from . import models, specs
 from .errors import InputError, StepError
 from .inventory import Nic
 
 MATCH_KEYS = ("model", "mac", "pci", "ifname")
 RULE_KEYS = ("name", "match", "mode", "target", "target_command", "ifname", "addresses", "gateway", "mtu",
              "hugepages", "dhcp", "driver", "noiommu", "table")
-MODES = ("netdev", "dpdk")
+MODES = models.MODES
 _TARGET = re.compile(r"^(pid:\d+|netns:[^/\s]+|container:\S+|/\S+)$")
 _SIZE = re.compile(r"^\d+[KMG]?$", re.I)
 

@@ -51,3 +51,13 @@ def test_all_is_sorted_and_resolves():
     assert dpdkeni.__all__ == sorted(dpdkeni.__all__)
     for name in ("Error", "GuardError", "list_nics", "find_nic", "Nic"):
         assert getattr(dpdkeni, name)
+
+
+def test_parser_does_not_import_netlink_or_psutil():
+    """Every command (the udev hook too) builds the whole parser: it must not pay for pyroute2 or psutil."""
+    import subprocess
+    import sys
+    code = ("import sys; from dpdkeni.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('pyroute2', 'psutil', 'dpdkeni.handoff', 'dpdkeni.driver') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from .. import driver, hugepages
+from .. import models
+
+# the library modules are imported in the handlers: pyroute2 and psutil cost ~0.3 s to import, and every
+# dpdkeni command (the udev hook too) builds this parser
 
 
-def _print_writes(result: driver.BindResult) -> None:
+def _print_writes(result: "driver.BindResult") -> None:
     for path, value in result.writes:
         print(f"{'would write' if result.dry_run else 'wrote'} {value.strip() or '(empty)'!r} to {path}")
 
@@ -20,6 +23,7 @@ def _emit(args: argparse.Namespace, obj: dict) -> bool:
 
 
 def cmd_bind(args: argparse.Namespace) -> int:
+    from .. import driver
     result = driver.bind(args.nic, args.driver, noiommu=args.noiommu, force=args.force, dry_run=args.dry_run)
     if not _emit(args, result.to_dict()):
         _print_writes(result) if args.dry_run else print(
@@ -28,6 +32,7 @@ def cmd_bind(args: argparse.Namespace) -> int:
 
 
 def cmd_unbind(args: argparse.Namespace) -> int:
+    from .. import driver
     result = driver.unbind(args.nic, driver=args.driver, dry_run=args.dry_run)
     if not _emit(args, result.to_dict()):
         _print_writes(result) if args.dry_run else print(
@@ -37,6 +42,7 @@ def cmd_unbind(args: argparse.Namespace) -> int:
 
 
 def cmd_hp_show(args: argparse.Namespace) -> int:
+    from .. import hugepages
     pools = hugepages.status()
     if _emit(args, [p.to_dict() for p in pools]):
         return 0
@@ -50,6 +56,7 @@ def cmd_hp_show(args: argparse.Namespace) -> int:
 
 
 def cmd_hp_reserve(args: argparse.Namespace) -> int:
+    from .. import hugepages
     page = hugepages.parse_size(args.pagesize)
     if (args.size is None) == (args.pages is None):
         from ..errors import InputError
@@ -62,6 +69,7 @@ def cmd_hp_reserve(args: argparse.Namespace) -> int:
 
 
 def cmd_hp_clear(args: argparse.Namespace) -> int:
+    from .. import hugepages
     for pool in hugepages.status():
         if pool.node is None:
             hugepages.set_pages(0, pool.page_bytes, None)
@@ -85,7 +93,7 @@ def cmd_cdi_generate(args: argparse.Namespace) -> int:
 def _register_bind(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bind", help="bind a NIC to vfio-pci or uio_pci_generic (guards first)")
     p.add_argument("nic", metavar="NIC", help="PCI address, MAC or interface name")
-    p.add_argument("--driver", default="vfio-pci", choices=driver.USER_DRIVERS)
+    p.add_argument("--driver", default="vfio-pci", choices=models.USER_DRIVERS)
     p.add_argument("--noiommu", action="store_true", help="allow vfio's unsafe no-IOMMU mode (no DMA isolation)")
     p.add_argument("--force", action="store_true", help="override the guards")
     p.add_argument("--dry-run", action="store_true", help="print the exact writes, change nothing")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import handoff
+from .. import models  # handoff (pyroute2) is imported in the handlers: see commands/dpdk.py
 
 
 def _emit(obj: object) -> None:
@@ -13,6 +13,7 @@ def _emit(obj: object) -> None:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
+    from .. import handoff
     lease = handoff.attach(args.nic, args.to, mode=args.mode, ifname=args.ifname, addresses=args.address,
                            gateway=args.gateway, mtu=args.mtu, dhcp=args.dhcp, hugepages=args.hugepages,
                            driver=args.driver, noiommu=args.noiommu, force=args.force, dry_run=args.dry_run,
@@ -30,6 +31,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
+    from .. import handoff
     lease = handoff.release(args.nic, force=args.force)
     if args.json:
         _emit(lease.to_dict() if lease else None)
@@ -41,6 +43,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
+    from .. import handoff
     actions = handoff.recover()
     if args.json:
         _emit(actions)
@@ -58,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("nic", metavar="NIC", help="PCI address, MAC or interface name")
     p.add_argument("--to", required=True, metavar="TARGET",
                    help="pid:N, netns:NAME, container:ID or a path to a netns file")
-    p.add_argument("--mode", choices=handoff.MODES, default="netdev")
+    p.add_argument("--mode", choices=models.MODES, default="netdev")
     p.add_argument("--ifname", default="eth0", help="name inside the container (default eth0)")
     p.add_argument("--address", action="append", default=[], metavar="CIDR", help="address to add (repeatable)")
     p.add_argument("--gateway", metavar="IP", help="default route (onlink when outside the subnet)")
