@@ -210,9 +210,10 @@ class Lab:
 
     # -- hot-plug ----------------------------------------------------------------------------------------
     def plug(self, model: str, mac: Optional[str] = None, id: Optional[str] = None,
-             timeout: float = 60.0) -> PluggedNic:
+             timeout: float = 60.0, wait: bool = True) -> PluggedNic:
         """Hot-plug a NIC (``virtio-net``, ``e1000``, ``e1000e``) on the QEMU hub and wait until the guest has
-        its netdev (udev done renaming it)."""
+        its netdev (udev done renaming it); ``wait=False`` returns after ``device_add`` (when something in the
+        guest, such as the daemon, takes the NIC away at once)."""
         model = _ALIASES.get(model, model)
         if model not in DEVICES:
             raise InputError(f"lab: unknown NIC model {model!r}", f"one of {', '.join(DEVICES)}")
@@ -230,6 +231,8 @@ class Lab:
             qmp.execute("netdev_del", id=nic.netdev)
             raise
         self.nics[nic_id] = nic
+        if not wait:
+            return nic
         seen = self.wait_net(mac, timeout=timeout)
         nic.pci, nic.ifname = seen["pci"], seen["ifname"]
         nic.seconds = time.monotonic() - started

@@ -70,8 +70,8 @@ def plugged(lab: Lab) -> Iterator[Callable[..., PluggedNic]]:
     """``plugged(model, mac=None)`` hot-plugs a NIC; every NIC still plugged is unplugged at teardown."""
     mine: List[str] = []
 
-    def plug(model: str, mac: str = None) -> PluggedNic:
-        nic = lab.plug(model, mac=mac or new_mac())
+    def plug(model: str, mac: str = None, **kw) -> PluggedNic:
+        nic = lab.plug(model, mac=mac or new_mac(), **kw)
         mine.append(nic.id)
         return nic
 
