@@ -7,18 +7,25 @@ import logging
 import sys
 
 log = logging.getLogger("dpdkeni")
+STOP_CHECK_S = 0.2
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from ..events import Watcher
-    try:
-        with Watcher(args.source, all=args.all, existing=args.existing) as watcher:
-            log.info("watching NIC events (source %s); Ctrl-C to stop", watcher.source)
-            for event in watcher:
+    # Ctrl-C / SIGTERM only set a flag: a KeyboardInterrupt raised at an arbitrary point (inside a netlink
+    # query) could leave a half-closed socket behind and hang the exit; poll() wakes within STOP_CHECK_S.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with Watcher(args.source, all=args.all, existing=args.existing) as watcher:
+        log.info("watching NIC events (source %s); Ctrl-C to stop", watcher.source)
+        while not stop.is_set():
+            for event in watcher.poll(STOP_CHECK_S):
                 line = json.dumps(event.to_dict(), sort_keys=True, default=str) if args.json else str(event)
                 print(line, flush=True)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
