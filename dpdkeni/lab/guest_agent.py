@@ -186,7 +186,10 @@ def _net_by_mac(mac: str) -> Any:
         except OSError:
             continue
         netdir = os.path.dirname(addr)
-        dev = os.path.realpath(os.path.join(netdir, "device"))
+        try:
+            dev = os.path.realpath(os.path.join(netdir, "device"))
+        except OSError:  # udev renamed the netdev between the glob and here (realpath's readlink raced it)
+            continue
         if os.path.basename(dev).startswith("virtio"):
             dev = os.path.dirname(dev)
         return {"ifname": os.path.basename(netdir), "pci": os.path.basename(dev)}
