@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--table", type=int, default=None,
                    help="route table with a rule per address (default: automatic for a second NIC; 0: never)")
     p.add_argument("--hugepages", metavar="SIZE", help="dpdk mode: hugepages for the container, like 256M")
-    p.add_argument("--driver", default="vfio-pci", help="dpdk mode: user-space driver (default vfio-pci)")
+    p.add_argument("--driver", default="vfio-pci", choices=models.USER_DRIVERS,
+                   help="dpdk mode: user-space driver (default vfio-pci)")
     p.add_argument("--noiommu", action="store_true", help="dpdk mode: allow vfio's unsafe no-IOMMU mode")
     p.add_argument("--force", action="store_true", help="override the guards")
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
