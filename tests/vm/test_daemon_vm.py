@@ -107,6 +107,8 @@ def test_migration_the_re_plugged_nic_lands_in_the_new_instance(lab, plugged, la
         after = _wait_configured(lab, second, daemon)
         print(f"new instance (pid {second}): {after} {time.monotonic() - started:.1f}s after it started")
         assert second != first and after == before
+        listed = lab.dpdkeni("list").stdout
+        assert f"{again.pci} " in listed and f"leased=container:{name}" in listed, listed
         output = str(lab.poll(daemon)["output"])
         assert f"attached: nic={again.pci} rule=web mode=netdev target=container:{name}" in output, output[-3000:]
     finally:
