@@ -106,8 +106,9 @@ def attach_dpdk(nic: Nic, target: Any, lease: Lease, ledger: Ledger, *, hugepage
             _hugepage_steps(steps, nic, pid, hugepages)
         nodes = device_nodes(fs, nic, driver)
         rules = [r for _, r in nodes]
-        steps.run("devcgroup", {"pid": pid, "rules": [r.__dict__ for r in rules]},
-                  lambda: {"record": devcgroup.allow(pid, rules)})
+        planned = devcgroup.plan(pid, rules)  # recorded before anything is written: exact undo after a crash
+        steps.run("devcgroup", {"pid": pid, "key": lease.key, "rules": planned["rules"], "record": planned},
+                  lambda: {"record": devcgroup.apply(planned)})
         steps.run("devnodes", {"pid": pid, "paths": [p for p, _ in nodes]},
                   lambda: {"made": devcgroup.make_nodes(pid, nodes)})
         steps.stack.pop_all()  # every step done: keep them
@@ -178,13 +179,44 @@ def _undo_hugetlbfs(d: Dict[str, Any]) -> None:
 
 def _undo_devcgroup(d: Dict[str, Any]) -> None:
     record = d.get("record")
-    if record:
-        devcgroup.revoke(record)
-    elif d.get("rules"):  # started, never finished: our v2 block only holds our rules, removing them is safe
-        with contextlib.suppress(Error, OSError):
-            dirs = devcgroup.cgroup_dirs(d["pid"])
-            if "v2" in dirs:
-                devcgroup.revoke_v2(dirs["v2"], [devcgroup.Rule(**r) for r in d["rules"]])
+    if not record:  # begun by an older version, which recorded no plan: our v2 block holds only our rules
+        if d.get("rules"):
+            with contextlib.suppress(Error, OSError):
+                dirs = devcgroup.cgroup_dirs(d["pid"])
+                if "v2" in dirs:
+                    devcgroup.revoke_v2(dirs["v2"], [devcgroup.Rule(**r) for r in d["rules"]])
+        return
+    keep, owner = _needed_by_others(d)
+    if d.get("partial") and "v2" in record:  # interrupted: the program may or may not have been swapped, and
+        with contextlib.suppress(Error, OSError):  # removing our rules from our block is safe either way
+            devcgroup.revoke({"rules": record["rules"], "v2": {**record["v2"], "state": "replaced"}}, keep=keep)
+        record = {k: v for k, v in record.items() if k != "v2"}
+    kept = devcgroup.revoke(record, keep=keep)
+    if kept and owner:
+        _hand_over(owner, kept)
+
+
+def _needed_by_others(d: Dict[str, Any]) -> Tuple[List[devcgroup.Rule], Optional[str]]:
+    """The device rules other DPDK leases of the same container hold (``/dev/vfio/vfio`` is shared by all its
+    NICs), and one such lease's key."""
+    keep: List[devcgroup.Rule] = []
+    owner = None
+    for key, lease in Ledger().leases().items():
+        skip = key == d.get("key") or lease.mode != "dpdk" or lease.state == "releasing"
+        step = None if skip else lease.step("devcgroup")
+        if step is not None and step.state == "done" and step.undo.get("pid") == d["pid"]:
+            keep += [devcgroup.Rule(**r) for r in step.undo.get("rules", [])]
+            owner = owner or key
+    return keep, owner
+
+
+def _hand_over(owner: str, lines: List[str]) -> None:
+    """v1 lines this lease added and another still needs become that lease's to deny when it goes."""
+    with Ledger().transaction() as leases:
+        step = leases[owner].step("devcgroup") if owner in leases else None
+        v1 = ((step.undo.get("record") or {}).get("v1") if step is not None else None)
+        if isinstance(v1, dict):
+            v1["added"] = list(dict.fromkeys([*v1.get("added", []), *lines]))
 
 
 def _undo_devnodes(d: Dict[str, Any]) -> None:
