@@ -182,8 +182,10 @@ def test_two_nics_in_one_container_share_one_hugetlbfs(world):
         # NIC's group (/dev/full) is gone
         for cg in (cgs[:1], cgs[1:]):
             assert probe(cg, ZERO, RANDOM, FULL) == {ZERO: 0, RANDOM: 0, FULL: errno.EPERM}, cg
+        assert c.run("ls", "/dev/vfio").stdout.split() == ["8", "vfio"]  # the shared node stays too
         dpdkmode.release_dpdk(ledger.get(BDF2), ledger)
         assert hugetlbfs_in(c) == [] and hp._pool(Sysfs(), M2, None).total == before
+        assert c.run("ls", "/dev/vfio").stdout.strip() == ""
         for cg in (cgs[:1], cgs[1:]):
             assert probe(cg, NULL, ZERO, RANDOM) == {NULL: 0, ZERO: errno.EPERM, RANDOM: errno.EPERM}, cg
     finally:
