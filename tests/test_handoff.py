@@ -314,15 +314,15 @@ def test_name_taken_during_the_move_is_undone(env, veth_factory, container_facto
     prepare_nic(nic, mtu=1400)
     before = host_state(nic)
     c = container_factory()
-    real = netdev._link
+    real = netdev.index_in
 
-    def racing_link(ipr, **key):
-        if key == {"ifname": "eth0"} and "eth0" not in c.run("ip", "link").stdout:
+    def racing_index(fd, ifname):
+        if ifname == "eth0" and "eth0" not in c.run("ip", "link").stdout:
             c.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0")
             return None  # the check saw no eth0; it exists by the time of the move
-        return real(ipr, **key)
+        return real(fd, ifname)
 
-    monkeypatch.setattr(netdev, "_link", racing_link)
+    monkeypatch.setattr(netdev, "index_in", racing_index)
     with pytest.raises(StepError) as err:
         handoff.attach(nic, c.target)
     assert err.value.step == "move" and "exists" in str(err.value)
