@@ -164,6 +164,43 @@ def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev
     return ledger.update(key, state="attached")
 
 
+BATCH_WORKERS = 4
+
+
+def attach_many(requests: Sequence[Dict[str, Any]], *, workers: int = BATCH_WORKERS) -> List[Union[Lease, Error]]:
+    """Attach several NICs at once: each request is a dict of :func:`attach` arguments (``nic`` and ``target``,
+    optionally ``mode``, ``ifname``, ``addresses``, ...). Returns, in request order, the lease of each NIC or the
+    :class:`~dpdkeni.errors.Error` that stopped it (one failure does not stop the others, and is undone like a
+    failed :func:`attach`).
+
+    The kernel moves one device at a time (RTNL), and each move waits for an RCU barrier with the CPU idle;
+    ``workers`` threads fill that wait with the next NICs' lookups, ledger writes and netlink requests.
+    """
+    return _in_threads(lambda r: attach(**r), list(requests), workers)
+
+
+def release_many(nics: Sequence[Union[Nic, str]], *, force: bool = False,
+                 workers: int = BATCH_WORKERS) -> List[Union[Lease, None, Error]]:
+    """:func:`release` for several NICs, ``workers`` at a time; per NIC the ended lease, None (not leased) or
+    the Error that stopped it."""
+    return _in_threads(lambda n: release(n, force=force), list(nics), workers)
+
+
+def _in_threads(fn: Any, items: List[Any], workers: int) -> List[Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def guarded(item: Any) -> Any:
+        try:
+            return fn(item)
+        except Error as exc:
+            return exc
+
+    if workers <= 1 or len(items) <= 1:
+        return [guarded(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="dpdkeni") as pool:
+        return list(pool.map(guarded, items))
+
+
 def _planned(lease: Lease, nic: Nic, tgt: Target, force: bool) -> Lease:
     if lease.mode == "netdev":
         p = lease.params

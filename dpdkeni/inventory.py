@@ -267,13 +267,13 @@ def netlink_active_one(ifname: str) -> Set[str]:
 
 def has_routes(ipr: "IPRoute", index: int) -> bool:
     """Whether a route other than the kernel's local and IPv6 link-local ones goes through link ``index``
-    (``ipr`` with ``strict_check`` has the kernel filter the dump, IPv4 and IPv6 in one)."""
-    for route in ipr.get_routes(family=socket.AF_UNSPEC, oif=index):
-        if route["family"] not in (socket.AF_INET, socket.AF_INET6):
-            continue
-        dst = route.get_attr("RTA_DST") or ""
-        if (route.get_attr("RTA_TABLE") or route["table"]) != 255 and not dst.startswith(("fe80:", "ff00:")):
-            return True
+    (``ipr`` with ``strict_check`` has the kernel filter the dump). One dump per family: those need no RTNL,
+    an AF_UNSPEC dump waits for it (behind every namespace move in progress)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for route in ipr.get_routes(family=family, oif=index):
+            dst = route.get_attr("RTA_DST") or ""
+            if (route.get_attr("RTA_TABLE") or route["table"]) != 255 and not dst.startswith(("fe80:", "ff00:")):
+                return True
     return False
 
 

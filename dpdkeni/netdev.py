@@ -68,10 +68,11 @@ def snapshot(ipr: IPRoute, index: Optional[int] = None, ifname: Optional[str] = 
         raise NotFoundError(f"link #{index} vanished" if index else f"{ifname} is not in the host's namespace")
     index = link["index"]
     addrs = []
-    for a in ipr.get_addr(index=index):
-        if a["family"] == socket.AF_INET6 and a["scope"] == SCOPE_LINK:
-            continue
-        addrs.append(f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+    for family in (socket.AF_INET, socket.AF_INET6):  # per family: such dumps need no RTNL (AF_UNSPEC does)
+        for a in ipr.get_addr(index=index, family=family):
+            if a["family"] == socket.AF_INET6 and a["scope"] == SCOPE_LINK:
+                continue
+            addrs.append(f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
     return {"ifname": link.get_attr("IFLA_IFNAME"), "index": index, "mac": link.get_attr("IFLA_ADDRESS"),
             "mtu": link.get_attr("IFLA_MTU"), "up": bool(link["flags"] & IFF_UP), "addresses": addrs,
             "altnames": _altnames(link)}
