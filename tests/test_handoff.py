@@ -11,7 +11,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from conftest import needs_root, unique
 from dpdkeni import handoff, netdev
-from dpdkeni.errors import GuardError, InputError, StepError
+from dpdkeni.errors import GuardError, InputError, NotFoundError, StepError
 from dpdkeni.ledger import Ledger
 
 pytestmark = [needs_root]
@@ -339,3 +339,28 @@ def test_release_refuses_a_lease_another_process_is_working_on(env, veth_factory
     assert "eth0" in c.run("ip", "link").stdout
     Ledger().update(f"if:{nic}", state="attached", owner_pid=os.getpid())
     handoff.release(nic)
+
+
+def test_attach_many_and_release_many(env, veth_factory, container_factory):
+    """A batch in threads: each NIC lands in its own container with its address; a bad request (no such NIC) is
+    returned as its error without stopping the others; release_many brings every NIC back as it was."""
+    nics = [veth_factory()[0] for _ in range(4)]
+    for nic in nics:
+        prepare_nic(nic, mtu=1400)
+    before = {nic: host_state(nic) for nic in nics}
+    cs = [container_factory() for _ in nics]
+    reqs = [{"nic": nic, "target": c.target, "addresses": [f"198.18.50.{i + 2}/24"]}
+            for i, (nic, c) in enumerate(zip(nics, cs))]
+    reqs.insert(2, {"nic": "dknosuch0", "target": cs[0].target})
+    out = handoff.attach_many(reqs, workers=3)
+    assert isinstance(out[2], NotFoundError) and "dknosuch0" in str(out[2])
+    leases = out[:2] + out[3:]
+    assert [lease.state for lease in leases] == ["attached"] * 4
+    for i, (nic, c, lease) in enumerate(zip(nics, cs, leases)):
+        assert lease.key == f"if:{nic}" and lease.target == c.target
+        assert f"198.18.50.{i + 2}/24" in c.run("ip", "addr", "show", "eth0").stdout
+        assert host_state(nic) is None
+    assert sorted(Ledger().leases()) == sorted(f"if:{nic}" for nic in nics)
+    back = handoff.release_many(nics + ["dknosuch0"], workers=3)
+    assert [b.params["outcome"] for b in back[:4]] == ["returned"] * 4 and back[4] is None
+    assert {nic: host_state(nic) for nic in nics} == before and Ledger().leases() == {}
