@@ -125,14 +125,28 @@ def testpmd_rates(out: str, key: str = "Rx-pps") -> List[float]:
 
 # -- the lines -------------------------------------------------------------------------------------------------
 
+# how each dpdkeni line drove its ports (Stats.details of its forwarders), printed under the table
+OPTIONS: Dict[str, List[str]] = {}
+
+
+def note(line: str, role: str, stats) -> None:
+    OPTIONS.setdefault(line, [])
+    text = f"{role}: " + "; ".join(dict.fromkeys(stats.details))
+    if text not in OPTIONS[line]:
+        OPTIONS[line].append(text)
+
+
 def pair_dpdkeni(topo: Topo, backend: str, seconds: float, tx_method: Optional[str] = None) -> float:
+    line = f"txonly -> rxonly {backend}" + (f" {tx_method}" if tx_method else "")
     sink = Forwarder(["b0"], mode="rxonly", backend=backend, target=topo.target("b"), cpu=SINK_CPU).start()
     sampler = Sampler(sink)
     try:
-        Forwarder(["a0"], mode="txonly", backend=backend, target=topo.target("a"), cpu=GEN_CPU,
-                  tx_method=tx_method).run(seconds)
+        gen = Forwarder(["a0"], mode="txonly", backend=backend, target=topo.target("a"), cpu=GEN_CPU,
+                        tx_method=tx_method)
+        note(line, "generator", gen.run(seconds))
     finally:
         pps = sampler.stop()
+        note(line, "sink", sink.stats())
         sink.close()
     return pps
 
@@ -153,7 +167,9 @@ def pair_testpmd(topo: Topo, backend: str, seconds: float) -> float:
 
 def io_run(topo: Topo, seconds: float, forwarder: Callable[[], Callable[[], None]]) -> float:
     """The common generator and sink around a forwarder in M; returns the sink's rate."""
-    sink = Forwarder(["b0"], mode="rxonly", backend="af_packet", target=topo.target("b"), cpu=GEN_CPU).start()
+    # the sink shares cpu0 with the generator: it sleeps when idle (spin_us=0) so the generator keeps the core
+    sink = Forwarder(["b0"], mode="rxonly", backend="af_packet", target=topo.target("b"), cpu=GEN_CPU,
+                     spin_us=0).start()
     finish = forwarder()
     sampler = Sampler(sink)
     try:
@@ -168,7 +184,11 @@ def io_run(topo: Topo, seconds: float, forwarder: Callable[[], Callable[[], None
 def io_dpdkeni(topo: Topo, backend: str, seconds: float) -> float:
     def start():
         fwd = Forwarder(["a1", "b1"], mode="io", backend=backend, target=topo.target("m"), cpu=SINK_CPU).start()
-        return fwd.close
+
+        def finish():
+            note(f"io {backend}", "forwarder", fwd.stats())
+            fwd.close()
+        return finish
     return io_run(topo, seconds, start)
 
 
@@ -251,6 +271,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             if mine or ref:
                 print(f"| {title} | {backend} | {fmt(mine)} | {fmt(ref)} | {ratio(mine, ref)} | {spread(mine)} | "
                       f"{spread(ref)} |")
+    print("\nOptions used (dpdkeni as it described its ports; testpmd as launched, burst 32 for both):")
+    for line, texts in OPTIONS.items():
+        for text in texts:
+            print(f"  dpdkeni {line}: {text}")
+    for backend in ("af_packet", "af_xdp"):
+        print(f"  testpmd {backend}: --vdev {testpmd_vdev(backend, 'IF', 0)}, --txpkts=64, "
+              f"--total-num-mbufs=32768, lcores 0@other,1@fwd-cpu")
+    print("  io lines: generator dpdkeni af_xdp txonly (cpu0), sink dpdkeni af_packet rxonly spin_us=0 (cpu0), "
+          "forwarder on cpu1")
     mm, ring = pair.get("dpdkeni af_packet", []), pair.get("dpdkeni af_packet tx_ring", [])
     print(f"\nAF_PACKET transmit: sendmmsg {fmt(mm)} vs PACKET_TX_RING {fmt(ring)} "
           f"(sendmmsg / tx_ring = {ratio(mm, ring)}; runs {spread(mm)} / {spread(ring)})")

@@ -4,7 +4,10 @@
 Each device brings its vfio group node (``/dev/vfio/N``, or the host's ``/dev/vfio/noiommu-N`` as ``/dev/vfio/N``),
 ``rw`` and never ``m``, and env vars the application reads: ``DPDKENI_PCI_ADDRESS``, ``DPDKENI_IOMMU_GROUP``,
 ``DPDKENI_MAC``, ``DPDKENI_NUMA_NODE``, ``DPDKENI_PMD``, plus sriov-network-device-plugin's
-``PCIDEVICE_<PREFIX>_<RESOURCE>`` and ``…_INFO`` forms that existing DPDK apps already parse. The spec-level edits
+``PCIDEVICE_<PREFIX>_<RESOURCE>`` and ``…_INFO`` forms that existing DPDK apps already parse. A runtime merges the
+env of several devices by name, so with two NICs in one container those hold the last one's values; each device
+also sets ``DPDKENI_NIC_<bus address with _>=<address>``, a name of its own, so the NICs can be found together
+(examples/testpmd-container's entrypoint reads them). The spec-level edits
 add ``/dev/vfio/vfio`` and a hugetlbfs mount with a ``size=`` cap (the runtime mounts a fresh one per container).
 """
 from __future__ import annotations
@@ -41,6 +44,11 @@ def env_name(prefix: str, resource: str) -> str:
     return "PCIDEVICE_" + re.sub(r"[^A-Z0-9]", "_", f"{prefix}_{resource}".upper())
 
 
+def nic_var(pci: str) -> str:
+    """The env var naming one NIC, unique per device: ``0000:01:00.0`` -> ``DPDKENI_NIC_0000_01_00_0``."""
+    return "DPDKENI_NIC_" + re.sub(r"[^0-9A-Za-z]", "_", pci)
+
+
 def _node(fs: Sysfs, group: int) -> Dict[str, object]:
     host = next((p for p in (f"/dev/vfio/{group}", f"/dev/vfio/noiommu-{group}") if fs.exists(p)),
                 f"/dev/vfio/{group}")
@@ -67,7 +75,7 @@ def device(nic: Nic, fs: Sysfs, prefix: str = DEFAULT_PREFIX, resource: str = DE
     env = [f"DPDKENI_PCI_ADDRESS={nic.pci}", f"DPDKENI_IOMMU_GROUP={nic.iommu_group}",
            f"DPDKENI_MAC={nic.mac or ''}",
            f"DPDKENI_NUMA_NODE={'' if nic.numa_node is None else nic.numa_node}",
-           f"DPDKENI_PMD={nic.pmd or ''}", f"{var}={nic.pci}",
+           f"DPDKENI_PMD={nic.pmd or ''}", f"{nic_var(nic.pci)}={nic.pci}", f"{var}={nic.pci}",
            f"{var}_INFO={json.dumps(info, separators=(',', ':'))}"]
     return {"name": nic.pci, "containerEdits": {"env": env, "deviceNodes": [node]}}
 

@@ -7,6 +7,13 @@ are logged one line each.
 A NIC handed to a process's netns is watched with a pidfd, and the daemon keeps the netns open: when the
 process exits the namespace lives on until the daemon moved the NIC back under its own name (otherwise the
 kernel destroys virtual links and returns physical ones as ``devN``), then it is let go.
+
+Migration, as the clouds do it: a container moves, its NIC (ENI) is unplugged and plugged again with the same
+MAC. A leased NIC unplugged from the VM ends its lease (``released ... outcome=gone``); a NIC whose rule
+names a target that is not running (``container:ID`` between two instances, ``netns:NAME`` not made yet, a
+``target_command`` that printed nothing) waits (``waiting``) and is retried every :data:`RETRY_S` seconds
+until the target runs, the NIC goes, or another process leases it. So the NIC lands in the container's new
+instance with the rule's addresses and routes whichever comes first, the container or the NIC.
 """
 from __future__ import annotations
 
@@ -17,20 +24,31 @@ import select
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from . import handoff, udev
-from .errors import Error
+from .errors import Error, NotFoundError, StepError
 from .events import NicEvent, Watcher
 from .inventory import Nic
 from .ledger import Ledger, Lease
 from .netns import resolve_target
-from .policy import Policy, attach_kwargs
+from .policy import Policy, Rule, attach_kwargs
 
 log = logging.getLogger(__name__)
 
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+RETRY_S = 1.0  # how often a NIC waiting for its target is tried again
+
+
+@dataclass
+class _Waiting:
+    """A NIC whose rule's target is not running yet."""
+
+    nic: Nic
+    rule: Rule
+    due: float
 
 
 @dataclass
@@ -54,7 +72,8 @@ class Daemon:
         self.hook_events: List[Dict[str, str]] = []
         self.decisions: List[Dict[str, Any]] = []
         self._held: Dict[int, _Held] = {}  # pidfd -> held target
-        self._dead: set = set()  # target specs whose process exited: not attached to again
+        self._dead: set = set()  # pid:N of target processes that exited: not attached to again
+        self._waiting: Dict[str, _Waiting] = {}  # lease key -> a NIC waiting for its target
         self._sock: Optional[socket.socket] = None
         self._poller = select.poll()
         self.stop = threading.Event()
@@ -121,6 +140,7 @@ class Daemon:
                 self._read_socket()
         for event in self.watcher.poll(0):
             self.on_event(event)
+        self._retry_waiting()
 
     # ----- decisions
     def _decide(self, what: str, **fields: Any) -> None:
@@ -128,12 +148,19 @@ class Daemon:
         log.info("%s: %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
 
     def on_event(self, event: NicEvent) -> None:
-        """A NIC appeared (or came back): apply the first rule that matches it."""
+        """A NIC appeared (or came back): apply the first rule that matches it. A leased NIC unplugged from
+        the machine ends its lease."""
         nic = event.nic
-        if event.action == "removed" or (event.action == "moved" and not nic.ifname):
-            return  # it left this netns (often: we handed it over)
         key = handoff.lease_key(nic)
+        if event.action == "removed":
+            self._waiting.pop(key, None)
+            if self._unplugged(nic):
+                self._end_unplugged(nic, key)
+            return
+        if event.action == "moved" and not nic.ifname:
+            return  # its netdev left this netns (often: we handed it over)
         if handoff.find_lease(nic, Ledger(self.state)) is not None:
+            self._waiting.pop(key, None)
             self._decide("skip", nic=key, why="already leased")
             return
         rule = self.policy.rule_for(nic)
@@ -142,7 +169,25 @@ class Daemon:
             return
         self._attach(nic, key, rule)
 
-    def _attach(self, nic: Nic, key: str, rule) -> None:
+    @staticmethod
+    def _unplugged(nic: Nic) -> bool:
+        """A PCI NIC whose device left the machine (not a netdev that left this netns)."""
+        return bool(nic.pci) and not os.path.exists(os.path.join("/sys/bus/pci/devices", nic.pci))
+
+    def _end_unplugged(self, nic: Nic, key: str) -> None:
+        lease = handoff.find_lease(nic, Ledger(self.state))
+        if lease is None or lease.mode != "netdev":
+            return
+        try:
+            done = handoff.release(lease.key, force=True)
+        except Error as exc:
+            self._decide("release-failed", nic=key, why="unplugged", error=str(exc))
+            return
+        self._decide("released", nic=key, why="unplugged", outcome=(done.params.get("outcome") if done else None)
+                     or "released")
+
+    def _attach(self, nic: Nic, key: str, rule: Rule) -> None:
+        self._waiting.pop(key, None)
         try:
             spec = rule.resolve_target(nic)
             if spec in self._dead:
@@ -151,10 +196,56 @@ class Daemon:
             target = resolve_target(spec)
             lease = handoff.attach(nic, target, **attach_kwargs(rule))
         except Error as exc:
+            if self._may_come(rule, exc):
+                self._wait_for_target(nic, key, rule, exc)
+                return
             self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
             return
         self._decide("attached", nic=key, rule=rule.name, mode=rule.mode, target=spec)
         self._hold(lease)
+
+    @staticmethod
+    def _may_come(rule: Rule, exc: Error) -> bool:
+        """Whether the target may still appear: a container or named netns that is not there (yet), or a
+        target command that found nothing. A ``pid:N`` or a path that is gone never comes back."""
+        if isinstance(exc, NotFoundError) and rule.target is not None:
+            return rule.target.startswith(("container:", "netns:"))
+        return isinstance(exc, (NotFoundError, StepError)) and rule.target_command is not None
+
+    def _wait_for_target(self, nic: Nic, key: str, rule: Rule, exc: Error) -> None:
+        if key not in self._waiting:
+            self._decide("waiting", nic=key, rule=rule.name, why=str(exc))
+        self._waiting[key] = _Waiting(nic, rule, time.monotonic() + RETRY_S)
+
+    def _retry_waiting(self) -> None:
+        now = time.monotonic()
+        for key, waiting in list(self._waiting.items()):
+            if waiting.due > now:
+                continue
+            nic = waiting.nic
+            current = self.watcher_nic(key)
+            if current is None or (nic.pci and current.mac != nic.mac):
+                self._waiting.pop(key, None)  # gone, or another NIC in its slot (its own event handles it)
+                continue
+            if handoff.find_lease(current, Ledger(self.state)) is not None:
+                self._waiting.pop(key, None)
+                continue
+            self._waiting[key] = _Waiting(current, waiting.rule, now + RETRY_S)
+            self._retry(current, key, waiting.rule)
+
+    def _retry(self, nic: Nic, key: str, rule: Rule) -> None:
+        try:
+            resolve_target(rule.resolve_target(nic))
+        except Error:
+            return  # still not there: no log line per retry
+        self._attach(nic, key, rule)
+
+    def watcher_nic(self, key: str) -> Optional[Nic]:
+        """The NIC the watcher knows under lease key ``key`` (PCI address, or ``if:NAME``), or None."""
+        for nic in self.watcher.known():
+            if handoff.lease_key(nic) == key:
+                return nic
+        return None
 
     def _hold(self, lease: Lease) -> None:
         pid = lease.params.get("pid")
@@ -195,7 +286,7 @@ class Daemon:
             lease = ledger.get(key)
             if lease is None:
                 continue
-            if held is not None:
+            if held is not None and lease.target.startswith("pid:"):
                 self._dead.add(lease.target)
             try:
                 if held is not None and held.nsfd >= 0:  # the netns outlives its process while we hold it

@@ -3,7 +3,10 @@ device-cgroup access and the device nodes, each recorded in the ledger before it
 
 Steps (ledger names, in order): ``bind`` (driver.bind; undo: unbind back to the original driver and name),
 ``hugepages`` (grow the pool on the NIC's NUMA node; undo: shrink it by as much), ``hugetlbfs`` (mount
-``/dev/hugepages`` in the container with ``size=``; undo: unmount), ``devcgroup`` (allow the vfio or uio nodes
+``/dev/hugepages`` in the container with ``size=``, or, for the container's next DPDK NIC, mount it anew with
+the sum of the shares while it is still empty, since DPDK uses one mount per page size and hugetlbfs cannot
+change its cap in place; a runtime's uncapped hugetlbfs is used as it is; undo: shrink it back by this NIC's
+share, or unmount it with the last one), ``devcgroup`` (allow the vfio or uio nodes
 ``rw``; undo: revoke exactly what was added), ``devnodes`` (mknod in the container; undo: unlink).
 ``release_dpdk`` and ``recover_dpdk`` undo the recorded steps in reverse order.
 """
@@ -119,10 +122,22 @@ def _bind_step(steps: _Steps, fs: Sysfs, nic: Nic, driver: str, noiommu: bool, f
 def _hugepage_steps(steps: _Steps, nic: Nic, pid: int, size: str) -> None:
     page, fs = DEFAULT_PAGESIZE, Sysfs()
     pages, node = hp.pages_for(size, page), _pool_for(fs, nic, page)
+    share = pages * page
     steps.run("hugepages", {"pages": pages, "page_bytes": page, "node": node},
               lambda: {"total": hp.add_pages(pages, page, node, fs)})
-    steps.run("hugetlbfs", {"pid": pid, "path": HUGEPAGES_MOUNT},
-              lambda: {"mounted": hp.mount_hugetlbfs(HUGEPAGES_MOUNT, pages * page, page, pid)})
+    cap = hp.size_cap(pid, HUGEPAGES_MOUNT)
+    undo = {"pid": pid, "path": HUGEPAGES_MOUNT, "bytes": share, "page_bytes": page}
+    if cap is None:  # the container's first DPDK NIC: its own capped hugetlbfs
+        steps.run("hugetlbfs", undo, lambda: {"mounted": hp.mount_hugetlbfs(HUGEPAGES_MOUNT, share, page, pid)})
+    elif cap == 0:  # a hugetlbfs the runtime mounted without a cap: the container uses it
+        steps.run("hugetlbfs", {**undo, "shared": True}, lambda: {"shared": True})
+    else:  # one hugetlbfs per container, capped at the sum of its NICs' shares (DPDK uses one mount per size)
+        steps.run("hugetlbfs", undo, lambda: {"grown": _resize(pid, cap + share, page)})
+
+
+def _resize(pid: int, size: int, page: int) -> int:
+    hp.resize_hugetlbfs(HUGEPAGES_MOUNT, size, page, pid)
+    return size
 
 
 # --- undo ------------------------------------------------------------------------------------------------------
@@ -146,12 +161,19 @@ def _undo_hugepages(d: Dict[str, Any]) -> None:
 
 
 def _undo_hugetlbfs(d: Dict[str, Any]) -> None:
-    if d.get("partial") and not d.get("mounted"):
+    if d.get("shared") or (d.get("partial") and not (d.get("mounted") or d.get("grown"))):
         return
     try:
-        hp.umount_hugetlbfs(d["path"], d["pid"])
-    except Error as exc:  # a container that is gone took its mount namespace with it
-        log.info("hugetlbfs of pid %s not unmounted: %s", d["pid"], exc)
+        cap = hp.size_cap(d["pid"], d["path"])
+        left = (cap or 0) - d["bytes"] if "bytes" in d else 0
+        if cap is None:
+            return
+        if left > 0:  # other NICs of this container still use it: shrink it to their shares
+            hp.resize_hugetlbfs(d["path"], left, d.get("page_bytes", DEFAULT_PAGESIZE), d["pid"])
+        else:
+            hp.umount_hugetlbfs(d["path"], d["pid"])
+    except (Error, OSError) as exc:  # a container that is gone took its mount namespace with it
+        log.info("hugetlbfs of pid %s not unmounted or shrunk: %s", d["pid"], exc)
 
 
 def _undo_devcgroup(d: Dict[str, Any]) -> None:

@@ -30,6 +30,9 @@ BACKENDS = ("auto", "af_xdp", "af_packet")
 TX_METHODS = {"sendmmsg": lib.DK_TX_SENDMMSG, "tx_ring": lib.DK_TX_RING}
 # measured on this kind of machine (benchmarks/fastpath.py --tx-methods): sendmmsg beat PACKET_TX_RING
 DEFAULT_TX_METHOD = "sendmmsg"
+# An idle queue busy-polls this long before it sleeps: while frames flow it never sleeps, so the sender is spared
+# a wakeup per batch (benchmarks/fastpath.py); an idle forwarder still sleeps.
+DEFAULT_SPIN_US = 1000
 MAX_BURST = lib.DK_MAX_BURST
 MAX_QUEUES = lib.DK_MAX_QUEUES
 DEFAULT_PEER = "02:00:00:00:00:02"     # testpmd's default peer address style (locally administered)
@@ -134,16 +137,18 @@ class Forwarder:
     198.18.0.1 -> 198.18.0.2, ``pkt_size`` bytes, ``flows`` source ports, optional ``rate`` pps and ``count``
     per port), rxonly. ``backend``: auto (AF_XDP when it works, else AF_PACKET, saying why), af_xdp, af_packet.
     ``target``: run inside that target's network namespace (``container:ID``, ``pid:N``, ``netns:NAME``).
+    ``spin_us``: how long an idle queue keeps polling its rings before it sleeps in poll() (0: at once).
     """
 
     def __init__(self, ports: Sequence[str], mode: str = "io", backend: str = "auto", burst: int = 32,
                  queues: int = 1, cpu: Optional[int] = None, peer: Optional[str] = None,
                  target: Optional[str] = None, *, pkt_size: int = 64, flows: int = 1, rate: int = 0,
-                 count: int = 0, tx_method: Optional[str] = None, zerocopy: bool = True) -> None:
+                 count: int = 0, tx_method: Optional[str] = None, zerocopy: bool = True,
+                 spin_us: int = DEFAULT_SPIN_US) -> None:
         self.ports = list([ports] if isinstance(ports, str) else ports)
         self.mode, self.backend, self.burst, self.queues = mode, backend, burst, queues
         self.cpu, self.target, self.pkt_size, self.flows = cpu, target, pkt_size, flows
-        self.rate, self.count, self.zerocopy = rate, count, zerocopy
+        self.rate, self.count, self.zerocopy, self.spin_us = rate, count, zerocopy, spin_us
         self.tx_method = tx_method or DEFAULT_TX_METHOD
         self._peer = _check_mac(peer, "peer")
         self._validate()
@@ -174,6 +179,7 @@ class Forwarder:
         _int_in("flows", self.flows, 1, 65536)
         _int_in("rate", self.rate, 0, 10 ** 9)
         _int_in("count", self.count, 0, 2 ** 62)
+        _int_in("spin_us", self.spin_us, 0, 10 ** 7)
         if self.cpu is not None:
             _int_in("cpu", self.cpu, 0, (os.cpu_count() or 1) - 1)
 
@@ -192,6 +198,7 @@ class Forwarder:
         cfg.peer = self._peer or _check_mac(DEFAULT_PEER, "peer")
         cfg.netns_fd = self._nsfd
         cfg.zerocopy = 1 if self.zerocopy else 0
+        cfg.spin_us = self.spin_us
         return cfg
 
     def _open_one(self, backend: str):

@@ -187,6 +187,42 @@ def umount_hugetlbfs(path: str, pid: Optional[int] = None) -> None:
         raise os_error_message(exc, f"unmounting {path}") from exc
 
 
+def _resize_here(path: str, options: Optional[str]) -> int:
+    """Replace the (empty) hugetlbfs at ``path`` by one with ``options`` (None: just unmount); returns the
+    number of files that were in it (non-zero: nothing was changed)."""
+    used = len(os.listdir(path))
+    if used:
+        return used
+    nsexec.umount(path)
+    if options:
+        nsexec.mount("nodev", path, "hugetlbfs", 0, options)
+    return 0
+
+
+def resize_hugetlbfs(path: str, size_bytes: int, page_bytes: int = 2 << 20, pid: Optional[int] = None) -> None:
+    """Give the hugetlbfs at ``path`` (in pid's mount namespace) a new ``size=`` cap; 0 unmounts it. hugetlbfs
+    cannot change its cap in place, so it is mounted anew, which is only done while it holds no file: an
+    application that already maps its pages keeps its memory, and the caller hears why (Error)."""
+    options = mount_options(size_bytes, page_bytes) if size_bytes > 0 else None
+    try:
+        used = nsexec.in_mount_ns(pid, _resize_here, path, options)
+    except OSError as exc:
+        raise os_error_message(exc, f"resizing the hugetlbfs at {path} ({options or 'unmount'})") from exc
+    if used:
+        raise Error(f"the hugetlbfs at {path} is in use ({used} files): its size cap cannot change now",
+                    "hand every DPDK NIC over before the application starts, or stop it first")
+
+
+def size_cap(pid: Optional[int], path: str) -> Optional[int]:
+    """The ``size=`` cap in bytes of the (topmost) hugetlbfs at ``path`` seen by ``pid``; None when there is no
+    hugetlbfs there, 0 when it has no cap."""
+    found = [m for m in mounts(pid) if m["path"] == path]
+    if not found:
+        return None
+    opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in found[-1]["options"].split(","))
+    return int(opts["size"]) if opts.get("size", "").isdigit() else 0
+
+
 def mounts(pid: Optional[int] = None) -> List[Dict[str, str]]:
     """hugetlbfs mounts seen by ``pid`` (default: this process): path and options."""
     out = []

@@ -239,7 +239,7 @@ static int xq_open(struct dk_q *q, struct dk_fwd *f, char *err, size_t errlen)
         return rc;
     }
     if (q->queue == 0)
-        snprintf(port->detail, sizeof port->detail, "af_xdp: %s, %s mode, queue%s 0..%d", mode,
+        snprintf(port->detail, sizeof port->detail, "af_xdp: %s, %s mode, need_wakeup, queue%s 0..%d", mode,
                  zc ? "zero-copy" : "copy", f->cfg.queues > 1 ? "s" : "", f->cfg.queues - 1);
     return 0;
 }
@@ -296,11 +296,18 @@ static void reclaim(struct xq *x)
 
 /* Make the kernel send what is on the tx ring; returns how many frames it dropped. In copy mode each sendto
  * moves at most 32 descriptors, and a frame the device dropped comes back as EBUSY (completed but not sent). */
+/* Descriptors on the tx ring the kernel has not taken yet. */
+static uint32_t tx_pending(const struct xq *x)
+{
+    return x->tx.cached_prod - __atomic_load_n(x->tx.consumer, __ATOMIC_ACQUIRE);
+}
+
+/* A sendto once the kernel has taken everything would be a wasted syscall: stop there. */
 static int kick(struct dk_q *q, struct xq *x, int n)
 {
     int tries = n / 32 + 2, dropped = 0;
 
-    while (tries-- > 0 && xsk_ring_prod__needs_wakeup(&x->tx)) {
+    while (tries-- > 0 && tx_pending(x) && xsk_ring_prod__needs_wakeup(&x->tx)) {
         if (sendto(x->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0)
             continue;
         if (errno == EBUSY) {

@@ -44,6 +44,7 @@ struct dk_config {
     uint64_t count;    /* txonly: stop after this many sent per port, 0 = no limit */
     int netns_fd;      /* -1: current netns */
     int zerocopy;      /* AF_XDP: 1 try zero-copy first, 0 copy mode only */
+    int spin_us;       /* an idle queue busy-polls this long before sleeping in poll(); 0: sleep at once */
 };
 
 /* testpmd's per-port counters; pps/bps are over the last whole second of the run. */

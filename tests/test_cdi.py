@@ -33,7 +33,7 @@ def test_spec_has_one_device_per_vfio_nic_and_passes_the_schema(vfio_tree, state
     env = dict(e.split("=", 1) for e in dev["containerEdits"]["env"])
     assert env["DPDKENI_PCI_ADDRESS"] == BDF and env["DPDKENI_IOMMU_GROUP"] == "4"
     assert env["DPDKENI_NUMA_NODE"] == "0" and env["DPDKENI_PMD"] == "net_virtio"
-    assert env["PCIDEVICE_DPDKENI_IO_NIC"] == BDF
+    assert env["PCIDEVICE_DPDKENI_IO_NIC"] == BDF and env["DPDKENI_NIC_" + BDF.replace(":", "_").replace(".", "_")] == BDF
     info = json.loads(env["PCIDEVICE_DPDKENI_IO_NIC_INFO"])
     assert info == {BDF: {"generic": {"deviceID": BDF}, "vfio": {"dev-mount": "/dev/vfio/4",
                                                                   "mount": "/dev/vfio/vfio"}}}

@@ -211,3 +211,36 @@ def test_restarted_daemon_reconciles_with_the_ledger_and_still_reclaims(
     wait_until(lambda: any(d["decision"] == "released" for d in second.decisions), "release")
     with IPRoute() as ipr:
         assert ipr.link_lookup(ifname=prefix + "a"), "back on the host under its own name"
+
+
+def test_daemon_waits_for_a_target_that_is_not_there_yet(state_dir, stand_in_models, prefix, running):
+    """A NIC whose rule names a netns (or container) that does not exist yet waits on the host, is retried
+    quietly, and lands with its addresses once the target appears (the NIC came before its container)."""
+    from pyroute2 import IPRoute, NetNS, netns
+    name, key = unique("dkns"), f"if:{prefix}a"
+    policy = (f'[[rule]]\nname = "later"\nmatch = {{ ifname = "{prefix}a" }}\ntarget = "netns:{name}"\n'
+              f'ifname = "eth7"\naddresses = ["198.18.78.2/24"]\n')
+    mine = lambda nic: nic.model == "veth" and (nic.ifname or "").startswith(prefix)  # noqa: E731
+    daemon = running(policy, Watcher(source="kernel", models=mine, existing=True))
+    mine_only = lambda: [d["decision"] for d in daemon.decisions if d.get("nic") == key]  # noqa: E731
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=prefix + "a", kind="veth", peer=prefix + "b")
+    try:
+        wait_until(lambda: mine_only(), "a decision")
+        time.sleep(3 * 1.0)  # three retries while the netns is absent
+        assert mine_only() == ["waiting"], daemon.decisions
+        with IPRoute() as ipr:
+            assert ipr.link_lookup(ifname=prefix + "a"), "it waits on the host"
+        netns.create(name)
+        wait_until(lambda: "attached" in mine_only(), "the attach once the netns exists")
+        assert mine_only() == ["waiting", "attached"]
+        with NetNS(name, flags=0) as ns:
+            (idx,) = ns.link_lookup(ifname="eth7")
+            assert [a.get_attr("IFA_ADDRESS") for a in ns.get_addr(index=idx, family=2)] == ["198.18.78.2"]
+    finally:
+        if os.path.exists(f"/run/netns/{name}"):
+            netns.remove(name)
+        with IPRoute() as ipr:
+            for left in ipr.link_lookup(ifname=prefix + "a") + ipr.link_lookup(ifname=prefix + "b"):
+                ipr.link("del", index=left)
+                break

@@ -143,3 +143,58 @@ def test_target_without_a_process_is_bad_input(world, netns_factory):
     lease, ledger = lease_for(target)
     with pytest.raises(InputError, match="needs a target with a process"):
         dpdkmode.attach_dpdk(find_nic(BDF, sysfs=k.sysfs(), active=set), target, lease, ledger, sysfs=k.sysfs())
+
+
+BDF2 = "0000:00:05.0"
+
+
+def second_nic(k, target):
+    """A second virtio NIC (IOMMU group 8) and its lease to the same target."""
+    k.add_nic(BDF2, "virtio-net", ifname="enp0s5", mac="52:54:00:00:00:05", iommu_group=8)
+    os.mknod(k.tree.p("dev/vfio/8"), stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    ledger = Ledger()
+    with ledger.transaction() as leases:
+        leases[BDF2] = Lease(BDF2, "dpdk", target.spec, {"ifname": "enp0s5"})
+    return leases[BDF2], find_nic(BDF2, sysfs=k.sysfs(), active=set)
+
+
+def hugetlbfs_in(c):
+    return [m["options"] for m in hp.mounts(c.pid) if m["path"] == "/dev/hugepages"]
+
+
+def test_two_nics_in_one_container_share_one_hugetlbfs(world):
+    """DPDK uses one hugetlbfs per page size: the container's second NIC grows the one mount to the sum of the
+    shares (not a second mount stacked on the first), and each release shrinks it back by its own share."""
+    k, c, cgs, target, lease, ledger, before, nic = begin(world)
+    lease2, nic2 = second_nic(k, target)
+    dpdkmode.attach_dpdk(nic, target, lease, ledger, hugepages="4M", sysfs=k.sysfs())
+    try:
+        dpdkmode.attach_dpdk(nic2, target, lease2, ledger, hugepages="2M", sysfs=k.sysfs())
+        assert hugetlbfs_in(c) == [f"rw,relatime,pagesize=2M,size={3 * M2}"]
+        assert hp._pool(Sysfs(), M2, None).total == before + 3
+        assert c.run("stat", "-c", "%t:%T", "/dev/vfio/7", "/dev/vfio/8").stdout.split() == ["1:7", "1:7"]
+        dpdkmode.release_dpdk(ledger.get(BDF), ledger)  # the first one goes first: the mount stays for the other
+        assert hugetlbfs_in(c) == [f"rw,relatime,pagesize=2M,size={M2}"]
+        assert k.driver(BDF) == "virtio-pci" and k.driver(BDF2) == "vfio-pci"
+        dpdkmode.release_dpdk(ledger.get(BDF2), ledger)
+        assert hugetlbfs_in(c) == [] and hp._pool(Sysfs(), M2, None).total == before
+    finally:
+        for key in (BDF, BDF2):
+            if ledger.get(key) is not None:
+                dpdkmode.recover_dpdk(ledger.get(key), ledger)
+
+
+def test_a_hugetlbfs_in_use_is_not_remounted_and_the_attach_is_undone(world):
+    k, c, cgs, target, lease, ledger, before, nic = begin(world)
+    lease2, nic2 = second_nic(k, target)
+    dpdkmode.attach_dpdk(nic, target, lease, ledger, hugepages="4M", sysfs=k.sysfs())
+    try:
+        assert c.run("touch", "/dev/hugepages/rtemap_0").returncode == 0  # an application holds a page file
+        with pytest.raises(StepError, match="hugetlbfs.*in use"):
+            dpdkmode.attach_dpdk(nic2, target, lease2, ledger, hugepages="2M", sysfs=k.sysfs())
+        assert hugetlbfs_in(c) == [f"rw,relatime,pagesize=2M,size={2 * M2}"]  # untouched
+        assert k.driver(BDF2) == "virtio-pci" and hp._pool(Sysfs(), M2, None).total == before + 2
+    finally:
+        c.run("rm", "-f", "/dev/hugepages/rtemap_0")
+        dpdkmode.recover_dpdk(ledger.get(BDF), ledger)
+    assert hugetlbfs_in(c) == [] and hp._pool(Sysfs(), M2, None).total == before

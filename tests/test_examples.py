@@ -1,6 +1,7 @@
 """The examples users start from: each one is checked here."""
 import json
 import os
+import subprocess
 
 import pytest
 import yaml
@@ -201,3 +202,54 @@ def test_udev_hook_hands_the_event_to_a_listening_daemon(tmp_path):
         event = json.loads(daemon.recv(65536))
     assert event["ACTION"] == "add" and event["DEVPATH"].endswith("/net/ens5")
     assert "sent" in run.stderr and "queued" not in run.stdout
+
+
+ENTRYPOINT = os.path.join(ROOT, "examples", "testpmd-container", "entrypoint.sh")
+A, B = "0000:00:04.0", "0000:00:05.0"
+
+
+@pytest.fixture
+def two_vfio_nics(sysfs_tree, tmp_path):
+    """Two NICs on vfio-pci (groups 4 and 5, the second in no-IOMMU mode) with their nodes, and a stand-in
+    ``dpdk-testpmd`` that prints its arguments."""
+    import stat
+    sysfs_tree.add_nic(A, "virtio-net", driver="vfio-pci", iommu_group=4)
+    sysfs_tree.add_nic(B, "e1000", driver="vfio-pci", iommu_group=5)
+    os.makedirs(sysfs_tree.p("dev/vfio"), exist_ok=True)
+    for node in ("vfio", "4", "noiommu-5"):
+        os.mknod(sysfs_tree.p(f"dev/vfio/{node}"), stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "dpdk-testpmd").write_text('#!/bin/sh\necho "testpmd $*"\n')
+    (bindir / "dpdk-testpmd").chmod(0o755)
+    return sysfs_tree, str(bindir)
+
+
+def _entrypoint(bindir, root, **env):
+    return subprocess.run(["sh", ENTRYPOINT], capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{bindir}:/usr/bin:/bin", "DPDKENI_SYSFS_ROOT": root, "DPDKENI_WAIT": "1",
+                               **env})
+
+
+def test_testpmd_entrypoint_finds_every_cdi_nic(two_vfio_nics):
+    """Two CDI devices in one container: the runtime keeps one PCIDEVICE_* (the last) and its JSON _INFO; the
+    per-device DPDKENI_NIC_* names give testpmd both NICs, and JSON is never taken for an address."""
+    from dpdkeni import cdi
+    tree, bindir = two_vfio_nics
+    run = _entrypoint(bindir, tree.root, **{cdi.nic_var(A): A, cdi.nic_var(B): B, "PCIDEVICE_DPDKENI_IO_NIC": B,
+                                            "PCIDEVICE_DPDKENI_IO_NIC_INFO": json.dumps({B: {"generic": {}}})})
+    assert run.returncode == 0, run.stderr
+    assert f"-a {A} -a {B} --" in run.stdout and "{" not in run.stdout
+    run = _entrypoint(bindir, tree.root, PCIDEVICE_INTEL_COM_SRIOV=f"{B},{A}",
+                      PCIDEVICE_INTEL_COM_SRIOV_INFO="{}")  # a device plugin's list, as it is
+    assert run.returncode == 0 and f"-a {B} -a {A} --" in run.stdout, run.stderr
+
+
+def test_testpmd_entrypoint_waits_for_every_nic(two_vfio_nics):
+    tree, bindir = two_vfio_nics
+    os.unlink(tree.p("dev/vfio/noiommu-5"))  # the second NIC's node is not made yet
+    run = _entrypoint(bindir, tree.root, DPDKENI_PCI=f"{A},{B}")
+    assert run.returncode == 1 and "testpmd" not in run.stdout
+    assert f"{A} {B} not all on vfio-pci/uio with their device nodes after 1s" in run.stderr
+    run = _entrypoint(bindir, tree.root, PCIDEVICE_X_INFO='{"0000:00:04.0": {}}')
+    assert run.returncode == 2 and "no NIC" in run.stderr

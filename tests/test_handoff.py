@@ -301,10 +301,17 @@ def test_cli_json_attach_release(env, veth_factory, container_factory, cli):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["state"] == "attached" and doc["params"]["ifname"] == "net0" and doc["original"]["ifname"] == nic
+    (lease,) = json.loads(cli("leases", "--json").stdout)  # the ledger, as the CLI shows it
+    assert (lease["key"], lease["target"], lease["state"]) == (f"if:{nic}", c.target, "attached")
+    table = cli("leases").stdout.splitlines()
+    assert table[0].split() == ["NIC", "MODE", "STATE", "TARGET", "AS", "ADDRESSES", "SINCE", "WAS"]
+    row = table[1].split()
+    assert row[:6] == [f"if:{nic}", "netdev", "attached", c.target, "net0", "198.18.15.2/24"] and row[-1] == nic
     r = cli("release", nic, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["params"]["outcome"] == "returned"
     r = cli("release", nic, "--json")
     assert r.returncode == 0 and json.loads(r.stdout) is None
+    assert json.loads(cli("leases", "--json").stdout) == [] and cli("leases").stderr.strip() == "no leases"
 
 
 def test_name_taken_during_the_move_is_undone(env, veth_factory, container_factory, monkeypatch):

@@ -1,8 +1,10 @@
-"""``dpdkeni attach``, ``dpdkeni release`` and ``dpdkeni recover``."""
+"""``dpdkeni attach``, ``dpdkeni release``, ``dpdkeni recover`` and ``dpdkeni leases``."""
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from typing import Any, Dict, List
 
 from .. import models  # handoff (pyroute2) is imported in the handlers: see commands/dpdk.py
 
@@ -55,8 +57,34 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 1 if any(a["action"] == "failed" for a in actions) else 0
 
 
+def lease_row(lease: Dict[str, Any]) -> List[str]:
+    """One row of ``dpdkeni leases``: NIC, mode, state, target, name inside, addresses, since, original name."""
+    params, original = lease.get("params") or {}, lease.get("original") or {}
+    inside = params.get("ifname", "-") if lease["mode"] == "netdev" else params.get("driver", "vfio-pci")
+    addrs = ",".join(params.get("addresses") or []) or ("dhcp" if params.get("dhcp") else "-")
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.get("created", 0)))
+    return [lease["key"], lease["mode"], lease["state"], lease["target"], inside, addrs, since,
+            original.get("ifname") or "-"]
+
+
+def cmd_leases(args: argparse.Namespace) -> int:
+    from ..ledger import Ledger
+    leases = [lease.to_dict() for _, lease in sorted(Ledger().leases().items())]
+    if args.json:
+        _emit(leases)
+        return 0
+    if not leases:
+        print("no leases", file=sys.stderr)
+        return 0
+    rows = [["NIC", "MODE", "STATE", "TARGET", "AS", "ADDRESSES", "SINCE", "WAS"]] + [lease_row(x) for x in leases]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``attach``, ``release`` and ``recover``."""
+    """Add ``attach``, ``release``, ``recover`` and ``leases``."""
     p = sub.add_parser("attach", help="hand a NIC to a container (kernel interface or DPDK port)")
     p.add_argument("nic", metavar="NIC", help="PCI address, MAC or interface name")
     p.add_argument("--to", required=True, metavar="TARGET",
@@ -86,3 +114,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recover", help="finish or undo what a crash left half-done")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(func=cmd_recover)
+    p = sub.add_parser("leases", help="which NIC is handed to which target (the ledger)")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout (the leases as recorded)")
+    p.set_defaults(func=cmd_leases)

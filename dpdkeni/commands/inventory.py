@@ -2,13 +2,23 @@
 from __future__ import annotations
 
 import argparse
-from typing import Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 from .. import doctor
+from ..errors import Error
 from ..inventory import Nic, list_nics
 
 
-def _nic_line(nic: Nic) -> str:
+def _leased() -> Dict[str, str]:
+    """Lease key -> target, from the ledger (a plain read: no netlink)."""
+    from ..ledger import Ledger
+    try:
+        return {key: lease.target for key, lease in Ledger().leases().items()}
+    except (Error, OSError, ValueError):  # an unreadable ledger must not break list
+        return {}
+
+
+def _nic_line(nic: Nic, leased: Optional[Dict[str, str]] = None) -> str:
     parts = [nic.pci or "-", f"'{nic.model} {nic.vendor}:{nic.device}'" if nic.pci else f"'{nic.model}'"]
     if nic.numa_node is not None:
         parts.append(f"numa_node={nic.numa_node}")
@@ -24,11 +34,15 @@ def _nic_line(nic: Nic) -> str:
         parts.append(f"state={nic.operstate}")
     if nic.active:
         parts.append("*Active*")
+    target = (leased or {}).get(nic.pci or f"if:{nic.ifname}")
+    if target:
+        parts.append(f"leased={target}")
     return " ".join(parts)
 
 
-def format_table(nics: Iterable[Nic]) -> str:
-    """Sections like ``dpdk-devbind --status``: managed NICs on DPDK drivers, on kernel drivers, others."""
+def format_table(nics: Iterable[Nic], leased: Optional[Dict[str, str]] = None) -> str:
+    """Sections like ``dpdk-devbind --status``: managed NICs on DPDK drivers, on kernel drivers, others;
+    ``leased`` (lease key -> target) marks the NICs handed to a target."""
     nics = list(nics)
     sections = [
         ("Network devices using DPDK-compatible driver", [n for n in nics if n.managed and n.on_dpdk_driver]),
@@ -42,7 +56,7 @@ def format_table(nics: Iterable[Nic]) -> str:
         if not rows and title.startswith(("Managed", "Other")):
             continue
         out += [title, "=" * len(title)]
-        out += [_nic_line(n) for n in rows] or ["<none>"]
+        out += [_nic_line(n, leased) for n in rows] or ["<none>"]
         out.append("")
     return "\n".join(out).rstrip("\n")
 
@@ -53,7 +67,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         from ..cli import emit_json
         emit_json([n.to_dict() for n in nics])
     else:
-        print(format_table(nics))
+        print(format_table(nics, _leased()))
     return 0
 
 

@@ -37,6 +37,24 @@ DEVICES: Dict[str, tuple] = {
 }
 _ALIASES = {"virtio-net-pci": "virtio-net", "virtio": "virtio-net"}
 _macs = itertools.count(1)
+# a minimal OCI bundle over the guest's own root (runc spec's defaults: new pid, net, ipc, uts, mount ns)
+_RUNC_BUNDLE = """
+import json, os, subprocess
+bundle = {bundle!r}
+os.makedirs(bundle, exist_ok=True)
+if os.path.exists(bundle + "/config.json"):
+    os.unlink(bundle + "/config.json")
+subprocess.run(["runc", "spec", "--bundle", bundle], check=True)
+with open(bundle + "/config.json") as f:
+    spec = json.load(f)
+spec["root"] = {{"path": "/run/tproot", "readonly": True}}
+spec["process"].update(terminal=False, args={args!r})
+spec["mounts"] += [{{"destination": d, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}}
+                   for d in ("/run", "/tmp")]
+spec["hostname"] = {name!r}
+with open(bundle + "/config.json", "w") as f:
+    json.dump(spec, f)
+"""
 
 
 @dataclass
@@ -174,6 +192,20 @@ class Lab:
                 timeout=30, check=True)
         self.containers[pid] = handle
         return pid
+
+    def runc_container(self, name: str, args: Sequence[str] = ("sleep", "3600")) -> int:
+        """Start the runc container ``name`` in the guest: the guest's root (read-only) as its root filesystem,
+        its own namespaces (an empty netns), ``args`` as its process. Returns its init pid; ``runc delete
+        --force NAME`` (or :meth:`runc_delete`) ends it. The same name again is a new instance."""
+        bundle = f"/run/bundles/{name}"
+        self.sh("mkdir -p /run/tproot && (mountpoint -q /run/tproot || mount --bind / /run/tproot)", check=True)
+        self.python(_RUNC_BUNDLE.format(bundle=bundle, args=list(args), name=name))
+        self.sh(f"runc run -d -b {bundle} {name} >/tmp/{name}.log 2>&1 </dev/null", check=True)
+        return int(self.run(["runc", "state", name], check=True).json()["pid"])
+
+    def runc_delete(self, name: str) -> None:
+        """Stop and remove runc container ``name`` (no error when it is not there)."""
+        self.run(["runc", "delete", "--force", name])
 
     def poll(self, handle: int) -> Dict[str, object]:
         """``{"rc": None while running, "output": the tail of its output}``."""

@@ -1,11 +1,15 @@
 """The daemon end to end on real hot-plug: a policy in the guest, a NIC plugged from the host lands in the
 right container with its address, with no command typed in the guest; the time from device_add to the address
-being in the container is printed."""
+being in the container is printed. Then the seed's migration: unplug, the container's new instance, re-plug
+with the same MAC: the NIC lands in the new instance with the same addresses and routes."""
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
+
+from dpdkeni.lab.demo import DEMO_POLICY
 
 pytestmark = pytest.mark.vm
 
@@ -42,3 +46,72 @@ def test_daemon_places_a_hot_plugged_nic_by_policy(lab, plugged, lab_mac, guest_
     finally:
         lab.kill(daemon)
     lab.run(["python3", "-m", "dpdkeni", "release", nic.mac], timeout=120)
+
+
+LEASES = "import json; from dpdkeni.ledger import Ledger; print(json.dumps(sorted(Ledger().leases())))"
+MIGRATION_POLICY = DEMO_POLICY + "mtu = 1400\n"  # the demo's rule: container:NAME, eth1, address, gateway
+
+
+def _eth1(lab, pid: int):
+    """eth1 as the container with init ``pid`` sees it: mac, mtu, IPv4 addresses, routes; None without eth1."""
+    ns = ["nsenter", "-t", str(pid), "-n", "ip"]
+    link = lab.run(ns + ["-o", "link", "show", "eth1"])
+    if link.rc != 0:
+        return None
+    addrs = re.findall(r"inet (\S+)", lab.run(ns + ["-o", "-4", "addr", "show", "dev", "eth1"]).stdout)
+    routes = sorted(line.strip() for line in lab.run(ns + ["-4", "route", "show"]).stdout.splitlines())
+    return {"mac": re.search(r"link/ether (\S+)", link.stdout).group(1), "mtu": int(re.search(r"mtu (\d+)",
+            link.stdout).group(1)), "addresses": addrs, "routes": routes}
+
+
+def _wait_configured(lab, pid: int, daemon: int, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = _eth1(lab, pid)
+        if seen and seen["addresses"] and any(r.startswith("default via") for r in seen["routes"]):
+            return seen
+        assert time.monotonic() < deadline, f"{seen}\n" + str(lab.poll(daemon)["output"])[-3000:]
+        time.sleep(0.2)
+
+
+def test_migration_the_re_plugged_nic_lands_in_the_new_instance(lab, plugged, lab_mac):
+    """The seed's migration: the container moves, its NIC is unplugged (device_del) and plugged again with the
+    same MAC; the daemon hands it to the container's new instance with the same addresses and routes. The
+    re-plug comes before the new instance runs (the NIC waits for its container), as a cloud may do it."""
+    mac = lab_mac()
+    name = "web" + mac[-5:].replace(":", "")
+    lab.write("/tmp/dk-lab-migration.toml", MIGRATION_POLICY.format(mac=mac, name=name))
+    daemon = lab.spawn(["python3", "-m", "dpdkeni", "-v", "daemon", "--policy", "/tmp/dk-lab-migration.toml"])
+    try:
+        lab.wait(daemon, timeout=120, until="daemon ready")
+        first = lab.runc_container(name)
+        started = time.monotonic()
+        nic = plugged("virtio-net", mac=mac, wait=False)
+        before = _wait_configured(lab, first, daemon)
+        print(f"\nfirst instance (pid {first}): {before} after {time.monotonic() - started:.1f}s")
+        assert (before["mac"], before["mtu"], before["addresses"]) == (mac, 1400, ["198.18.10.2/24"]), before
+        assert any(r.startswith("default via 198.18.10.1 dev eth1") for r in before["routes"]), before
+
+        # the cloud takes the ENI away while the old instance still runs: the lease ends, nothing is left
+        lab.unplug(nic.id)
+        lab.wait(daemon, timeout=60, until="why=unplugged outcome=gone")
+        assert _eth1(lab, first) is None
+        assert lab.python(LEASES).json() == []
+        lab.runc_delete(name)  # the old instance stops
+
+        # the ENI comes back (same MAC) before the container's new instance runs: it waits for it
+        again = plugged("virtio-net", mac=mac)
+        lab.wait(daemon, timeout=60, until=f"waiting: nic={again.pci} rule=web")
+        second = lab.runc_container(name)
+        started = time.monotonic()
+        after = _wait_configured(lab, second, daemon)
+        print(f"new instance (pid {second}): {after} {time.monotonic() - started:.1f}s after it started")
+        assert second != first and after == before
+        listed = lab.dpdkeni("list").stdout
+        assert f"{again.pci} " in listed and f"leased=container:{name}" in listed, listed
+        output = str(lab.poll(daemon)["output"])
+        assert f"attached: nic={again.pci} rule=web mode=netdev target=container:{name}" in output, output[-3000:]
+    finally:
+        lab.kill(daemon)
+        lab.runc_delete(name)
+    lab.dpdkeni("release", mac, timeout=120)
