@@ -128,35 +128,77 @@ def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev
             return have
         raise GuardError(f"{have.key} is already leased to {have.target} ({have.state})",
                          "release it first ('dpdkeni release')")
-    nic = _find(nic, ledger)
-    try:
-        original = _original(nic)  # also decides nic.active, on the same netlink socket
-    except NotFoundError as exc:
-        raise _leased_meanwhile(nic, ledger, exc) from None
-    check_handoff(nic, force=force, allow_unmanaged=allow_unmanaged(nic))
-    key = lease_key(nic)
-    params: Dict[str, Any] = {"ifname": ifname, "addresses": addresses, "gateway": gateway, "mtu": mtu,
-                              "dhcp": dhcp, "target_path": tgt.path, "pid": tgt.pid}
-    if mode == "netdev":
-        params["table"] = _auto_table(leases, tgt, key, table, original.get("index") or 0)
-    else:
-        params.update(hugepages=hugepages, driver=driver, noiommu=noiommu)
-    lease = Lease(key=key, mode=mode, target=tgt.spec, original=original, target_id=tgt.ns_id, params=params)
-    if dry_run:
-        return _planned(lease, nic, tgt, force)
-    existing = _claim(ledger, lease, tgt)
-    if existing is not None:
-        return existing
-    try:
+    from pyroute2 import IPRoute
+    with IPRoute(strict_check=True) as root:  # one root-namespace socket for the whole attach
+        nic = _find(nic, ledger, root)
+        try:
+            original = _original(nic, root)  # also decides nic.active, on the same netlink socket
+        except NotFoundError as exc:
+            raise _leased_meanwhile(nic, ledger, exc) from None
+        check_handoff(nic, force=force, allow_unmanaged=allow_unmanaged(nic))
+        key = lease_key(nic)
+        params: Dict[str, Any] = {"ifname": ifname, "addresses": addresses, "gateway": gateway, "mtu": mtu,
+                                  "dhcp": dhcp, "target_path": tgt.path, "pid": tgt.pid}
         if mode == "netdev":
-            return netdev.attach_netdev(lease, ledger, tgt, ifname=ifname, addresses=addresses,
-                                        gateway=gateway, mtu=mtu, table=params["table"], dhcp=dhcp)
-        _dpdkmode().attach_dpdk(nic, tgt, lease, ledger, hugepages=hugepages, driver=driver,
-                                noiommu=noiommu, force=force, dry_run=False)
-    except BaseException:
-        ledger.remove(key)
-        raise
+            params["table"] = _auto_table(leases, tgt, key, table, original.get("index") or 0)
+        else:
+            params.update(hugepages=hugepages, driver=driver, noiommu=noiommu)
+        lease = Lease(key=key, mode=mode, target=tgt.spec, original=original, target_id=tgt.ns_id, params=params)
+        if dry_run:
+            return _planned(lease, nic, tgt, force)
+        if mode == "netdev":  # recorded with the claim: one ledger write instead of one per step
+            lease.steps = netdev.planned_steps(original, tgt, ifname, addresses, gateway, params["table"])
+        existing = _claim(ledger, lease, tgt)
+        if existing is not None:
+            return existing
+        try:
+            if mode == "netdev":
+                return netdev.attach_netdev(lease, ledger, tgt, ifname=ifname, addresses=addresses,
+                                            gateway=gateway, mtu=mtu, table=params["table"], dhcp=dhcp,
+                                            root=root)
+            _dpdkmode().attach_dpdk(nic, tgt, lease, ledger, hugepages=hugepages, driver=driver,
+                                    noiommu=noiommu, force=force, dry_run=False)
+        except BaseException:
+            ledger.remove(key)
+            raise
     return ledger.update(key, state="attached")
+
+
+BATCH_WORKERS = 4
+
+
+def attach_many(requests: Sequence[Dict[str, Any]], *, workers: int = BATCH_WORKERS) -> List[Union[Lease, Error]]:
+    """Attach several NICs at once: each request is a dict of :func:`attach` arguments (``nic`` and ``target``,
+    optionally ``mode``, ``ifname``, ``addresses``, ...). Returns, in request order, the lease of each NIC or the
+    :class:`~dpdkeni.errors.Error` that stopped it (one failure does not stop the others, and is undone like a
+    failed :func:`attach`).
+
+    The kernel moves one device at a time (RTNL), and each move waits for an RCU barrier with the CPU idle;
+    ``workers`` threads fill that wait with the next NICs' lookups, ledger writes and netlink requests.
+    """
+    return _in_threads(lambda r: attach(**r), list(requests), workers)
+
+
+def release_many(nics: Sequence[Union[Nic, str]], *, force: bool = False,
+                 workers: int = BATCH_WORKERS) -> List[Union[Lease, None, Error]]:
+    """:func:`release` for several NICs, ``workers`` at a time; per NIC the ended lease, None (not leased) or
+    the Error that stopped it."""
+    return _in_threads(lambda n: release(n, force=force), list(nics), workers)
+
+
+def _in_threads(fn: Any, items: List[Any], workers: int) -> List[Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def guarded(item: Any) -> Any:
+        try:
+            return fn(item)
+        except Error as exc:
+            return exc
+
+    if workers <= 1 or len(items) <= 1:
+        return [guarded(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="dpdkeni") as pool:
+        return list(pool.map(guarded, items))
 
 
 def _planned(lease: Lease, nic: Nic, tgt: Target, force: bool) -> Lease:
@@ -182,29 +224,25 @@ def _leased_meanwhile(spec: Union[Nic, str], ledger: Ledger, exc: NotFoundError)
                       "release it first ('dpdkeni release')")
 
 
-def _find(nic: Union[Nic, str], ledger: Ledger) -> Nic:
+def _find(nic: Union[Nic, str], ledger: Ledger, ipr: Any = None) -> Nic:
     if isinstance(nic, Nic):
         return nic
     try:
-        return find_nic(nic, active=set)  # activity is read with the snapshot (see _original)
+        return find_nic(nic, active=set, ipr=ipr)  # activity is read with the snapshot (see _original)
     except NotFoundError as exc:
         raise _leased_meanwhile(nic, ledger, exc) from None
 
 
-def _original(nic: Nic) -> Dict[str, Any]:
-    """The NIC's state before the handoff, from netlink (its netdev) and the inventory; sets ``nic.active``
-    (an IPv4 or global IPv6 address, or a route through it, as :mod:`dpdkeni.inventory` defines it)."""
+def _original(nic: Nic, ipr: Any) -> Dict[str, Any]:
+    """The NIC's state before the handoff, from netlink (its netdev, on ``ipr``: a root-namespace socket with
+    ``strict_check``) and the inventory; sets ``nic.active`` (an IPv4 or global IPv6 address, or a route through
+    it, as :mod:`dpdkeni.inventory` defines it)."""
     base: Dict[str, Any] = {"pci": nic.pci, "driver": nic.driver, "mac": nic.mac, "ifname": nic.ifname,
                             "model": nic.model}
     if not nic.ifname:
         return base
-    from pyroute2 import IPRoute
-    with IPRoute(strict_check=True) as ipr:  # strict: the kernel filters the dumps by link
-        idx = ipr.link_lookup(ifname=nic.ifname)
-        if not idx:
-            raise NotFoundError(f"{nic.ifname} is not in the host's namespace")
-        base.update(netdev.snapshot(ipr, idx[0]))
-        nic.active = bool(base["addresses"]) or has_routes(ipr, idx[0])
+    base.update(netdev.snapshot(ipr, ifname=nic.ifname))
+    nic.active = bool(base["addresses"]) or has_routes(ipr, base["index"])
     return base
 
 
@@ -219,7 +257,8 @@ def release(nic: Union[Nic, str], *, force: bool = False) -> Optional[Lease]:
         raise GuardError(f"{lease.key} is being {lease.state[:-3]}ed by pid {lease.owner_pid}",
                          "wait for it to finish, or run 'dpdkeni recover' if that process is stuck")
     prior = lease.state
-    lease = ledger.update(lease.key, state="releasing")
+    plan = netdev.RELEASE_PLAN if lease.mode == "netdev" else ()
+    lease = ledger.advance(lease.key, begin=plan, state="releasing")  # one write records the steps too
     try:
         outcome = _bring_home(lease, ledger, force)
     except GuardError:

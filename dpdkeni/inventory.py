@@ -6,6 +6,7 @@ real one.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import socket
@@ -185,12 +186,14 @@ def _virtual_nics(fs: Sysfs, seen: Iterable[str]) -> List[Nic]:
             if ifname not in seen and not fs.exists(f"{CLASS_NET}/{ifname}/device")]
 
 
-def _netlink_kind(ifname: str) -> str:
-    """The link kind of one interface (one RTM_GETLINK instead of a dump of every link)."""
+def _netlink_kind(ifname: str, ipr: Optional["IPRoute"] = None) -> str:
+    """The link kind of one interface (one RTM_GETLINK instead of a dump of every link; on ``ipr`` when given)."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    with IPRoute() as ipr:
+    with contextlib.ExitStack() as stack:
+        if ipr is None:
+            ipr = stack.enter_context(IPRoute())
         try:
             (link,) = ipr.link("get", ifname=ifname)
         except NetlinkError:
@@ -200,7 +203,7 @@ def _netlink_kind(ifname: str) -> str:
     return kind or ("loopback" if ifname == "lo" else "unknown")
 
 
-def _find_virtual(fs: Sysfs, kind: str, value: str) -> Optional[Nic]:
+def _find_virtual(fs: Sysfs, kind: str, value: str, ipr: Optional["IPRoute"] = None) -> Optional[Nic]:
     """A virtual link named by interface name or MAC, found without enumerating every device; None when the
     spec may name a PCI NIC (those keep precedence, so the full scan decides)."""
     if kind == "pci" or (kind == "mac" and value in {m.lower() for m in _ledger_macs().values()}):
@@ -210,7 +213,7 @@ def _find_virtual(fs: Sysfs, kind: str, value: str) -> Optional[Nic]:
     names = [n for n in names if fs.exists(f"{CLASS_NET}/{n}")]
     if len(names) != 1 or fs.exists(f"{CLASS_NET}/{names[0]}/device"):
         return None
-    return _virtual_nic(fs, names[0], _netlink_kind(names[0]) if fs.root == "/" else "unknown")
+    return _virtual_nic(fs, names[0], _netlink_kind(names[0], ipr) if fs.root == "/" else "unknown")
 
 
 def list_nics(all: bool = False, sysfs: Optional[Sysfs] = None,
@@ -264,7 +267,8 @@ def netlink_active_one(ifname: str) -> Set[str]:
 
 def has_routes(ipr: "IPRoute", index: int) -> bool:
     """Whether a route other than the kernel's local and IPv6 link-local ones goes through link ``index``
-    (``ipr`` with ``strict_check`` has the kernel filter the dump)."""
+    (``ipr`` with ``strict_check`` has the kernel filter the dump). One dump per family: those need no RTNL,
+    an AF_UNSPEC dump waits for it (behind every namespace move in progress)."""
     for family in (socket.AF_INET, socket.AF_INET6):
         for route in ipr.get_routes(family=family, oif=index):
             dst = route.get_attr("RTA_DST") or ""
@@ -285,15 +289,17 @@ def _one_pci_nic(fs: Sysfs, kind: str, value: str) -> Optional[Nic]:
     return _pci_nic(fs, bdf, _ledger_macs())
 
 
-def find_nic(spec: str, sysfs: Optional[Sysfs] = None, active: Optional[ActiveFn] = None) -> Nic:
-    """The NIC named by a PCI address (full or short), a MAC or an interface name.
+def find_nic(spec: str, sysfs: Optional[Sysfs] = None, active: Optional[ActiveFn] = None,
+             ipr: Optional["IPRoute"] = None) -> Nic:
+    """The NIC named by a PCI address (full or short), a MAC or an interface name (``ipr``: a root-namespace
+    netlink socket to reuse).
 
     Unmanaged devices are found too (the guards decide what may be done with them). A MAC matches a PCI
     device before a virtual link that shares it (a veth or macvlan copying an ENI's MAC is not the ENI).
     """
     kind, value = specs.classify(spec)
     fs = sysfs or Sysfs()
-    nic = _find_virtual(fs, kind, value) or _one_pci_nic(fs, kind, value)
+    nic = _find_virtual(fs, kind, value, ipr) or _one_pci_nic(fs, kind, value)
     if nic is not None:
         if nic.ifname and active is None:
             nic.active = bool(fs.root == "/" and netlink_active_one(nic.ifname))

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from collections.abc import MutableMapping
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from .errors import Error, os_error_message
 
@@ -227,23 +227,23 @@ class Ledger:
             step.undo.update(undo)
             leases[key].updated = time.time()
 
-    def advance(self, key: str, done: Optional[str] = None, learned: Optional[Dict[str, Any]] = None,
-                begin: Optional[str] = None, undo: Optional[Dict[str, Any]] = None,
-                params: Optional[Dict[str, Any]] = None, **changes: Any) -> Lease:
-        """One transaction for a step boundary: mark step ``done`` done (adding ``learned`` to its undo data),
-        record step ``begin`` as started (with ``undo``), merge ``params`` into the lease's params and set lease
-        fields ``changes``. Saves the writes of separate :meth:`end_step`/:meth:`begin_step` calls on hot
-        paths."""
+    def advance(self, key: str, done: Optional[Dict[str, Dict[str, Any]]] = None,
+                begin: Sequence[Step] = (), params: Optional[Dict[str, Any]] = None, **changes: Any) -> Lease:
+        """One transaction for a step boundary: mark the steps in ``done`` done (each adding what was learned to
+        its undo data), record the steps ``begin`` as started (with their undo data), merge ``params`` into the
+        lease's params and set lease fields ``changes``. Saves the writes of separate
+        :meth:`end_step`/:meth:`begin_step` calls on hot paths."""
         with self.transaction() as leases:
             lease = leases[key]
-            if done is not None:
-                step = lease.step(done)
+            for name, learned in (done or {}).items():
+                step = lease.step(name)
                 if step is None:
-                    raise LedgerError(f"step {done!r} of {key} was never begun")
+                    raise LedgerError(f"step {name!r} of {key} was never begun")
                 step.state = "done"
                 step.undo.update(learned or {})
-            if begin is not None:
-                lease.steps = [s for s in lease.steps if s.name != begin] + [Step(begin, "started", undo or {})]
+            names = {s.name for s in begin}
+            lease.steps = [s for s in lease.steps if s.name not in names] + [
+                Step(s.name, "started", dict(s.undo)) for s in begin]
             lease.params.update(params or {})
             for name, value in changes.items():
                 setattr(lease, name, value)

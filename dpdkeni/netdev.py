@@ -29,7 +29,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import netns as nsmod
 from .errors import Error, GuardError, InputError, NotFoundError, StepError
-from .ledger import Lease, Ledger
+from .ledger import Lease, Ledger, Step
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +60,19 @@ def _altnames(link: Any) -> List[str]:
     return [a for a in props.get_attrs("IFLA_ALT_IFNAME")] if props else []
 
 
-def snapshot(ipr: IPRoute, index: int) -> Dict[str, Any]:
+def snapshot(ipr: IPRoute, index: Optional[int] = None, ifname: Optional[str] = None) -> Dict[str, Any]:
     """What release restores: name, index, MAC, MTU, up/down, addresses (link-local IPv6 left out: the kernel
-    makes those) and altnames of link ``index``."""
-    link = _link(ipr, index=index)
+    makes those) and altnames of link ``index`` (or ``ifname``: one lookup by name instead of two)."""
+    link = _link(ipr, index=index) if index else _link(ipr, ifname=ifname)
     if link is None:
-        raise NotFoundError(f"link #{index} vanished")
+        raise NotFoundError(f"link #{index} vanished" if index else f"{ifname} is not in the host's namespace")
+    index = link["index"]
     addrs = []
-    for a in ipr.get_addr(index=index):
-        if a["family"] == socket.AF_INET6 and a["scope"] == SCOPE_LINK:
-            continue
-        addrs.append(f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+    for family in (socket.AF_INET, socket.AF_INET6):  # per family: such dumps need no RTNL (AF_UNSPEC does)
+        for a in ipr.get_addr(index=index, family=family):
+            if a["family"] == socket.AF_INET6 and a["scope"] == SCOPE_LINK:
+                continue
+            addrs.append(f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
     return {"ifname": link.get_attr("IFLA_IFNAME"), "index": index, "mac": link.get_attr("IFLA_ADDRESS"),
             "mtu": link.get_attr("IFLA_MTU"), "up": bool(link["flags"] & IFF_UP), "addresses": addrs,
             "altnames": _altnames(link)}
@@ -164,19 +166,27 @@ def _best_effort(step: str, undo: Callable[[], Any]) -> None:
 
 
 class Steps:
-    """Run named steps: record each in the ledger before it runs, push its undo on ``stack``, raise StepError
-    on failure. A step's ``done`` mark shares the ledger write with the next step's ``started`` record."""
+    """Run named steps: each is recorded in the ledger (``started``, with what its undo needs) before it runs,
+    its undo pushed on ``stack`` once it succeeded, a failure raised as StepError.
 
-    def __init__(self, ledger: Ledger, key: str, stack: contextlib.ExitStack) -> None:
-        self.ledger, self.key, self.stack = ledger, key, stack
-        self.pending: Optional[tuple] = None  # (name, learned) of the last step, not yet marked done
+    A step is recorded either ahead, with the lease when it was claimed (:func:`planned_steps`), or in a write
+    of its own; ``done`` marks wait for the next write (at the latest :meth:`finish`). Recovery treats a
+    ``started`` step as possibly done, so recording ahead is only more careful, and an attach costs two ledger
+    writes instead of one per step."""
+
+    def __init__(self, ledger: Ledger, lease: Lease, stack: contextlib.ExitStack) -> None:
+        self.ledger, self.key, self.stack = ledger, lease.key, stack
+        self.recorded = {s.name for s in lease.steps}
+        self.done: Dict[str, Dict[str, Any]] = {}  # steps run, not yet marked done in the ledger
 
     def run(self, name: str, fn: Callable[[], Optional[Dict[str, Any]]],
             undo: Optional[Callable[[], Any]] = None, record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """Record ``name`` as started, run ``fn``, push ``undo``; ``fn``'s dict result is kept with the step."""
-        done, learned = self.pending or (None, None)
-        self.ledger.advance(self.key, done=done, learned=learned, begin=name, undo=record)
-        self.pending = None
+        """Record ``name`` as started unless it is already, run ``fn``, push ``undo``; ``fn``'s dict result is
+        kept with the step."""
+        if name not in self.recorded:
+            self.ledger.advance(self.key, done=self.done, begin=[Step(name, "started", record or {})])
+            self.done = {}
+            self.recorded.add(name)
         try:
             result = fn()
         except (StepError, GuardError):
@@ -186,15 +196,35 @@ class Steps:
         if undo is not None:
             self.stack.callback(_best_effort, name, undo)
         result = result if isinstance(result, dict) else {}
-        self.pending = (name, result)
+        self.done[name] = result
         _test_hook(name)
         return result
 
     def finish(self, **changes: Any) -> Lease:
-        """Mark the last step done and set lease fields, in one write."""
-        done, learned = self.pending or (None, None)
-        self.pending = None
-        return self.ledger.advance(self.key, done=done, learned=learned, **changes)
+        """Mark the steps run done and set lease fields, in one write."""
+        done, self.done = self.done, {}
+        return self.ledger.advance(self.key, done=done, **changes)
+
+
+def planned_steps(original: Dict[str, Any], target: "nsmod.Target", ifname: str, addresses: Sequence[str],
+                  gateway: Optional[str], table: Optional[int]) -> List[Step]:
+    """The attach steps recorded with the claim, before any runs: all but ``dhcp`` (whose client records its
+    own pid as it starts). Their undo is moving the NIC home and dropping its rules, which is what recovery
+    does for a lease that is still ``attaching``."""
+    steps = [Step("altnames")] if original.get("altnames") else []
+    steps.append(Step("move", undo={"ns_id": target.ns_id, "ifname": ifname}))
+    if addresses:
+        steps.append(Step("addresses", undo={"addresses": list(addresses)}))
+    steps.append(Step("up"))
+    if gateway is not None or table:
+        steps.append(Step("routes", undo={"table": table}))
+    nets = parse_addresses(addresses)
+    if len([a for a in nets if a.version == 4]) > 1 or any(a.version == 6 for a in nets):
+        steps.append(Step("announce"))
+    return steps
+
+
+RELEASE_PLAN = (Step("rules"), Step("return"))  # recorded with the ``releasing`` mark (see handoff.release)
 
 
 # --- attach --------------------------------------------------------------------------------------------------------
@@ -313,25 +343,37 @@ def opened(target_path: str) -> Iterator[int]:
         os.close(fd)
 
 
+def index_in(ns_fd: int, ifname: str) -> Optional[int]:
+    """The index of link ``ifname`` in the namespace ``ns_fd`` (an ioctl there, not a netlink round trip), or
+    None."""
+    with nsmod.entered(ns_fd):
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            return None
+
+
 def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifname: str,
                   addresses: Sequence[str], gateway: Optional[str], mtu: Optional[int], table: Optional[int],
-                  dhcp: bool) -> Lease:
+                  dhcp: bool, root: Optional[IPRoute] = None) -> Lease:
     """Hand the NIC of ``lease`` (in the root namespace, as ``lease.original``) to ``target``.
 
-    Returns the lease as stored, state ``attached``, with ``params["index"]`` the link's index inside the
-    target. On failure every step done is undone and StepError names the failed one.
+    ``root``: a netlink socket in the root namespace to use (default: one of its own). Returns the lease as
+    stored, state ``attached``, with ``params["index"]`` the link's index inside the target. On failure every
+    step done is undone and StepError names the failed one.
     """
     orig = lease.original
     nets = parse_addresses(addresses)
     gw = parse_gateway(gateway)
     with contextlib.ExitStack() as stack:
-        steps = Steps(ledger, lease.key, stack)
-        root = stack.enter_context(IPRoute())
+        steps = Steps(ledger, lease, stack)
+        if root is None:
+            root = stack.enter_context(IPRoute())
         tfd = target.open()
         stack.callback(os.close, tfd)
         tip = nsmod.iproute_in(tfd)
         stack.callback(tip.close)
-        if _link(tip, ifname=ifname) is not None:
+        if index_in(tfd, ifname) is not None:
             raise InputError(f"target {target.spec} already has an interface named {ifname!r}",
                              "pick another --ifname; nothing was changed")
         index = orig["index"]
@@ -348,22 +390,22 @@ def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifnam
                 # already inside, under its host name
                 stray = find_by_mac(tip, orig["mac"]) if orig.get("mac") else None
                 if stray is not None:
-                    return_home(lease, tip, stray["index"], force=True)
+                    return_home(lease, tip, stray["index"], force=True, root=root)
                 raise
-            where["index"] = _link(tip, ifname=ifname)["index"]
+            where["index"] = index_in(tfd, ifname)
+            if where["index"] is None:
+                raise Error(f"{ifname} vanished from {target.spec} right after the move")
+            arp_notify_on(tfd, ifname)  # the kernel announces the first IPv4 address as the link comes up
             return {"index": where["index"]}
 
-        steps.run("move", do_move, undo=lambda: return_home(lease, tip, where["index"]),
+        steps.run("move", do_move, undo=lambda: return_home(lease, tip, where["index"], root=root),
                   record={"ns_id": target.ns_id, "ifname": ifname})
         tidx = where["index"]
         if nets:
             steps.run("addresses", lambda: add_addresses(tip, tidx, nets), record={"addresses": list(addresses)})
-
-        def do_up() -> None:
-            arp_notify_on(tfd, ifname)  # the kernel announces the first IPv4 address as the link comes up
-            tip.link("set", index=tidx, state="up")
-
-        steps.run("up", do_up)  # before routes: the kernel refuses routes through a link that is down
+        # up after the addresses (arp_notify announces the first IPv4 one), before routes (the kernel refuses
+        # routes through a link that is down)
+        steps.run("up", lambda: tip.link("set", index=tidx, state="up"))
         if gw is not None or table:
             steps.run("routes", lambda: add_routes(tip, tidx, nets, gw, table),
                       undo=lambda: del_rules(tip, addresses, table), record={"table": table})
@@ -401,21 +443,33 @@ def _fallback_name(orig: Dict[str, Any]) -> str:
     return f"dkr{orig['index']}"[:15]
 
 
-def return_home(lease: Lease, tip: IPRoute, index: int, force: bool = False) -> str:
+def _host_index(name: str) -> Optional[int]:
+    """The index of link ``name`` in this thread's namespace (the host's), by ioctl, or None."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
+def return_home(lease: Lease, tip: IPRoute, index: int, force: bool = False,
+                root: Optional[IPRoute] = None) -> str:
     """Move link ``index`` (in tip's namespace) back to the root namespace under its original name and MTU,
-    then restore addresses, altnames and up/down. Returns the name it got.
+    then restore addresses, altnames and up/down (``root``: a socket in the root namespace to use). Returns
+    the name it got.
 
     When the root namespace already has a link with the original name, this refuses (GuardError, the NIC stays
     where it is) unless ``force``: then the NIC comes back as ``dkr<index>``.
     """
     orig = lease.original
     name = orig["ifname"]
-    with IPRoute() as root:
-        taken = _link(root, ifname=name)
+    with contextlib.ExitStack() as stack:
+        if root is None:
+            root = stack.enter_context(IPRoute())
+        taken = _host_index(name)
         if taken is not None:
             if not force:
                 raise GuardError(f"cannot return {lease.key}: the host already has a link named {name!r} "
-                                 f"(index {taken['index']}); the NIC stays in {lease.target}",
+                                 f"(index {taken}); the NIC stays in {lease.target}",
                                  "rename or remove that link, or use --force to return the NIC as "
                                  f"{_fallback_name(orig)}")
             name = _fallback_name(orig)
@@ -478,7 +532,7 @@ def release_netdev(lease: Lease, ledger: Ledger, *, force: bool = False) -> str:
     ``returned``, ``reclaimed`` (it was already in the root namespace) or ``gone`` (it no longer exists).
     """
     orig = lease.original
-    steps = Steps(ledger, lease.key, contextlib.ExitStack())  # going home has no undo: it is the undo
+    steps = Steps(ledger, lease, contextlib.ExitStack())  # going home has no undo: it is the undo
     moved = lease.step("move")
     if lease.params.get("dhcp") or lease.step("dhcp"):
         from . import dhcp as dhcpmod

@@ -11,7 +11,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from conftest import needs_root, unique
 from dpdkeni import handoff, netdev
-from dpdkeni.errors import GuardError, InputError, StepError
+from dpdkeni.errors import GuardError, InputError, NotFoundError, StepError
 from dpdkeni.ledger import Ledger
 
 pytestmark = [needs_root]
@@ -321,15 +321,15 @@ def test_name_taken_during_the_move_is_undone(env, veth_factory, container_facto
     prepare_nic(nic, mtu=1400)
     before = host_state(nic)
     c = container_factory()
-    real = netdev._link
+    real = netdev.index_in
 
-    def racing_link(ipr, **key):
-        if key == {"ifname": "eth0"} and "eth0" not in c.run("ip", "link").stdout:
+    def racing_index(fd, ifname):
+        if ifname == "eth0" and "eth0" not in c.run("ip", "link").stdout:
             c.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0")
             return None  # the check saw no eth0; it exists by the time of the move
-        return real(ipr, **key)
+        return real(fd, ifname)
 
-    monkeypatch.setattr(netdev, "_link", racing_link)
+    monkeypatch.setattr(netdev, "index_in", racing_index)
     with pytest.raises(StepError) as err:
         handoff.attach(nic, c.target)
     assert err.value.step == "move" and "exists" in str(err.value)
@@ -346,3 +346,28 @@ def test_release_refuses_a_lease_another_process_is_working_on(env, veth_factory
     assert "eth0" in c.run("ip", "link").stdout
     Ledger().update(f"if:{nic}", state="attached", owner_pid=os.getpid())
     handoff.release(nic)
+
+
+def test_attach_many_and_release_many(env, veth_factory, container_factory):
+    """A batch in threads: each NIC lands in its own container with its address; a bad request (no such NIC) is
+    returned as its error without stopping the others; release_many brings every NIC back as it was."""
+    nics = [veth_factory()[0] for _ in range(4)]
+    for nic in nics:
+        prepare_nic(nic, mtu=1400)
+    before = {nic: host_state(nic) for nic in nics}
+    cs = [container_factory() for _ in nics]
+    reqs = [{"nic": nic, "target": c.target, "addresses": [f"198.18.50.{i + 2}/24"]}
+            for i, (nic, c) in enumerate(zip(nics, cs))]
+    reqs.insert(2, {"nic": "dknosuch0", "target": cs[0].target})
+    out = handoff.attach_many(reqs, workers=3)
+    assert isinstance(out[2], NotFoundError) and "dknosuch0" in str(out[2])
+    leases = out[:2] + out[3:]
+    assert [lease.state for lease in leases] == ["attached"] * 4
+    for i, (nic, c, lease) in enumerate(zip(nics, cs, leases)):
+        assert lease.key == f"if:{nic}" and lease.target == c.target
+        assert f"198.18.50.{i + 2}/24" in c.run("ip", "addr", "show", "eth0").stdout
+        assert host_state(nic) is None
+    assert sorted(Ledger().leases()) == sorted(f"if:{nic}" for nic in nics)
+    back = handoff.release_many(nics + ["dknosuch0"], workers=3)
+    assert [b.params["outcome"] for b in back[:4]] == ["returned"] * 4 and back[4] is None
+    assert {nic: host_state(nic) for nic in nics} == before and Ledger().leases() == {}

@@ -61,6 +61,9 @@ def test_testpmd_in_runc_forwards_between_virtio_and_e1000(lab, plugged):
         drivers = lab.sh(f"basename -a $(readlink /sys/bus/pci/devices/{a.pci}/driver) "
                          f"$(readlink /sys/bus/pci/devices/{b.pci}/driver)").stdout.split()
         assert drivers == ["vfio-pci", "vfio-pci"]
+        pid = lab.run(["runc", "state", name], check=True).json()["pid"]
+        huge = [m for m in lab.run(["cat", f"/proc/{pid}/mounts"]).stdout.splitlines() if " hugetlbfs " in m]
+        assert len(huge) == 1 and f"size={256 << 20}" in huge[0], huge  # one mount, both NICs' shares
         lab_wait_log(lab, f"/tmp/{name}.log", "Port statistics", timeout=300)
         # guard: a NIC that a DPDK process holds is refused
         held = lab.dpdkeni("bind", b.pci, "--driver", "uio_pci_generic")
