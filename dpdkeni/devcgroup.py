@@ -21,7 +21,7 @@ import os
 import stat
 import struct
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import nsexec
 from .errors import Error, os_error_message
@@ -110,21 +110,30 @@ def _v1_covers(lines: List[str], rule: Rule) -> bool:
     return False
 
 
-def allow_v1(cgroup: str, rules: Sequence[Rule]) -> List[str]:
-    """Allow ``rules`` in a v1 devices cgroup; returns the lines it added (those not already allowed)."""
+def missing_v1(cgroup: str, rules: Sequence[Rule]) -> List[str]:
+    """The v1 lines of ``rules`` that the cgroup does not allow yet (what :func:`allow_v1` would add)."""
     try:
         with open(os.path.join(cgroup, "devices.list"), encoding="ascii") as f:
             present = [line.strip() for line in f if line.strip()]
-        added = []
-        for rule in rules:
-            if _v1_covers(present, rule):
-                continue
+    except OSError as exc:
+        raise os_error_message(exc, f"reading {cgroup}/devices.list") from exc
+    return list(dict.fromkeys(rule.v1() for rule in rules if not _v1_covers(present, rule)))
+
+
+def write_v1(cgroup: str, lines: Sequence[str]) -> List[str]:
+    """Write ``lines`` to the cgroup's ``devices.allow``; returns them."""
+    try:
+        for line in lines:
             with open(os.path.join(cgroup, "devices.allow"), "w", encoding="ascii") as f:
-                f.write(rule.v1())
-            added.append(rule.v1())
-        return added
+                f.write(line)
+        return list(lines)
     except OSError as exc:
         raise os_error_message(exc, f"allowing devices in {cgroup}") from exc
+
+
+def allow_v1(cgroup: str, rules: Sequence[Rule]) -> List[str]:
+    """Allow ``rules`` in a v1 devices cgroup; returns the lines it added (those not already allowed)."""
+    return write_v1(cgroup, missing_v1(cgroup, rules))
 
 
 def revoke_v1(cgroup: str, added: Sequence[str]) -> None:
@@ -378,33 +387,57 @@ def revoke_v2(cgroup: str, rules: Sequence[Rule]) -> None:
 
 # --- per process -------------------------------------------------------------------------------------------------
 
-def allow(pid: int, rules: Sequence[Rule]) -> Dict[str, object]:
-    """Allow ``rules`` for the cgroups of ``pid`` (v1 devices controller and/or v2 device program); returns the
-    record :func:`revoke` needs."""
+def plan(pid: int, rules: Sequence[Rule]) -> Dict[str, Any]:
+    """What :func:`apply` will change for the cgroups of ``pid``, known before anything is written: the v1
+    lines not allowed yet, and the v2 cgroup. Recorded first, it lets an interrupted apply be undone exactly."""
     dirs = cgroup_dirs(pid)
-    record: Dict[str, object] = {"rules": [asdict(r) for r in rules]}
+    out: Dict[str, Any] = {"rules": [asdict(r) for r in rules]}
     if "v1" in dirs:
-        record["v1"] = {"cgroup": dirs["v1"], "added": allow_v1(dirs["v1"], rules)}
+        out["v1"] = {"cgroup": dirs["v1"], "added": missing_v1(dirs["v1"], rules)}
     if "v2" in dirs:
+        out["v2"] = {"cgroup": dirs["v2"]}
+    return out
+
+
+def apply(planned: Dict[str, Any]) -> Dict[str, Any]:
+    """Carry out a :func:`plan`; returns the record :func:`revoke` needs (v2 ``state``: ``replaced`` or
+    ``unrestricted``). A v2 failure takes the v1 lines back."""
+    record = {**planned}
+    rules = [Rule(**r) for r in planned["rules"]]
+    if "v1" in planned:
+        write_v1(planned["v1"]["cgroup"], planned["v1"]["added"])
+    if "v2" in planned:
         try:
-            state = allow_v2(dirs["v2"], rules)
+            state = allow_v2(planned["v2"]["cgroup"], rules)
         except Error:
-            if "v1" in record:
-                revoke_v1(dirs["v1"], record["v1"]["added"])  # type: ignore[index]
+            if "v1" in planned:
+                revoke_v1(planned["v1"]["cgroup"], planned["v1"]["added"])
             raise
-        record["v2"] = {"cgroup": dirs["v2"], "state": state}
+        record["v2"] = {**planned["v2"], "state": state}
     return record
 
 
-def revoke(record: Dict[str, object]) -> None:
-    """Undo :func:`allow` from its record (the process may be gone; its cgroups may be too)."""
-    rules = [Rule(**r) for r in record.get("rules", [])]  # type: ignore[arg-type]
+def allow(pid: int, rules: Sequence[Rule]) -> Dict[str, Any]:
+    """Allow ``rules`` for the cgroups of ``pid`` (v1 devices controller and/or v2 device program); returns the
+    record :func:`revoke` needs."""
+    return apply(plan(pid, rules))
+
+
+def revoke(record: Dict[str, Any], keep: Sequence[Rule] = ()) -> List[str]:
+    """Undo :func:`allow` from its record (the process may be gone; its cgroups may be too), except ``keep``:
+    rules another NIC of the same container still needs. Returns the v1 lines kept (still allowed because of
+    ``keep``; whoever keeps them denies them later)."""
+    kept = set(keep)
+    rules = [r for r in (Rule(**x) for x in record.get("rules", [])) if r not in kept]
     v2 = record.get("v2")
     if isinstance(v2, dict) and v2.get("state") == "replaced":
         revoke_v2(v2["cgroup"], rules)
     v1 = record.get("v1")
-    if isinstance(v1, dict):
-        revoke_v1(v1["cgroup"], v1.get("added", []))
+    if not isinstance(v1, dict):
+        return []
+    kept_lines = {r.v1() for r in kept}
+    revoke_v1(v1["cgroup"], [line for line in v1.get("added", []) if line not in kept_lines])
+    return [line for line in v1.get("added", []) if line in kept_lines]
 
 
 # --- device nodes in the container --------------------------------------------------------------------------------

@@ -106,9 +106,10 @@ def attach_dpdk(nic: Nic, target: Any, lease: Lease, ledger: Ledger, *, hugepage
             _hugepage_steps(steps, nic, pid, hugepages)
         nodes = device_nodes(fs, nic, driver)
         rules = [r for _, r in nodes]
-        steps.run("devcgroup", {"pid": pid, "rules": [r.__dict__ for r in rules]},
-                  lambda: {"record": devcgroup.allow(pid, rules)})
-        steps.run("devnodes", {"pid": pid, "paths": [p for p, _ in nodes]},
+        planned = devcgroup.plan(pid, rules)  # recorded before anything is written: exact undo after a crash
+        steps.run("devcgroup", {"pid": pid, "key": lease.key, "rules": planned["rules"], "record": planned},
+                  lambda: {"record": devcgroup.apply(planned)})
+        steps.run("devnodes", {"pid": pid, "key": lease.key, "paths": [p for p, _ in nodes]},
                   lambda: {"made": devcgroup.make_nodes(pid, nodes)})
         steps.stack.pop_all()  # every step done: keep them
 
@@ -178,19 +179,74 @@ def _undo_hugetlbfs(d: Dict[str, Any]) -> None:
 
 def _undo_devcgroup(d: Dict[str, Any]) -> None:
     record = d.get("record")
-    if record:
-        devcgroup.revoke(record)
-    elif d.get("rules"):  # started, never finished: our v2 block only holds our rules, removing them is safe
-        with contextlib.suppress(Error, OSError):
-            dirs = devcgroup.cgroup_dirs(d["pid"])
-            if "v2" in dirs:
-                devcgroup.revoke_v2(dirs["v2"], [devcgroup.Rule(**r) for r in d["rules"]])
+    if not record:  # begun by an older version, which recorded no plan: our v2 block holds only our rules
+        if d.get("rules"):
+            with contextlib.suppress(Error, OSError):
+                dirs = devcgroup.cgroup_dirs(d["pid"])
+                if "v2" in dirs:
+                    devcgroup.revoke_v2(dirs["v2"], [devcgroup.Rule(**r) for r in d["rules"]])
+        return
+    keep, owner = _needed_by_others(d)
+    if d.get("partial") and "v2" in record:  # interrupted: the program may or may not have been swapped, and
+        with contextlib.suppress(Error, OSError):  # removing our rules from our block is safe either way
+            devcgroup.revoke({"rules": record["rules"], "v2": {**record["v2"], "state": "replaced"}}, keep=keep)
+        record = {k: v for k, v in record.items() if k != "v2"}
+    kept = devcgroup.revoke(record, keep=keep)
+    if kept and owner:
+        _hand_over(owner, "devcgroup", _add_v1_lines(kept))
+
+
+def _sharers(d: Dict[str, Any], name: str) -> List[Tuple[str, Dict[str, Any]]]:
+    """(key, undo data) of step ``name`` of the other DPDK leases of the same container (same pid) that are
+    not being released: what they hold must stay (all NICs of a container share ``/dev/vfio/vfio``)."""
+    out = []
+    for key, lease in Ledger().leases().items():
+        if key == d.get("key") or lease.mode != "dpdk" or lease.state == "releasing":
+            continue
+        step = lease.step(name)
+        if step is not None and step.state == "done" and step.undo.get("pid") == d["pid"]:
+            out.append((key, step.undo))
+    return out
+
+
+def _needed_by_others(d: Dict[str, Any]) -> Tuple[List[devcgroup.Rule], Optional[str]]:
+    """The device rules other DPDK leases of the same container hold, and one such lease's key."""
+    others = _sharers(d, "devcgroup")
+    keep = [devcgroup.Rule(**r) for _, undo in others for r in undo.get("rules", [])]
+    return keep, (others[0][0] if others else None)
+
+
+def _hand_over(owner: str, name: str, add: Callable[[Dict[str, Any]], None]) -> None:
+    """What this lease made and another still needs becomes that lease's to undo when it goes."""
+    with Ledger().transaction() as leases:
+        step = leases[owner].step(name) if owner in leases else None
+        if step is not None:
+            add(step.undo)
+
+
+def _add_v1_lines(lines: List[str]) -> Callable[[Dict[str, Any]], None]:
+    def add(undo: Dict[str, Any]) -> None:
+        v1 = (undo.get("record") or {}).get("v1")
+        if isinstance(v1, dict):
+            v1["added"] = list(dict.fromkeys([*v1.get("added", []), *lines]))
+    return add
+
+
+def _add_nodes(paths: List[str]) -> Callable[[Dict[str, Any]], None]:
+    def add(undo: Dict[str, Any]) -> None:
+        undo["made"] = list(dict.fromkeys([*undo.get("made", []), *paths]))
+    return add
 
 
 def _undo_devnodes(d: Dict[str, Any]) -> None:
     paths = d.get("made", d.get("paths", []))
-    if paths:
-        devcgroup.remove_nodes(d["pid"], paths)
+    others = _sharers(d, "devnodes")
+    needed = {p for _, undo in others for p in undo.get("paths", [])}
+    kept = [p for p in paths if p in needed]
+    if paths and len(kept) < len(paths):
+        devcgroup.remove_nodes(d["pid"], [p for p in paths if p not in needed])
+    if kept:
+        _hand_over(others[0][0], "devnodes", _add_nodes(kept))
 
 
 _UNDO = {"bind": _undo_bind, "hugepages": _undo_hugepages, "hugetlbfs": _undo_hugetlbfs,

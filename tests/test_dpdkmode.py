@@ -146,12 +146,13 @@ def test_target_without_a_process_is_bad_input(world, netns_factory):
 
 
 BDF2 = "0000:00:05.0"
+RANDOM, FULL = "/dev/random", "/dev/full"
 
 
 def second_nic(k, target):
     """A second virtio NIC (IOMMU group 8) and its lease to the same target."""
     k.add_nic(BDF2, "virtio-net", ifname="enp0s5", mac="52:54:00:00:00:05", iommu_group=8)
-    os.mknod(k.tree.p("dev/vfio/8"), stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    os.mknod(k.tree.p("dev/vfio/8"), stat.S_IFCHR | 0o666, os.makedev(1, 8))  # /dev/random stands in
     ledger = Ledger()
     with ledger.transaction() as leases:
         leases[BDF2] = Lease(BDF2, "dpdk", target.spec, {"ifname": "enp0s5"})
@@ -172,12 +173,21 @@ def test_two_nics_in_one_container_share_one_hugetlbfs(world):
         dpdkmode.attach_dpdk(nic2, target, lease2, ledger, hugepages="2M", sysfs=k.sysfs())
         assert hugetlbfs_in(c) == [f"rw,relatime,pagesize=2M,size={3 * M2}"]
         assert hp._pool(Sysfs(), M2, None).total == before + 3
-        assert c.run("stat", "-c", "%t:%T", "/dev/vfio/7", "/dev/vfio/8").stdout.split() == ["1:7", "1:7"]
+        assert c.run("stat", "-c", "%t:%T", "/dev/vfio/7", "/dev/vfio/8").stdout.split() == ["1:7", "1:8"]
         dpdkmode.release_dpdk(ledger.get(BDF), ledger)  # the first one goes first: the mount stays for the other
+        ledger.remove(BDF)  # as handoff.release does
         assert hugetlbfs_in(c) == [f"rw,relatime,pagesize=2M,size={M2}"]
         assert k.driver(BDF) == "virtio-pci" and k.driver(BDF2) == "vfio-pci"
+        # /dev/vfio/vfio (/dev/zero here) is shared: the second NIC keeps it, in v1 and in v2; the first
+        # NIC's group (/dev/full) is gone
+        for cg in (cgs[:1], cgs[1:]):
+            assert probe(cg, ZERO, RANDOM, FULL) == {ZERO: 0, RANDOM: 0, FULL: errno.EPERM}, cg
+        assert c.run("ls", "/dev/vfio").stdout.split() == ["8", "vfio"]  # the shared node stays too
         dpdkmode.release_dpdk(ledger.get(BDF2), ledger)
         assert hugetlbfs_in(c) == [] and hp._pool(Sysfs(), M2, None).total == before
+        assert c.run("ls", "/dev/vfio").stdout.strip() == ""
+        for cg in (cgs[:1], cgs[1:]):
+            assert probe(cg, NULL, ZERO, RANDOM) == {NULL: 0, ZERO: errno.EPERM, RANDOM: errno.EPERM}, cg
     finally:
         for key in (BDF, BDF2):
             if ledger.get(key) is not None:
@@ -198,3 +208,16 @@ def test_a_hugetlbfs_in_use_is_not_remounted_and_the_attach_is_undone(world):
         c.run("rm", "-f", "/dev/hugepages/rtemap_0")
         dpdkmode.recover_dpdk(ledger.get(BDF), ledger)
     assert hugetlbfs_in(c) == [] and hp._pool(Sysfs(), M2, None).total == before
+
+
+def test_recover_denies_the_v1_lines_of_an_interrupted_devcgroup_step(world):
+    """A crash after the first v1 line was written: the plan recorded before writing says what to deny."""
+    k, c, cgs, target, lease, ledger, before, nic = begin(world)
+    rules = [dc.rule_for(ZERO), dc.rule_for(FULL)]
+    planned = dc.plan(c.pid, rules)
+    assert planned["v1"]["added"] == ["c 1:5 rw", "c 1:7 rw"]
+    ledger.begin_step(BDF, "devcgroup", {"pid": c.pid, "key": BDF, "rules": planned["rules"], "record": planned})
+    dc.write_v1(planned["v1"]["cgroup"], planned["v1"]["added"][:1])  # ... and the process died here
+    assert probe(cgs[:1], ZERO, FULL) == {ZERO: 0, FULL: errno.EPERM}
+    assert dpdkmode.recover_dpdk(ledger.get(BDF), ledger) == "undid devcgroup"
+    assert probe(cgs, NULL, ZERO, FULL) == {NULL: 0, ZERO: errno.EPERM, FULL: errno.EPERM}

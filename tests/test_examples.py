@@ -253,3 +253,16 @@ def test_testpmd_entrypoint_waits_for_every_nic(two_vfio_nics):
     assert f"{A} {B} not all on vfio-pci/uio with their device nodes after 1s" in run.stderr
     run = _entrypoint(bindir, tree.root, PCIDEVICE_X_INFO='{"0000:00:04.0": {}}')
     assert run.returncode == 2 and "no NIC" in run.stderr
+
+
+def test_testpmd_entrypoint_auto_takes_the_nics_it_was_given(two_vfio_nics):
+    """DPDKENI_PCI=auto: the NICs behind the vfio nodes in the container (what dpdkeni's daemon handed over),
+    waiting for DPDKENI_NICS of them."""
+    tree, bindir = two_vfio_nics
+    run = _entrypoint(bindir, tree.root, DPDKENI_PCI="auto", DPDKENI_NICS="2")
+    assert run.returncode == 0 and f"-a {A} -a {B} --" in run.stdout, run.stderr
+    os.unlink(tree.p("dev/vfio/noiommu-5"))
+    run = _entrypoint(bindir, tree.root, DPDKENI_PCI="auto")
+    assert run.returncode == 0 and f"-a {A} --" in run.stdout, run.stderr
+    run = _entrypoint(bindir, tree.root, DPDKENI_PCI="auto", DPDKENI_NICS="2")
+    assert run.returncode == 1 and "no 2 NIC(s) handed over after 1s" in run.stderr

@@ -97,7 +97,7 @@ class Demo:
         try:
             self.guest("attach", e1000.mac, "--to", "container:demo", "--mode", "dpdk", "--hugepages", "128M")
             self.guest("list")
-            self._wait_text("/tmp/demo-testpmd.log", "Port statistics", 300)
+            lab.wait_text("/tmp/demo-testpmd.log", "Port statistics", 300)
             self.act("5. traffic: the container's eth0 sends 2000 UDP frames to the e1000 (dpdkeni fwd txonly) "
                      "across the QEMU hub; testpmd (macswap) sends each one back")
             before = self._rx_packets(pid)
@@ -108,7 +108,7 @@ class Demo:
             returned = self._rx_packets(pid) - before
             self.say(f"eth0 in the container received {returned} frames back from testpmd")
             lab.run(["runc", "kill", "demo", "INT"])
-            log = self._wait_text("/tmp/demo-testpmd.log", "Bye", 120)
+            log = lab.wait_text("/tmp/demo-testpmd.log", "Bye", 120)
         finally:
             lab.run(["runc", "delete", "--force", "demo"])
         stats = [line.strip() for line in log.splitlines() if "RX-packets" in line or "TX-packets" in line]
@@ -181,13 +181,6 @@ class Demo:
                            check=True).json()
         return int(out[0]["stats64"]["rx"]["packets"])
 
-    def _wait_text(self, path: str, text: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            log = self.lab.run(["cat", path]).stdout
-            if text in log or time.monotonic() > deadline:
-                return log
-            time.sleep(1)
 
 
 def run_demo(say: Say, progress: Callable[[str], None]) -> List[Tuple[str, str]]:

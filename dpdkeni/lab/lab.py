@@ -193,6 +193,17 @@ class Lab:
         self.containers[pid] = handle
         return pid
 
+    def wait_text(self, path: str, text: str, timeout: float = 60.0, interval: float = 1.0) -> str:
+        """The guest file at ``path`` once it contains ``text``; raises Error with its tail on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            content = self.run(["cat", path]).stdout
+            if text in content:
+                return content
+            if time.monotonic() > deadline:
+                raise Error(f"lab: {text!r} not in {path} after {timeout:.0f}s:\n{content[-3000:]}")
+            time.sleep(interval)
+
     def runc_container(self, name: str, args: Sequence[str] = ("sleep", "3600")) -> int:
         """Start the runc container ``name`` in the guest: the guest's root (read-only) as its root filesystem,
         its own namespaces (an empty netns), ``args`` as its process. Returns its init pid; ``runc delete

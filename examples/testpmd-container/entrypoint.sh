@@ -1,6 +1,8 @@
 #!/bin/sh
 # Find this container's DPDK NICs from the environment and run dpdk-testpmd on them.
-#   DPDKENI_PCI       PCI addresses (comma or space separated), given by hand (build-bundle.sh --env)
+#   DPDKENI_PCI       PCI addresses (comma or space separated), given by hand (build-bundle.sh --env), or
+#                     "auto": the NICs whose vfio/uio nodes dpdkeni puts in this container (its daemon hands
+#                     over a hot-plugged NIC whose address nobody knew in advance); DPDKENI_NICS of them (1)
 #   DPDKENI_NIC_*     one NIC each, as dpdkeni's CDI devices set them (several NICs in one container)
 #   PCIDEVICE_*       the same from an SR-IOV style device plugin (comma separated)
 #   DPDKENI_WAIT      seconds to wait until every NIC is bound and its vfio/uio node is here (NICs handed
@@ -20,6 +22,28 @@ pick() {
   done
   echo $seen
 }
+# the NICs behind the device nodes this container has: /dev/vfio/N -> IOMMU group N's devices, /dev/uioN
+from_nodes() {
+  for n in "$root"/dev/vfio/[0-9]* "$root"/dev/vfio/noiommu-[0-9]*; do
+    [ -c "$n" ] || continue
+    g=${n##*/}; g=${g#noiommu-}
+    ls "$root/sys/kernel/iommu_groups/$g/devices" 2>/dev/null
+  done
+  for n in "$root"/dev/uio[0-9]*; do
+    [ -c "$n" ] && basename "$(readlink "$root/sys/class/uio/${n##*/}/device")"
+  done
+}
+wait=${DPDKENI_WAIT:-60}
+i=0
+tick() {
+  i=$((i + 1))
+  [ "$i" -le $((wait * 10)) ] || { echo "testpmd-entrypoint: $1 after ${wait}s: was it handed over?" >&2; exit 1; }
+  sleep 0.1
+}
+if [ "${DPDKENI_PCI:-}" = auto ]; then
+  until [ "$(from_nodes | pick | wc -w)" -ge "${DPDKENI_NICS:-1}" ]; do tick "no ${DPDKENI_NICS:-1} NIC(s) handed over"; done
+  DPDKENI_PCI=$(from_nodes | pick)
+fi
 pcis=$(printf '%s\n' "${DPDKENI_PCI:-}" | pick)
 [ -n "$pcis" ] || pcis=$(env | sed -n 's/^DPDKENI_NIC_[A-Za-z0-9_]*=//p' | sort | pick)
 [ -n "$pcis" ] || pcis=$(env | sed -n 's/^PCIDEVICE_[A-Za-z0-9_]*=//p' | pick)
@@ -27,8 +51,6 @@ if [ -z "$pcis" ]; then
   echo "testpmd-entrypoint: no NIC: set DPDKENI_PCI, DPDKENI_NIC_* (dpdkeni CDI) or PCIDEVICE_* (device plugin)" >&2
   exit 2
 fi
-wait=${DPDKENI_WAIT:-60}
-i=0
 # ready when every NIC is on a user-space driver and its device node is in this container (dpdkeni binds, then
 # makes the nodes, one NIC after the other: starting on the first one's node would probe the others too early)
 ready() {
@@ -47,15 +69,7 @@ ready() {
     esac
   done
 }
-until ready; do
-  i=$((i + 1))
-  if [ "$i" -gt $((wait * 10)) ]; then
-    echo "testpmd-entrypoint: $(echo $pcis) not all on vfio-pci/uio with their device nodes after ${wait}s:" \
-      "were they handed over?" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
+until ready; do tick "$(echo $pcis) not all on vfio-pci/uio with their device nodes"; done
 allow=""
 for p in $pcis; do allow="$allow -a $p"; done
 echo "testpmd-entrypoint: NICs $(echo $pcis)" >&2

@@ -115,3 +115,48 @@ def test_migration_the_re_plugged_nic_lands_in_the_new_instance(lab, plugged, la
         lab.kill(daemon)
         lab.runc_delete(name)
     lab.dpdkeni("release", mac, timeout=120)
+
+
+BUNDLE = "/opt/dpdkeni/examples/testpmd-container/build-bundle.sh"
+DPDK_POLICY = """
+[[rule]]
+name = "pmd"
+match = {{ mac = "{mac}" }}
+mode = "dpdk"
+target = "container:{name}"
+hugepages = "128M"
+"""
+
+
+def test_daemon_hands_a_hot_plugged_nic_to_testpmd_and_takes_it_back(lab, plugged, lab_mac):
+    """The daemon in dpdk mode: a NIC plugged from the host is bound to vfio-pci and handed to a waiting runc
+    testpmd container (DPDKENI_PCI=auto: it learns its NIC from the node it is given), testpmd forwards on it;
+    when the container dies the daemon gives the NIC back to its kernel driver under its udev name."""
+    mac = lab_mac()
+    name = "pmd" + mac[-5:].replace(":", "")
+    lab.sh("modprobe vfio-pci && mkdir -p /run/tproot && (mountpoint -q /run/tproot || mount --bind / /run/tproot)",
+           check=True)
+    lab.run(["sh", BUNDLE, "--rootfs-from", "/run/tproot", "--env", "DPDKENI_PCI=auto", "--env", "DPDKENI_WAIT=300",
+             "--env", "TESTPMD_ARGS=--forward-mode=io --auto-start --tx-first --stats-period 2 --nb-cores=1 "
+             "--total-num-mbufs=8192", f"/run/bundles/{name}"], check=True)
+    lab.sh(f"runc run -d -b /run/bundles/{name} {name} >/tmp/{name}.log 2>&1 </dev/null", check=True)
+    lab.write("/tmp/dk-lab-dpdk.toml", DPDK_POLICY.format(mac=mac, name=name))
+    daemon = lab.spawn(["python3", "-m", "dpdkeni", "-v", "daemon", "--policy", "/tmp/dk-lab-dpdk.toml"])
+    try:
+        lab.wait(daemon, timeout=120, until="daemon ready")
+        plugged("virtio-net", mac=mac, wait=False)
+        out = str(lab.wait(daemon, timeout=300, until=" rule=pmd mode=dpdk ")["output"])
+        pci = re.search(r"attached: nic=(\S+) rule=pmd mode=dpdk", out).group(1)
+        log = lab.wait_text(f"/tmp/{name}.log", "Port statistics", timeout=300)
+        assert f"testpmd-entrypoint: NICs {pci}" in log, log[-2000:]
+        assert lab.sh(f"basename $(readlink /sys/bus/pci/devices/{pci}/driver)").stdout.strip() == "vfio-pci"
+
+        lab.run(["runc", "kill", name, "KILL"])  # the container dies
+        lab.wait(daemon, timeout=300, until=f"released: nic={pci}")
+        back = lab.wait_net(mac, timeout=120)  # on its kernel driver again, named by udev
+        assert back["pci"] == pci and back["ifname"].startswith("enp"), back
+        assert lab.sh(f"basename $(readlink /sys/bus/pci/devices/{pci}/driver)").stdout.strip() == "virtio-pci"
+        assert lab.python(LEASES).json() == []
+    finally:
+        lab.kill(daemon)
+        lab.runc_delete(name)

@@ -61,13 +61,16 @@ def test_testpmd_in_runc_forwards_between_virtio_and_e1000(lab, plugged):
         drivers = lab.sh(f"basename -a $(readlink /sys/bus/pci/devices/{a.pci}/driver) "
                          f"$(readlink /sys/bus/pci/devices/{b.pci}/driver)").stdout.split()
         assert drivers == ["vfio-pci", "vfio-pci"]
-        lab_wait_log(lab, f"/tmp/{name}.log", "Port statistics", timeout=300)
+        pid = lab.run(["runc", "state", name], check=True).json()["pid"]
+        huge = [m for m in lab.run(["cat", f"/proc/{pid}/mounts"]).stdout.splitlines() if " hugetlbfs " in m]
+        assert len(huge) == 1 and f"size={256 << 20}" in huge[0], huge  # one mount, both NICs' shares
+        lab.wait_text(f"/tmp/{name}.log", "Port statistics", timeout=300)
         # guard: a NIC that a DPDK process holds is refused
         held = lab.dpdkeni("bind", b.pci, "--driver", "uio_pci_generic")
         assert held.rc == 3, held.stderr
         time.sleep(5)
         lab.run(["runc", "kill", name, "INT"], check=True)
-        log = lab_wait_log(lab, f"/tmp/{name}.log", "Bye", timeout=120)
+        log = lab.wait_text(f"/tmp/{name}.log", "Bye", timeout=120)
     finally:
         lab.run(["runc", "delete", "--force", name])
     ports = _totals(log)
@@ -80,15 +83,3 @@ def test_testpmd_in_runc_forwards_between_virtio_and_e1000(lab, plugged):
     state = lab.run(["python3", "-c", RELEASE, a.pci, b.pci], timeout=300).check().json()
     assert state[a.pci] == {"ifname": a.ifname, "driver": "virtio-pci"}
     assert state[b.pci] == {"ifname": b.ifname, "driver": "e1000"}
-
-
-def lab_wait_log(lab, path: str, text: str, timeout: float) -> str:
-    """The guest file at ``path`` once it contains ``text``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        log = lab.run(["cat", path]).stdout
-        if text in log:
-            return log
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in {path} after {timeout:.0f}s:\n{log[-3000:]}")
-        time.sleep(1)
