@@ -181,9 +181,10 @@ def io_run(topo: Topo, seconds: float, forwarder: Callable[[], Callable[[], None
     return pps
 
 
-def io_dpdkeni(topo: Topo, backend: str, seconds: float) -> float:
+def io_dpdkeni(topo: Topo, backend: str, seconds: float, tx_method: Optional[str] = None) -> float:
     def start():
-        fwd = Forwarder(["a1", "b1"], mode="io", backend=backend, target=topo.target("m"), cpu=SINK_CPU).start()
+        fwd = Forwarder(["a1", "b1"], mode="io", backend=backend, target=topo.target("m"), cpu=SINK_CPU,
+                        tx_method=tx_method).start()
 
         def finish():
             note(f"io {backend}", "forwarder", fwd.stats())

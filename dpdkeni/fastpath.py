@@ -29,7 +29,7 @@ MODES = {"io": lib.DK_MODE_IO, "mac": lib.DK_MODE_MAC, "macswap": lib.DK_MODE_MA
 BACKENDS = ("auto", "af_xdp", "af_packet")
 TX_METHODS = {"sendmmsg": lib.DK_TX_SENDMMSG, "tx_ring": lib.DK_TX_RING}
 # measured on this kind of machine (benchmarks/fastpath.py --tx-methods): sendmmsg beat PACKET_TX_RING
-DEFAULT_TX_METHOD = "sendmmsg"
+DEFAULT_TX_METHOD = "tx_ring"   # measured faster here (README, benchmarks/fastpath.py)
 # An idle queue busy-polls this long before it sleeps: while frames flow it never sleeps, so the sender is spared
 # a wakeup per batch (benchmarks/fastpath.py); an idle forwarder still sleeps.
 DEFAULT_SPIN_US = 1000

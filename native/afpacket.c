@@ -2,9 +2,11 @@
  * PACKET_QDISC_BYPASS on the transmit socket, PACKET_FANOUT (hash) across queues. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <endian.h>
 #include <errno.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
+#include <linux/virtio_net.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,9 +15,10 @@
 #include <unistd.h>
 #include "fwd_int.h"
 
-/* Many small blocks: at a low rate the 2 ms retire timeout closes blocks holding a few frames each, so the
- * number of blocks is what buffers a descheduled reader (256 x 2 ms); at a high rate 16 KiB hold ~110 frames. */
-#define RX_BLOCK_SIZE (1u << 14)
+/* Many blocks: at a low rate the 2 ms retire timeout closes blocks holding a few frames each, so the number of
+ * blocks is what buffers a descheduled reader (256 x 2 ms); at a high rate 64 KiB hold ~450 64-byte frames, and a
+ * sleeping reader is woken once per block (each wakeup an IPI the sender's core pays for). */
+#define RX_BLOCK_SIZE (1u << 16)
 #define RX_BLOCK_NR 256u
 #define RX_FRAME_SIZE 2048u
 #define TX_FRAME_SIZE 2048u
@@ -31,6 +34,7 @@ struct afp {
     int held;                     /* the block is ours (TP_STATUS_USER) */
     unsigned tx_head;             /* next TX ring frame */
     int use_ring;
+    int vnet;                     /* TX ring frames carry a virtio_net_hdr (see open_tx) */
     struct mmsghdr msgs[DK_MAX_BURST];
     struct iovec iov[DK_MAX_BURST];
 };
@@ -114,6 +118,10 @@ static int open_tx(struct afp *a, const struct dk_fwd *f, const struct dk_q *q, 
                       err, errlen)))
         return rc;
     if (a->use_ring) {
+        /* A virtio_net_hdr in front of each frame lets us say how much of it the kernel copies into the skb's
+         * linear part (hdr_len): the whole frame. Without it only the Ethernet header is copied and the rest
+         * hangs off the ring's pages, a non-linear skb every receiver then has to pull. */
+        a->vnet = setsockopt(a->txfd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) == 0;
         memset(&req, 0, sizeof req);
         req.tp_block_size = TX_FRAME_SIZE * 32;
         req.tp_frame_size = TX_FRAME_SIZE;
@@ -147,7 +155,8 @@ static int afp_open(struct dk_q *q, struct dk_fwd *f, char *err, size_t errlen)
     if ((rc = open_rx(a, f, q, err, errlen)) || (rc = open_tx(a, f, q, err, errlen)))
         return rc;
     snprintf(port->detail, sizeof port->detail, "af_packet: TPACKET_V3 rx ring, tx by %s, qdisc bypass%s",
-             a->use_ring ? "PACKET_TX_RING" : "sendmmsg", f->cfg.queues > 1 ? ", fanout hash" : "");
+             a->use_ring ? (a->vnet ? "PACKET_TX_RING (linear via virtio_net_hdr)" : "PACKET_TX_RING") : "sendmmsg",
+             f->cfg.queues > 1 ? ", fanout hash" : "");
     return 0;
 }
 
@@ -232,10 +241,17 @@ static int tx_ring(struct dk_q *q, struct afp *a, const struct dk_pkt *pkts, int
         uint32_t st = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
         if (st != TP_STATUS_AVAILABLE && st != TP_STATUS_WRONG_FORMAT)
             break;                /* ring full: the rest is dropped */
-        if (pkts[i].len > TX_FRAME_SIZE - off)
+        if (pkts[i].len + (a->vnet ? sizeof(struct virtio_net_hdr) : 0) > TX_FRAME_SIZE - off)
             continue;
-        memcpy((uint8_t *)h + off, pkts[i].data, pkts[i].len);
-        h->tp_len = pkts[i].len;
+        if (a->vnet) {
+            struct virtio_net_hdr vh = { .hdr_len = htole16((uint16_t)pkts[i].len) };
+            memcpy((uint8_t *)h + off, &vh, sizeof vh);
+            memcpy((uint8_t *)h + off + sizeof vh, pkts[i].data, pkts[i].len);
+            h->tp_len = (uint32_t)(pkts[i].len + sizeof vh);
+        } else {
+            memcpy((uint8_t *)h + off, pkts[i].data, pkts[i].len);
+            h->tp_len = pkts[i].len;
+        }
         __atomic_store_n(&h->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
         a->tx_head = (a->tx_head + 1) % TX_FRAME_NR;
         queued++;
