@@ -16,6 +16,7 @@ import threading
 from dataclasses import asdict
 from typing import Any, Callable, Dict, Optional
 
+from .. import unixsock
 from ..errors import Error, NotFoundError
 from .image import cache_root
 from .jsonline import JsonLineClient
@@ -42,43 +43,21 @@ class ControlServer:
 
     def open(self) -> None:
         """Bind the socket; refuses when another lab answers there."""
-        if os.path.exists(self.path):
-            if _answers(self.path):
-                raise Error(f"a lab is already up (its socket {self.path} answers)", "stop it: dpdkeni lab down")
-            os.unlink(self.path)  # left by a lab that died
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old)
-        sock.listen(8)
-        sock.settimeout(0.2)
-        self._sock = sock
+        self._sock = unixsock.listen(self.path, f"a lab is already up (its socket {self.path} answers)",
+                                     "stop it: dpdkeni lab down", backlog=8)
 
     def serve(self) -> None:
         """Accept connections until :attr:`stop` is set; each connection gets a thread."""
         assert self._sock is not None, "open() first"
-        try:
-            while not self.stop.is_set():
-                try:
-                    conn, _ = self._sock.accept()
-                except socket.timeout:
-                    continue
-                threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
-        finally:
-            self.close()
+        sock, self._sock = self._sock, None
+        unixsock.serve(sock, self.path, self.stop, self._talk)
 
     def close(self) -> None:
         """Stop listening and remove the socket."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            unixsock.remove(self.path)
 
     def _talk(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as reader:
@@ -123,17 +102,6 @@ class ControlServer:
         return {"stopping": True}
 
 
-def _answers(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 class ControlClient(JsonLineClient):
     """Talk to the lab that ``dpdkeni lab up`` runs: ``call(op, **args)`` returns the result or raises Error."""
 
@@ -141,7 +109,7 @@ class ControlClient(JsonLineClient):
 
     def __init__(self, path: Optional[str] = None) -> None:
         path = path or socket_path()
-        if not os.path.exists(path) or not _answers(path):
+        if not os.path.exists(path) or not unixsock.answers(path):
             raise NotFoundError("no lab is up", "start one in another shell: dpdkeni lab up")
         super().__init__(path, timeout=5.0)
         self.start_reader()
