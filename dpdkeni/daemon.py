@@ -194,11 +194,15 @@ class Daemon:
                 self._decide("skip", nic=key, rule=rule.name, why=f"target {spec} has exited")
                 return
             target = resolve_target(spec)
-            lease = handoff.attach(nic, target, **attach_kwargs(rule))
         except Error as exc:
             if self._may_come(rule, exc):
                 self._wait_for_target(nic, key, rule, exc)
-                return
+            else:
+                self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
+            return
+        try:
+            lease = handoff.attach(nic, target, **attach_kwargs(rule))
+        except Error as exc:  # a failed handoff is undone and said once, never retried in a loop
             self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
             return
         self._decide("attached", nic=key, rule=rule.name, mode=rule.mode, target=spec)
@@ -206,8 +210,8 @@ class Daemon:
 
     @staticmethod
     def _may_come(rule: Rule, exc: Error) -> bool:
-        """Whether the target may still appear: a container or named netns that is not there (yet), or a
-        target command that found nothing. A ``pid:N`` or a path that is gone never comes back."""
+        """Whether a target that could not be resolved may still appear: a container or named netns that is
+        not there (yet), or a target command that found nothing. A ``pid:N`` or a path never comes back."""
         if isinstance(exc, NotFoundError) and rule.target is not None:
             return rule.target.startswith(("container:", "netns:"))
         return isinstance(exc, (NotFoundError, StepError)) and rule.target_command is not None
