@@ -187,7 +187,10 @@ def io_dpdkeni(topo: Topo, backend: str, seconds: float, tx_method: Optional[str
                         tx_method=tx_method).start()
 
         def finish():
-            note(f"io {backend}", "forwarder", fwd.stats())
+            st = fwd.stats()
+            note(f"io {backend}", "forwarder", st)
+            a1 = st.ports[0]
+            input_drops(f"dpdkeni {backend}", a1.rx_packets, a1.rx_dropped)
             fwd.close()
         return finish
     return io_run(topo, seconds, start)
@@ -201,8 +204,23 @@ def io_testpmd(topo: Topo, backend: str, seconds: float) -> float:
         except BaseException:
             proc.stop()
             raise
-        return proc.stop
+
+        def finish():
+            out = proc.stop()
+            got = re.findall(r"NIC statistics for port 0\s+#+\s+RX-packets:\s+(\d+)\s+RX-missed:\s+(\d+)", out)
+            if got:
+                input_drops(f"testpmd net_{backend}", int(got[-1][0]), int(got[-1][1]))
+        return finish
     return io_run(topo, seconds, start)
+
+
+# per io line, the share of the frames offered to the forwarder that it dropped at its input (its receive ring
+# was full): ~0 means the forwarder kept up and the line measured the generator, not the forwarder
+DROPS: Dict[str, List[float]] = {}
+
+
+def input_drops(line: str, received: int, dropped: int) -> None:
+    DROPS.setdefault(line, []).append(100.0 * dropped / (received + dropped) if received + dropped else 0.0)
 
 
 # -- the table -------------------------------------------------------------------------------------------------
@@ -272,6 +290,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             if mine or ref:
                 print(f"| {title} | {backend} | {fmt(mine)} | {fmt(ref)} | {ratio(mine, ref)} | {spread(mine)} | "
                       f"{spread(ref)} |")
+    if io:
+        print("\nio forwarder input drops (% of frames offered to a1 that its receive ring had no room for; median, "
+              "per run): ~0 for both tools = the forwarder kept up, the generator on cpu0 set the rate")
+        for name in ("dpdkeni af_packet", "testpmd net_af_packet", "dpdkeni af_xdp", "testpmd net_af_xdp"):
+            vals = DROPS.get(name, [])
+            if vals:
+                print(f"  {name}: {statistics.median(vals):.1f} % ({', '.join(f'{v:.1f}' for v in vals)})")
     print("\nOptions used (dpdkeni as it described its ports; testpmd as launched, burst 32 for both):")
     for line, texts in OPTIONS.items():
         for text in texts:
