@@ -12,13 +12,13 @@ import importlib
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import models, netdev
 from .errors import Error, GuardError, InputError, NotFoundError
 from .guards import check_handoff
 from .inventory import Nic, find_nic, has_routes
-from .ledger import Lease, Ledger
+from .ledger import Lease, Leases, Ledger
 from .netns import Target, resolve_target
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def _dpdkmode():
 
 
 def find_lease(spec: Union[str, Nic], ledger: Optional[Ledger] = None,
-               leases: Optional[Dict[str, Lease]] = None) -> Optional[Lease]:
+               leases: Optional[Mapping[str, Lease]] = None) -> Optional[Lease]:
     """The lease of a NIC given as a Nic, a lease key, a PCI address, a MAC or its original interface name
     (``leases``: a snapshot already read)."""
     if leases is None:
@@ -55,10 +55,11 @@ def find_lease(spec: Union[str, Nic], ledger: Optional[Ledger] = None,
         names = {text}
         if text.count(":") in (1, 2) and "." in text:  # a PCI address, full or short
             keys.add(text if text.count(":") == 2 else f"0000:{text}")
-    for lease in leases.values():
-        o = lease.original
-        if lease.key in keys or (o.get("mac") or "").lower() in macs or o.get("ifname") in names:
-            return lease
+    peek = leases.peek if isinstance(leases, Leases) else (lambda k: leases[k].to_dict())
+    for key in leases:  # on the JSON dicts: only the match is converted
+        o = peek(key).get("original") or {}
+        if key in keys or (o.get("mac") or "").lower() in macs or o.get("ifname") in names:
+            return leases[key]
     return None
 
 
@@ -98,12 +99,13 @@ def _claim(ledger: Ledger, lease: Lease, target: Target) -> Optional[Lease]:
                      "release it first ('dpdkeni release')")
 
 
-def _auto_table(leases: Dict[str, Lease], target: Target, key: str, table: Optional[int],
+def _auto_table(leases: Mapping[str, Lease], target: Target, key: str, table: Optional[int],
                 index: int) -> Optional[int]:
     """Policy routing when another NIC is already leased into the same namespace (the cross-VPC case)."""
     if table is not None:
         return table or None
-    others = [x for x in leases.values() if x.target_id == target.ns_id and x.key != key]
+    peek = leases.peek if isinstance(leases, Leases) else (lambda k: leases[k].to_dict())
+    others = [k for k in leases if peek(k).get("target_id") == target.ns_id and k != key]
     return netdev.TABLE_BASE + index if others else None
 
 

@@ -36,6 +36,28 @@ def test_corrupt_ledger_is_clear_error(state_dir):
         Ledger().leases()
 
 
+def test_parse_cache_sees_other_writers_and_keeps_its_copy(state_dir):
+    """A read that finds the bytes it parsed last reuses the parse; a write by anyone else (here: the file
+    rewritten behind its back) is read afresh, and changing a lease handed out changes nothing stored."""
+    led = Ledger()
+    with led.transaction() as leases:
+        leases["a"] = Lease("a", "netdev", "pid:1", {"ifname": "ens1"}, params={"ifname": "eth0"})
+    got = led.get("a")
+    got.params["ifname"] = "mutated"
+    got.original["ifname"] = "mutated"
+    assert led.get("a").params == {"ifname": "eth0"} and led.get("a").original == {"ifname": "ens1"}
+    with led.transaction() as leases:
+        leases["a"].params["mtu"] = 1400
+    led.get("a").params.clear()
+    assert led.get("a").params == {"ifname": "eth0", "mtu": 1400}
+    path = os.path.join(state_dir, "leases.json")
+    doc = json.load(open(path))
+    doc["leases"]["a"]["target"] = "pid:2"
+    with open(path, "w") as f:
+        json.dump(doc, f, separators=(",", ":"), sort_keys=True)
+    assert led.get("a").target == "pid:2" and Ledger().leases()["a"].params["mtu"] == 1400
+
+
 def _claim(args):
     directory, n = args
     led = Ledger(directory)
