@@ -16,6 +16,6 @@ setup(
     install_requires=["cffi>=1.15", "pyroute2>=0.7", "pyudev>=0.24", "psutil>=5.9"],
     extras_require={"test": ["pytest>=7", "jsonschema>=4", "pyyaml>=6"],
                     "bench": ["matplotlib>=3.5"]},   # benchmarks/seed_table.py --plot only
-    entry_points={"console_scripts": ["dpdkeni=dpdkeni.cli:run", "dpdkeni-hook=dpdkeni.udev:main", "dpdkeni-cni=dpdkeni.cni:run"]},
+    entry_points={"console_scripts": ["dpdkeni=dpdkeni.cli:run", "dpdkeni-hook=dpdkeni.udev:main", "dpdkeni-cni=dpdkeni.cni_client:run"]},
     zip_safe=False,
 )

@@ -143,7 +143,7 @@ def find_nic_waiting(nic_spec: str, timeout: float):
     from .inventory import find_nic
 
     try:
-        return find_nic(nic_spec)
+        return find_nic(nic_spec, active=set)  # handoff.attach decides activity on its own snapshot
     except NotFoundError:
         if timeout <= 0:
             raise _not_there(nic_spec, timeout) from None
@@ -193,7 +193,7 @@ def _wait_netlink(nic_spec: str, timeout: float):
         ipr.bind()  # subscribe first, then look again: nothing that appears in between is missed
         while True:
             try:
-                return find_nic(nic_spec)
+                return find_nic(nic_spec, active=set)  # handoff.attach decides activity on its own snapshot
             except NotFoundError:
                 pass
             left = deadline - time.monotonic()

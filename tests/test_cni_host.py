@@ -304,7 +304,8 @@ def test_del_renames_a_returned_nic_that_udev_gave_its_name_as_altname(tmp_path,
 
 
 def test_benchmark_runs_both_plugins_on_the_same_nics(monkeypatch):
-    """benchmarks/cni.py, one round: both plugins measured, the reference named as Debian's build."""
+    """benchmarks/cni.py, one round: both plugins (dpdkeni-cni alone and through its server) measured, the
+    reference named as Debian's build."""
     import subprocess
     import sys
 
@@ -316,5 +317,48 @@ def test_benchmark_runs_both_plugins_on_the_same_nics(monkeypatch):
     doc = json.loads(out.stdout)
     assert "Debian containernetworking-plugins" in doc["reference"]
     rows = {r["plugin"]: r for r in doc["rows"]}
-    assert set(rows) == {"host-device", "dpdkeni-cni"} and rows["host-device"]["ratio_p50"] == 1.0
-    assert rows["dpdkeni-cni"]["runs"] == rows["host-device"]["runs"] == 1
+    assert set(rows) == {"host-device", "dpdkeni-cni", "dpdkeni-cni+serve"}
+    assert rows["host-device"]["ratio_p50"] == 1.0
+    assert rows["dpdkeni-cni"]["runs"] == rows["dpdkeni-cni+serve"]["runs"] == rows["host-device"]["runs"] == 1
+
+
+@pytest.fixture
+def cni_server(tmp_path, state_dir, stand_in_models):
+    """``dpdkeni cni serve`` on a socket of its own, with this test's state dir and models; stopped after."""
+    import signal
+    import subprocess
+    import sys
+    sock = str(tmp_path / "cni.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", "-v", "cni", "serve", "--socket", sock],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        assert "cni server listening" in first, first
+        yield sock, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_the_binary_hands_calls_to_the_resident_server(tmp_path, state_dir, netns_factory, stand_in, cni_server):
+    """With ``dpdkeni cni serve`` up, dpdkeni-cni (stdlib only) passes ADD, CHECK and DEL to it: the same results
+    as in-process, and the server logs each call. SIGTERM stops it and removes its socket."""
+    sock, proc = cni_server
+    ns, via = netns_factory(), {"DPDKENI_CNI_SOCKET": sock}
+    conf = _conf(tmp_path, subnet="198.18.62.0/24", device=stand_in)
+    mac = _link(stand_in)[0]
+    add = run_cni("ADD", conf, netns=f"/run/netns/{ns}", extra_env=via)
+    assert add.returncode == 0, add
+    assert add.doc["interfaces"][0] == {"name": "net1", "mac": mac, "sandbox": f"/run/netns/{ns}"}
+    assert _link("net1", ns)[0] == mac
+    check = run_cni("CHECK", with_prev(conf, add.doc), netns=f"/run/netns/{ns}", extra_env=via)
+    assert check.returncode == 0 and check.doc is None, check
+    bad = run_cni("ADD", {**conf, "device": "nosuchnic0", "wait": 0}, netns=f"/run/netns/{ns}", extra_env=via)
+    assert bad.returncode == 1 and bad.doc["code"] == 11 and "nosuchnic0 not found" in bad.doc["msg"], bad
+    gone = run_cni("DEL", with_prev(conf, add.doc), netns=f"/run/netns/{ns}", extra_env=via)
+    assert gone.returncode == 0 and _link(stand_in)[0] == mac and Ledger().leases() == {}
+    proc.send_signal(15)
+    assert proc.wait(timeout=30) == 0 and not os.path.exists(sock)
+    log = proc.stderr.read()
+    for call in ("ADD c0ffee net1 -> 0", "CHECK c0ffee net1 -> 0", "ADD c0ffee net1 -> 1", "DEL c0ffee net1 -> 0"):
+        assert call in log, log

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from .. import models
+
+if TYPE_CHECKING:
+    from .. import driver
 
 # the library modules are imported in the handlers: pyroute2 and psutil cost ~0.3 s to import, and every
 # dpdkeni command (the udev hook too) builds this parser

@@ -32,6 +32,14 @@ def _lab_unavailable() -> str:
     return ""
 
 
+@pytest.fixture
+def lab_possible() -> None:
+    """Skips, with the reason, where QEMU cannot run (for tests that boot a lab of their own)."""
+    reason = _lab_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def lab(pytestconfig) -> Iterator[Lab]:
     """The booted lab guest (built or reused image), shared by the whole session."""

@@ -1,0 +1,70 @@
+"""``dpdkeni cni serve``: the resident CNI plugin that :mod:`dpdkeni.cni_client` hands its calls to.
+
+The process has imported everything once, so a call costs the work itself. A unix stream socket (0600 in the
+state dir, root peers only, by SO_PEERCRED); each connection carries one call (one request line, one reply
+line ``{"rc", "stdout"}``) and gets its own thread: a call that waits for a hot-plugged NIC does not hold up
+the others. Namespaces are entered per thread (setns changes only the calling thread) and the ledger takes its
+own lock, as with separate processes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import struct
+import threading
+from typing import Optional
+
+from . import cni, unixsock
+from .cni_client import decode_request, socket_path
+
+log = logging.getLogger(__name__)
+
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class CniServer:
+    """Serve CNI calls on ``path`` (default :func:`~dpdkeni.cni_client.socket_path`) until :attr:`stop`."""
+
+    def __init__(self, path: Optional[str] = None) -> None:
+        self.path = path or socket_path()
+        self.stop = threading.Event()
+        self.calls = 0
+        self._sock: Optional[socket.socket] = None
+
+    def open(self) -> None:
+        """Bind the socket (a stale one of a server that died is replaced; a live one is an error)."""
+        self._sock = unixsock.listen(self.path, f"a dpdkeni cni server already listens on {self.path}",
+                                     backlog=64)
+        log.info("cni server listening on %s", self.path)
+
+    def serve(self) -> None:
+        """Accept calls until :attr:`stop` is set, then remove the socket (calls under way finish)."""
+        if self._sock is None:
+            self.open()
+        sock, self._sock = self._sock, None
+        unixsock.serve(sock, self.path, self.stop, self._call)
+
+    def _call(self, conn: socket.socket) -> None:
+        with conn:
+            pid, uid, _ = _CRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+            if uid != 0:
+                log.warning("cni call from pid %d uid %d refused (root only)", pid, uid)
+                return
+            with conn.makefile("rb") as f:
+                line = f.readline()
+            try:
+                environ, stdin = decode_request(line)
+            except (ValueError, KeyError, TypeError):
+                log.warning("malformed cni call from pid %d ignored", pid)
+                return
+            out = io.StringIO()
+            rc = cni.main(environ, io.BytesIO(stdin), out)
+            self.calls += 1
+            log.info("%s %s %s -> %d", environ.get("CNI_COMMAND"), environ.get("CNI_CONTAINERID"),
+                     environ.get("CNI_IFNAME"), rc)
+            try:
+                conn.sendall(json.dumps({"rc": rc, "stdout": out.getvalue()}).encode() + b"\n")
+            except OSError as exc:  # the runtime gave up on the call
+                log.warning("cni reply to pid %d lost: %s", pid, exc)

@@ -1,0 +1,66 @@
+"""Private unix stream sockets for dpdkeni's servers (``cni serve``, ``lab up``): made 0600, one server each."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import Callable, Optional
+
+from .errors import Error
+
+
+def answers(path: str) -> bool:
+    """Whether a server accepts connections on ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def listen(path: str, busy: str, hint: Optional[str] = None, backlog: int = 16,
+           accept_timeout: float = 0.2) -> socket.socket:
+    """A listening socket at ``path`` (mode 0600, its directory made 0700 if missing). A socket left by a server
+    that died is replaced; one that answers is an Error saying ``busy``. ``accept`` times out after
+    ``accept_timeout`` so a serve loop can check its stop flag."""
+    if os.path.exists(path):
+        if answers(path):
+            raise Error(busy, hint)
+        os.unlink(path)
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(backlog)
+    sock.settimeout(accept_timeout)
+    return sock
+
+
+def remove(path: str) -> None:
+    """Remove a server's socket file (gone already is fine)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def serve(sock: socket.socket, path: str, stop: threading.Event,
+          handle: Callable[[socket.socket], None]) -> None:
+    """Accept on ``sock`` until ``stop`` is set, each connection in a thread of its own running ``handle``;
+    then close the socket and remove ``path`` (connections under way finish)."""
+    try:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    finally:
+        sock.close()
+        remove(path)
