@@ -187,19 +187,23 @@ class Daemon:
                      or "released")
 
     def _attach(self, nic: Nic, key: str, rule: Rule) -> None:
-        self._waiting.pop(key, None)
+        """Resolve the rule's target and hand ``nic`` over; a target that may still come makes the NIC wait
+        (``waiting`` is said once, retries are quiet), anything else ends the wait."""
         try:
             spec = rule.resolve_target(nic)
             if spec in self._dead:
+                self._waiting.pop(key, None)
                 self._decide("skip", nic=key, rule=rule.name, why=f"target {spec} has exited")
                 return
             target = resolve_target(spec)
         except Error as exc:
             if self._may_come(rule, exc):
                 self._wait_for_target(nic, key, rule, exc)
-            else:
-                self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
+                return
+            self._waiting.pop(key, None)
+            self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
             return
+        self._waiting.pop(key, None)
         try:
             lease = handoff.attach(nic, target, **attach_kwargs(rule))
         except Error as exc:  # a failed handoff is undone and said once, never retried in a loop
@@ -234,15 +238,7 @@ class Daemon:
             if handoff.find_lease(current, Ledger(self.state)) is not None:
                 self._waiting.pop(key, None)
                 continue
-            self._waiting[key] = _Waiting(current, waiting.rule, now + RETRY_S)
-            self._retry(current, key, waiting.rule)
-
-    def _retry(self, nic: Nic, key: str, rule: Rule) -> None:
-        try:
-            resolve_target(rule.resolve_target(nic))
-        except Error:
-            return  # still not there: no log line per retry
-        self._attach(nic, key, rule)
+            self._attach(current, key, waiting.rule)
 
     def watcher_nic(self, key: str) -> Optional[Nic]:
         """The NIC the watcher knows under lease key ``key`` (PCI address, or ``if:NAME``), or None."""

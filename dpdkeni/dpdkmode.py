@@ -166,9 +166,9 @@ def _undo_hugetlbfs(d: Dict[str, Any]) -> None:
         return
     try:
         cap = hp.size_cap(d["pid"], d["path"])
-        left = (cap or 0) - d["bytes"] if "bytes" in d else 0
         if cap is None:
             return
+        left = cap - d["bytes"] if "bytes" in d else 0  # older ledgers recorded no share: unmount
         if left > 0:  # other NICs of this container still use it: shrink it to their shares
             hp.resize_hugetlbfs(d["path"], left, d.get("page_bytes", DEFAULT_PAGESIZE), d["pid"])
         else:

@@ -38,6 +38,11 @@ def _dpdkmode():
         raise InputError("dpdk mode is not available in this build") from None
 
 
+def _peeker(leases: Mapping[str, Lease]):
+    """``peek(key)``: a lease as its JSON dict, without converting it when ``leases`` is the ledger's own."""
+    return leases.peek if isinstance(leases, Leases) else (lambda k: leases[k].to_dict())
+
+
 def find_lease(spec: Union[str, Nic], ledger: Optional[Ledger] = None,
                leases: Optional[Mapping[str, Lease]] = None) -> Optional[Lease]:
     """The lease of a NIC given as a Nic, a lease key, a PCI address, a MAC or its original interface name
@@ -55,7 +60,7 @@ def find_lease(spec: Union[str, Nic], ledger: Optional[Ledger] = None,
         names = {text}
         if text.count(":") in (1, 2) and "." in text:  # a PCI address, full or short
             keys.add(text if text.count(":") == 2 else f"0000:{text}")
-    peek = leases.peek if isinstance(leases, Leases) else (lambda k: leases[k].to_dict())
+    peek = _peeker(leases)
     for key in leases:  # on the JSON dicts: only the match is converted
         o = peek(key).get("original") or {}
         if key in keys or (o.get("mac") or "").lower() in macs or o.get("ifname") in names:
@@ -104,7 +109,7 @@ def _auto_table(leases: Mapping[str, Lease], target: Target, key: str, table: Op
     """Policy routing when another NIC is already leased into the same namespace (the cross-VPC case)."""
     if table is not None:
         return table or None
-    peek = leases.peek if isinstance(leases, Leases) else (lambda k: leases[k].to_dict())
+    peek = _peeker(leases)
     others = [k for k in leases if peek(k).get("target_id") == target.ns_id and k != key]
     return netdev.TABLE_BASE + index if others else None
 

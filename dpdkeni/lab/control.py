@@ -62,8 +62,11 @@ class ControlServer:
     def _talk(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as reader:
             for line in reader:
+                req: Any = None
                 try:
                     req = json.loads(line)
+                    if not isinstance(req, dict):
+                        raise ValueError("a request is a JSON object")
                     op = self._ops.get(req.get("op"))
                     if op is None:
                         raise Error(f"unknown op {req.get('op')!r} (one of {', '.join(self._ops)})")
