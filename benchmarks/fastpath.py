@@ -5,8 +5,10 @@ Lines (64-byte frames, packets/s measured at the sink, median of the per-second 
 --runs runs, the tools interleaved run by run so drift hits both alike):
   txonly -> rxonly, direct topology (A a0 <-> b0 B): generator on cpu0, sink on cpu1
       dpdkeni AF_PACKET vs testpmd net_af_packet; dpdkeni AF_XDP vs testpmd net_af_xdp
-  io forwarding through a middle namespace (A a0 <-> a1 [fwd] b1 <-> b0 B): the same generator (dpdkeni AF_XDP
-      txonly, cpu0) and sink (dpdkeni AF_PACKET rxonly, cpu0) for every line; the forwarder on cpu1
+  io forwarding through a middle namespace (A a0 <-> a1 [fwd] b1 <-> b0 B): the same generator and sink (dpdkeni
+      AF_PACKET rxonly) on cpu0 for every line, the forwarder on cpu1. The generator is the kernel's XDP live
+      frames (xdpgen.py), which offers more than either forwarder can take, so the line measures the forwarders;
+      --io-generator af_xdp feeds them with dpdkeni's AF_XDP txonly instead, which saturates near their rate
   AF_PACKET transmit method: PACKET_TX_RING (the default) vs sendmmsg (dpdkeni txonly -> rxonly)
 testpmd runs with the EAL flags of reference/perf-baseline.md. Everything runs in namespaces made here and removed
 at the end; every run is bounded (--seconds). Run as root on a quiet machine.
@@ -14,6 +16,8 @@ at the end; every run is bounded (--seconds). Run as root on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -27,6 +31,7 @@ from typing import Callable, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from topo import Topo  # noqa: E402
+from xdpgen import xdp_pass  # noqa: E402
 
 from dpdkeni.fastpath import Forwarder  # noqa: E402
 
@@ -165,26 +170,47 @@ def pair_testpmd(topo: Topo, backend: str, seconds: float) -> float:
     return steady(testpmd_rates(out))
 
 
-def io_run(topo: Topo, seconds: float, forwarder: Callable[[], Callable[[], None]]) -> float:
-    """The common generator and sink around a forwarder in M; returns the sink's rate."""
+XDPGEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdpgen.py")
+OFFERED: Dict[str, List[float]] = {}     # per io line, the generator's rate (frames/s handed to a0)
+
+
+def io_run(topo: Topo, seconds: float, line: str, forwarder: Callable[[], Callable[[], None]],
+           generator: str = "kernel", pass_on_a1: bool = False) -> float:
+    """The common generator and sink around a forwarder in M; returns the sink's rate.
+
+    ``generator``: ``kernel`` (xdpgen.py: the kernel's XDP live frames, several times what either forwarder can
+    take, so the line measures the forwarder) or ``af_xdp`` (dpdkeni's own txonly, which saturates here about
+    where the forwarders do). ``pass_on_a1``: a forwarder without an XDP program of its own gets an XDP_PASS
+    one on a1, which the kernel generator's frames need to be received (the same receive path for both tools)."""
     # the sink shares cpu0 with the generator: it sleeps when idle (spin_us=0) so the generator keeps the core
     sink = Forwarder(["b0"], mode="rxonly", backend="af_packet", target=topo.target("b"), cpu=GEN_CPU,
                      spin_us=0).start()
-    finish = forwarder()
-    sampler = Sampler(sink)
-    try:
-        Forwarder(["a0"], mode="txonly", backend="af_xdp", target=topo.target("a"), cpu=GEN_CPU).run(seconds)
-    finally:
-        pps = sampler.stop()
-        finish()
-        sink.close()
+    with contextlib.ExitStack() as stack:
+        if generator == "kernel" and pass_on_a1:
+            stack.enter_context(xdp_pass(topo.ns["m"], "a1"))
+        finish = forwarder()
+        sampler = Sampler(sink)
+        try:
+            if generator == "kernel":
+                out = subprocess.run(topo.exec("a", "taskset", "-c", str(GEN_CPU), sys.executable, XDPGEN,
+                                               "--ifname", "a0", "--seconds", str(seconds)),
+                                     capture_output=True, text=True, timeout=seconds + 60)
+                if out.returncode:
+                    raise RuntimeError(out.stderr.strip())
+                got = json.loads(out.stdout)
+                OFFERED.setdefault(line, []).append(got["frames"] / got["seconds"])
+            else:
+                Forwarder(["a0"], mode="txonly", backend="af_xdp", target=topo.target("a"), cpu=GEN_CPU).run(seconds)
+        finally:
+            pps = sampler.stop()
+            finish()
+            sink.close()
     return pps
 
 
-def io_dpdkeni(topo: Topo, backend: str, seconds: float, tx_method: Optional[str] = None) -> float:
+def io_dpdkeni(topo: Topo, backend: str, seconds: float, generator: str) -> float:
     def start():
-        fwd = Forwarder(["a1", "b1"], mode="io", backend=backend, target=topo.target("m"), cpu=SINK_CPU,
-                        tx_method=tx_method).start()
+        fwd = Forwarder(["a1", "b1"], mode="io", backend=backend, target=topo.target("m"), cpu=SINK_CPU).start()
 
         def finish():
             st = fwd.stats()
@@ -193,10 +219,10 @@ def io_dpdkeni(topo: Topo, backend: str, seconds: float, tx_method: Optional[str
             input_drops(f"dpdkeni {backend}", a1.rx_packets, a1.rx_dropped)
             fwd.close()
         return finish
-    return io_run(topo, seconds, start)
+    return io_run(topo, seconds, f"dpdkeni {backend}", start, generator, pass_on_a1=backend == "af_packet")
 
 
-def io_testpmd(topo: Topo, backend: str, seconds: float) -> float:
+def io_testpmd(topo: Topo, backend: str, seconds: float, generator: str) -> float:
     def start():
         proc = TestPmd(topo, "m", backend, ["a1", "b1"], "io", SINK_CPU)
         try:
@@ -208,10 +234,10 @@ def io_testpmd(topo: Topo, backend: str, seconds: float) -> float:
         def finish():
             out = proc.stop()
             got = re.findall(r"NIC statistics for port 0\s+#+\s+RX-packets:\s+(\d+)\s+RX-missed:\s+(\d+)", out)
-            if got:
+            if got and backend == "af_xdp":    # net_af_packet (DPDK 22.11) leaves RX-missed at 0 whatever it drops
                 input_drops(f"testpmd net_{backend}", int(got[-1][0]), int(got[-1][1]))
         return finish
-    return io_run(topo, seconds, start)
+    return io_run(topo, seconds, f"testpmd net_{backend}", start, generator, pass_on_a1=backend == "af_packet")
 
 
 # per io line, the share of the frames offered to the forwarder that it dropped at its input (its receive ring
@@ -257,13 +283,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each run (default 4)")
     ap.add_argument("--runs", type=int, default=5, help="runs per line (default 5)")
     ap.add_argument("--skip-io", action="store_true")
+    ap.add_argument("--skip-pair", action="store_true", help="only the io forwarding lines")
+    ap.add_argument("--io-generator", choices=("kernel", "af_xdp"), default="kernel",
+                    help="what feeds the io forwarders: the kernel's XDP live frames (default; more than either "
+                         "forwarder takes) or dpdkeni's AF_XDP txonly (saturates near the forwarders' rate)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("benchmarks/fastpath.py: needs root (namespaces)", file=sys.stderr)
         return 2
     s = args.seconds
+    pair: Dict[str, List[float]] = {}
+    g = args.io_generator
     with Topo("direct") as direct:
-        pair = measure(args.runs, s, {
+        pair = {} if args.skip_pair else measure(args.runs, s, {
             "dpdkeni af_packet": lambda: pair_dpdkeni(direct, "af_packet", s),
             "testpmd net_af_packet": lambda: pair_testpmd(direct, "af_packet", s),
             "dpdkeni af_xdp": lambda: pair_dpdkeni(direct, "af_xdp", s),
@@ -274,10 +306,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.skip_io:
         with Topo("fwd") as mid:
             io = measure(args.runs, s, {
-                "dpdkeni af_packet": lambda: io_dpdkeni(mid, "af_packet", s),
-                "testpmd net_af_packet": lambda: io_testpmd(mid, "af_packet", s),
-                "dpdkeni af_xdp": lambda: io_dpdkeni(mid, "af_xdp", s),
-                "testpmd net_af_xdp": lambda: io_testpmd(mid, "af_xdp", s),
+                "dpdkeni af_packet": lambda: io_dpdkeni(mid, "af_packet", s, g),
+                "testpmd net_af_packet": lambda: io_testpmd(mid, "af_packet", s, g),
+                "dpdkeni af_xdp": lambda: io_dpdkeni(mid, "af_xdp", s, g),
+                "testpmd net_af_xdp": lambda: io_testpmd(mid, "af_xdp", s, g),
             })
     print(f"\n64-byte frames, packets/s at the sink (median of {args.runs} runs of {s:g} s; per-run values in "
           "k after the bars). Goal: dpdkeni >= 1.2x testpmd.\n")
@@ -291,12 +323,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"| {title} | {backend} | {fmt(mine)} | {fmt(ref)} | {ratio(mine, ref)} | {spread(mine)} | "
                       f"{spread(ref)} |")
     if io:
-        print("\nio forwarder input drops (% of frames offered to a1 that its receive ring had no room for; median, "
-              "per run): ~0 for both tools = the forwarder kept up, the generator on cpu0 set the rate")
+        print("\nio forwarder input drops (% of the frames offered to a1 that the forwarder's receive ring had no "
+              "room for; median, per run): well above 0 = the forwarder was the bottleneck, ~0 = the generator was")
         for name in ("dpdkeni af_packet", "testpmd net_af_packet", "dpdkeni af_xdp", "testpmd net_af_xdp"):
             vals = DROPS.get(name, [])
             if vals:
                 print(f"  {name}: {statistics.median(vals):.1f} % ({', '.join(f'{v:.1f}' for v in vals)})")
+            elif name == "testpmd net_af_packet":
+                print(f"  {name}: not reported (the PMD's RX-missed stays 0)")
+        if OFFERED:
+            print("io generator's rate (frames/s handed to a0 by the kernel; median, per run in k):")
+            for name, vals in OFFERED.items():
+                print(f"  {name}: {fmt(vals)} ({spread(vals)})")
     print("\nOptions used (dpdkeni as it described its ports; testpmd as launched, burst 32 for both):")
     for line, texts in OPTIONS.items():
         for text in texts:
@@ -304,7 +342,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     for backend in ("af_packet", "af_xdp"):
         print(f"  testpmd {backend}: --vdev {testpmd_vdev(backend, 'IF', 0)}, --txpkts=64, "
               f"--total-num-mbufs=32768, lcores 0@other,1@fwd-cpu")
-    print("  io lines: generator dpdkeni af_xdp txonly (cpu0), sink dpdkeni af_packet rxonly spin_us=0 (cpu0), "
+    gen = ("the kernel's XDP live frames (xdpgen.py; an XDP_PASS program on a1 for the af_packet forwarders)"
+           if g == "kernel" else "dpdkeni af_xdp txonly")
+    print(f"  io lines: generator {gen} (cpu0), sink dpdkeni af_packet rxonly spin_us=0 (cpu0), "
           "forwarder on cpu1")
     mm, ring = pair.get("dpdkeni af_packet sendmmsg", []), pair.get("dpdkeni af_packet", [])
     print(f"\nAF_PACKET transmit (the default, PACKET_TX_RING, is the af_packet line above): PACKET_TX_RING "

@@ -21,12 +21,11 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fastpath import Sampler  # noqa: E402

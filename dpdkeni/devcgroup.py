@@ -23,7 +23,11 @@ import struct
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import nsexec
+from . import bpfsys, nsexec
+from .bpfsys import (BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_ATTACH, BPF_PROG_DETACH, BPF_PROG_GET_FD_BY_ID, BPF_PROG_QUERY,
+                     BPF_PROG_TYPE_CGROUP_DEVICE, insn)
+from .bpfsys import addr as _addr
+from .bpfsys import call as _bpf
 from .errors import Error, os_error_message
 
 log = logging.getLogger(__name__)
@@ -150,27 +154,9 @@ def revoke_v1(cgroup: str, added: Sequence[str]) -> None:
 
 # --- bpf(2) -------------------------------------------------------------------------------------------------------
 
-_NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
-BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH = 5, 8, 9
-BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_QUERY = 13, 15, 16
-BPF_PROG_TYPE_CGROUP_DEVICE, BPF_CGROUP_DEVICE = 15, 6
+BPF_CGROUP_DEVICE = 6
 BPF_F_ALLOW_OVERRIDE, BPF_F_ALLOW_MULTI, BPF_F_REPLACE = 1, 2, 4
 BPF_F_QUERY_EFFECTIVE = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def _bpf(cmd: int, attr: bytes, what: str) -> Tuple[int, bytes]:
-    buf = ctypes.create_string_buffer(attr.ljust(128, b"\0"), 128)
-    ret = _libc.syscall(ctypes.c_long(_NR_BPF), ctypes.c_int(cmd), buf, ctypes.c_uint(128))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"bpf {what}: {os.strerror(err)}")
-    return ret, buf.raw
-
-
-def _addr(buf: ctypes.Array) -> int:
-    return ctypes.addressof(buf)
 
 
 def query(cgroup_fd: int, effective: bool = False) -> Tuple[int, List[int]]:
@@ -212,16 +198,7 @@ def prog_info(fd: int) -> ProgInfo:
 
 def load(insns: bytes, name: str = "dpdkeni_dev") -> int:
     """Load a cgroup device program; returns its fd. The verifier's log is in the error when it refuses."""
-    log_buf = ctypes.create_string_buffer(65536)
-    code = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(b"GPL")
-    attr = struct.pack("<IIQQIIQII16sII", BPF_PROG_TYPE_CGROUP_DEVICE, len(insns) // 8, _addr(code), _addr(lic),
-                       1, len(log_buf), _addr(log_buf), 0, 0, name.encode()[:15], 0, BPF_CGROUP_DEVICE)
-    try:
-        return _bpf(BPF_PROG_LOAD, attr, "load")[0]
-    except OSError as exc:
-        text = log_buf.value.decode(errors="replace").strip().splitlines()[-3:]
-        raise OSError(exc.errno, f"{exc.strerror}; verifier: {' | '.join(text)}") from exc
+    return bpfsys.load(BPF_PROG_TYPE_CGROUP_DEVICE, insns, name, BPF_CGROUP_DEVICE)
 
 
 def attach(cgroup_fd: int, fd: int, flags: int, replace_fd: int = 0) -> None:
@@ -237,11 +214,6 @@ def detach(cgroup_fd: int, fd: int) -> None:
 # --- instructions ----------------------------------------------------------------------------------------------
 
 MARKER = 0x64706b65  # "dpke": the first instruction of our block, a no-op (r0 is set again before any exit)
-
-
-def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    """One ``struct bpf_insn``."""
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
 
 
 def _unpack(insns: bytes) -> List[Tuple[int, int, int, int, int]]:
