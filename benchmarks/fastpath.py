@@ -5,10 +5,13 @@ Lines (64-byte frames, packets/s measured at the sink, median of the per-second 
 --runs runs, the tools interleaved run by run so drift hits both alike):
   txonly -> rxonly, direct topology (A a0 <-> b0 B): generator on cpu0, sink on cpu1
       dpdkeni AF_PACKET vs testpmd net_af_packet; dpdkeni AF_XDP vs testpmd net_af_xdp
-  io forwarding through a middle namespace (A a0 <-> a1 [fwd] b1 <-> b0 B): the same generator and sink (dpdkeni
-      AF_PACKET rxonly) on cpu0 for every line, the forwarder on cpu1. The generator is the kernel's XDP live
-      frames (xdpgen.py), which offers more than either forwarder can take, so the line measures the forwarders;
-      --io-generator af_xdp feeds them with dpdkeni's AF_XDP txonly instead, which saturates near their rate
+  io forwarding through a middle namespace (A a0 <-> a1 [fwd] b1 <-> b0 B): the same generator and sink on cpu0
+      for every line, the forwarder alone on cpu1. The generator is the kernel's XDP live frames (xdpgen.py),
+      which offers more than either forwarder can take; the sink is b0's kernel receive counter, with b0's receive
+      processing steered to cpu0 (RPS), so cpu1 does the forwarder's work only and the line measures the
+      forwarders. --io-generator af_xdp (dpdkeni's AF_XDP txonly, which saturates near the forwarders' rate) and
+      --io-sink rxonly (dpdkeni AF_PACKET rxonly; b0's receive then runs on cpu1, in the forwarder's transmit)
+      give the earlier setups
   AF_PACKET transmit method: PACKET_TX_RING (the default) vs sendmmsg (dpdkeni txonly -> rxonly)
 testpmd runs with the EAL flags of reference/perf-baseline.md. Everything runs in namespaces made here and removed
 at the end; every run is bounded (--seconds). Run as root on a quiet machine.
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +47,29 @@ def steady(samples: List[float]) -> float:
     nonzero = [s for s in samples if s > 0]
     core = nonzero[1:-1] if len(nonzero) > 3 else nonzero
     return statistics.median(core) if core else 0.0
+
+
+class CounterSampler:
+    """The per-second rate of an interface's kernel receive counter, read once a second."""
+
+    def __init__(self, topo: Topo, role: str, ifname: str) -> None:
+        self.samples: List[float] = []
+        self._read = lambda: topo.rx_packets(role, ifname)
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        last, t_last = self._read(), time.monotonic()
+        while not self._stop.wait(1.0):
+            now, t_now = self._read(), time.monotonic()
+            self.samples.append((now - last) / (t_now - t_last))
+            last, t_last = now, t_now
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join()
+        return steady(self.samples)
 
 
 class Sampler:
@@ -174,24 +201,37 @@ XDPGEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdpgen.py")
 OFFERED: Dict[str, List[float]] = {}     # per io line, the generator's rate (frames/s handed to a0)
 
 
-def io_run(topo: Topo, seconds: float, line: str, forwarder: Callable[[], Callable[[], None]],
-           generator: str = "kernel", pass_on_a1: bool = False) -> float:
-    """The common generator and sink around a forwarder in M; returns the sink's rate.
+@dataclass(frozen=True)
+class IoSetup:
+    """What surrounds the forwarder on the io lines (the same for every line of an invocation).
 
     ``generator``: ``kernel`` (xdpgen.py: the kernel's XDP live frames, several times what either forwarder can
-    take, so the line measures the forwarder) or ``af_xdp`` (dpdkeni's own txonly, which saturates here about
-    where the forwarders do). ``pass_on_a1``: a forwarder without an XDP program of its own gets an XDP_PASS
-    one on a1, which the kernel generator's frames need to be received (the same receive path for both tools)."""
-    # the sink shares cpu0 with the generator: it sleeps when idle (spin_us=0) so the generator keeps the core
-    sink = Forwarder(["b0"], mode="rxonly", backend="af_packet", target=topo.target("b"), cpu=GEN_CPU,
-                     spin_us=0).start()
+    take) or ``af_xdp`` (dpdkeni's own txonly, which saturates here about where the forwarders do).
+    ``sink``: ``counter`` (b0's kernel receive counter, with b0's receive processing steered to cpu0 by RPS, so
+    the forwarder's core does the forwarder's work only) or ``rxonly`` (dpdkeni AF_PACKET rxonly on cpu0; b0's
+    receive processing, the sink's ring included, then runs on the forwarder's core, inside its transmit)."""
+
+    generator: str = "kernel"
+    sink: str = "counter"
+
+
+def io_run(topo: Topo, seconds: float, line: str, forwarder: Callable[[], Callable[[], None]], setup: IoSetup,
+           pass_on_a1: bool = False) -> float:
+    """The common generator and sink around a forwarder in M; returns the rate at b0. ``pass_on_a1``: a forwarder
+    without an XDP program of its own gets an XDP_PASS one on a1, which the kernel generator's frames need to be
+    received (the same receive path for both tools)."""
     with contextlib.ExitStack() as stack:
-        if generator == "kernel" and pass_on_a1:
+        if setup.sink == "rxonly":
+            # the sink shares cpu0 with the generator: it sleeps when idle (spin_us=0) so the generator keeps the core
+            sink = Forwarder(["b0"], mode="rxonly", backend="af_packet", target=topo.target("b"), cpu=GEN_CPU,
+                             spin_us=0).start()
+            stack.callback(sink.close)
+        if setup.generator == "kernel" and pass_on_a1:
             stack.enter_context(xdp_pass(topo.ns["m"], "a1"))
         finish = forwarder()
-        sampler = Sampler(sink)
+        sampler = Sampler(sink) if setup.sink == "rxonly" else CounterSampler(topo, "b", "b0")
         try:
-            if generator == "kernel":
+            if setup.generator == "kernel":
                 out = subprocess.run(topo.exec("a", "taskset", "-c", str(GEN_CPU), sys.executable, XDPGEN,
                                                "--ifname", "a0", "--seconds", str(seconds)),
                                      capture_output=True, text=True, timeout=seconds + 60)
@@ -204,11 +244,10 @@ def io_run(topo: Topo, seconds: float, line: str, forwarder: Callable[[], Callab
         finally:
             pps = sampler.stop()
             finish()
-            sink.close()
     return pps
 
 
-def io_dpdkeni(topo: Topo, backend: str, seconds: float, generator: str) -> float:
+def io_dpdkeni(topo: Topo, backend: str, seconds: float, setup: IoSetup) -> float:
     def start():
         fwd = Forwarder(["a1", "b1"], mode="io", backend=backend, target=topo.target("m"), cpu=SINK_CPU).start()
 
@@ -219,10 +258,10 @@ def io_dpdkeni(topo: Topo, backend: str, seconds: float, generator: str) -> floa
             input_drops(f"dpdkeni {backend}", a1.rx_packets, a1.rx_dropped)
             fwd.close()
         return finish
-    return io_run(topo, seconds, f"dpdkeni {backend}", start, generator, pass_on_a1=backend == "af_packet")
+    return io_run(topo, seconds, f"dpdkeni {backend}", start, setup, pass_on_a1=backend == "af_packet")
 
 
-def io_testpmd(topo: Topo, backend: str, seconds: float, generator: str) -> float:
+def io_testpmd(topo: Topo, backend: str, seconds: float, setup: IoSetup) -> float:
     def start():
         proc = TestPmd(topo, "m", backend, ["a1", "b1"], "io", SINK_CPU)
         try:
@@ -237,7 +276,7 @@ def io_testpmd(topo: Topo, backend: str, seconds: float, generator: str) -> floa
             if got and backend == "af_xdp":    # net_af_packet (DPDK 22.11) leaves RX-missed at 0 whatever it drops
                 input_drops(f"testpmd net_{backend}", int(got[-1][0]), int(got[-1][1]))
         return finish
-    return io_run(topo, seconds, f"testpmd net_{backend}", start, generator, pass_on_a1=backend == "af_packet")
+    return io_run(topo, seconds, f"testpmd net_{backend}", start, setup, pass_on_a1=backend == "af_packet")
 
 
 # per io line, the share of the frames offered to the forwarder that it dropped at its input (its receive ring
@@ -287,6 +326,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--io-generator", choices=("kernel", "af_xdp"), default="kernel",
                     help="what feeds the io forwarders: the kernel's XDP live frames (default; more than either "
                          "forwarder takes) or dpdkeni's AF_XDP txonly (saturates near the forwarders' rate)")
+    ap.add_argument("--io-sink", choices=("counter", "rxonly"), default="counter",
+                    help="what counts the io lines at b0: its kernel counter with its receive steered to cpu0 "
+                         "(default: the forwarder's core forwards only) or dpdkeni rxonly, whose receive then "
+                         "runs on the forwarder's core")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("benchmarks/fastpath.py: needs root (namespaces)", file=sys.stderr)
@@ -294,6 +337,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     s = args.seconds
     pair: Dict[str, List[float]] = {}
     g = args.io_generator
+    setup = IoSetup(args.io_generator, args.io_sink)
     with Topo("direct") as direct:
         pair = {} if args.skip_pair else measure(args.runs, s, {
             "dpdkeni af_packet": lambda: pair_dpdkeni(direct, "af_packet", s),
@@ -305,11 +349,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     io: Dict[str, List[float]] = {}
     if not args.skip_io:
         with Topo("fwd") as mid:
+            if setup.sink == "counter":
+                mid.steer("b", "b0", GEN_CPU)
             io = measure(args.runs, s, {
-                "dpdkeni af_packet": lambda: io_dpdkeni(mid, "af_packet", s, g),
-                "testpmd net_af_packet": lambda: io_testpmd(mid, "af_packet", s, g),
-                "dpdkeni af_xdp": lambda: io_dpdkeni(mid, "af_xdp", s, g),
-                "testpmd net_af_xdp": lambda: io_testpmd(mid, "af_xdp", s, g),
+                "dpdkeni af_packet": lambda: io_dpdkeni(mid, "af_packet", s, setup),
+                "testpmd net_af_packet": lambda: io_testpmd(mid, "af_packet", s, setup),
+                "dpdkeni af_xdp": lambda: io_dpdkeni(mid, "af_xdp", s, setup),
+                "testpmd net_af_xdp": lambda: io_testpmd(mid, "af_xdp", s, setup),
             })
     print(f"\n64-byte frames, packets/s at the sink (median of {args.runs} runs of {s:g} s; per-run values in "
           "k after the bars). Goal: dpdkeni >= 1.2x testpmd.\n")
@@ -344,7 +390,9 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"--total-num-mbufs=32768, lcores 0@other,1@fwd-cpu")
     gen = ("the kernel's XDP live frames (xdpgen.py; an XDP_PASS program on a1 for the af_packet forwarders)"
            if g == "kernel" else "dpdkeni af_xdp txonly")
-    print(f"  io lines: generator {gen} (cpu0), sink dpdkeni af_packet rxonly spin_us=0 (cpu0), "
+    sink = ("b0's kernel receive counter, b0's receive steered to cpu0 (RPS)" if setup.sink == "counter"
+            else "dpdkeni af_packet rxonly spin_us=0 (cpu0)")
+    print(f"  io lines: generator {gen} (cpu0), sink {sink}, "
           "forwarder on cpu1")
     mm, ring = pair.get("dpdkeni af_packet sendmmsg", []), pair.get("dpdkeni af_packet", [])
     print(f"\nAF_PACKET transmit (the default, PACKET_TX_RING, is the af_packet line above): PACKET_TX_RING "

@@ -141,6 +141,17 @@ class Topo:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def steer(self, role: str, ifname: str, cpu: int) -> None:
+        """Receive packet steering: ``ifname``'s received frames are processed on ``cpu`` (RPS on queue 0), not on
+        the core of whoever sent them into the veth."""
+        subprocess.run(self.exec(role, "sh", "-c", f"echo {1 << cpu:x} > /sys/class/net/{ifname}/queues/rx-0/rps_cpus"),
+                       check=True, capture_output=True)
+
+    def rx_packets(self, role: str, ifname: str) -> int:
+        """The kernel's count of frames ``ifname`` received (IFLA_STATS64)."""
+        with NetNS(self.ns[role]) as n:
+            return n.get_links(n.link_lookup(ifname=ifname)[0])[0].get_attr("IFLA_STATS64")["rx_packets"]
+
     def target(self, role: str) -> str:
         return f"netns:{self.ns[role]}"
 

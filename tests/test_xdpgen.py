@@ -33,7 +33,9 @@ def test_frames_arrive_intact_and_count_is_exact():
             netns.popns()
         got = collect(sock, 200, b"\x08\x00")
         sock.close()
+        counted = t.rx_packets("b", "b0")    # the benchmark's io sink: b0's own receive counter
     assert sent == 200
+    assert counted == len(got)
     # the veth's receive ring can drop under load, but what arrives is the frame itself, and never more than sent
     assert 0 < len(got) <= 200
     assert all(g == frame for g in got)
@@ -55,3 +57,11 @@ def test_time_bound_and_json_line():
 def test_bad_input_is_one_line(args, code, text):
     out = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=30)
     assert out.returncode == code and text in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_steer_sets_the_receive_cpu_mask():
+    with Topo("direct", unique("dkg")) as t:
+        t.steer("b", "b0", 1)
+        out = subprocess.run(t.exec("b", "cat", "/sys/class/net/b0/queues/rx-0/rps_cpus"), capture_output=True,
+                             text=True, check=True)
+    assert int(out.stdout.strip().replace(",", ""), 16) == 0b10
