@@ -61,6 +61,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:      # last resort: a system error no layer below named; still one line, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"dpdkeni: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 def run() -> NoReturn:

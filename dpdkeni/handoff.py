@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import models, netdev
-from .errors import Error, GuardError, InputError, NotFoundError
+from .errors import Error, GuardError, InputError, NotFoundError, os_error_message
 from .guards import check_handoff
 from .inventory import Nic, find_nic, has_routes
 from .ledger import Lease, Leases, Ledger
@@ -201,6 +201,8 @@ def _in_threads(fn: Any, items: List[Any], workers: int) -> List[Any]:
             return fn(item)
         except Error as exc:
             return exc
+        except OSError as exc:      # one NIC's system error must not stop the others or go unreported
+            return os_error_message(exc, str(item.get("nic") if isinstance(item, dict) else item))
 
     if workers <= 1 or len(items) <= 1:
         return [guarded(i) for i in items]

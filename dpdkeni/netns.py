@@ -65,6 +65,8 @@ def _pid_target(spec: str, pid: int) -> Target:
         return Target(spec, path, _ns_id(path), pid)
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise NotFoundError(f"target {spec}: no process {pid}") from exc
+    except PermissionError as exc:
+        raise InputError(f"target {spec}: its network namespace cannot be opened ({path}: {exc.strerror})") from exc
 
 
 def container_pid(cid: str, state_dirs: Optional[List[str]] = None) -> int:

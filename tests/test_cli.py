@@ -61,3 +61,24 @@ def test_parser_does_not_import_netlink_or_psutil():
             "print(sorted(m for m in ('pyroute2', 'psutil', 'dpdkeni.handoff', 'dpdkeni.driver') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_unnamed_system_error_is_still_one_line(capsys, monkeypatch):
+    """The last resort in main(): an OSError no layer turned into a dpdkeni Error gives one line and status 1."""
+    from dpdkeni import cli as cli_mod
+
+    def boom(args):
+        raise PermissionError(13, "Permission denied", "/proc/1/ns/net")
+    parser = cli_mod.build_parser
+    monkeypatch.setattr(cli_mod, "build_parser", lambda: _with_func(parser(), boom))
+    assert cli_mod.main(["show", "eth0"]) == 1
+    err = capsys.readouterr().err
+    assert err == "dpdkeni: error: Permission denied (/proc/1/ns/net)\n"
+
+
+def _with_func(parser, func):
+    parser.set_defaults(func=func)
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            sub.set_defaults(func=func)
+    return parser

@@ -46,3 +46,15 @@ def test_dead_pid():
 def test_container_by_cgroup_absent():
     with pytest.raises(NotFoundError, match="not found"):
         resolve_target("container:deadbeefcafe0000")
+
+
+def test_pid_whose_namespace_cannot_be_opened(monkeypatch):
+    """A process whose /proc/PID/ns/net is not ours to open (another user namespace, ptrace rules): one clear
+    InputError, not a PermissionError traceback."""
+    import dpdkeni.netns as netns_mod
+
+    def denied(path, *a, **k):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(netns_mod.os, "stat", denied)
+    with pytest.raises(InputError, match=r"pid:%d: its network namespace cannot be opened" % os.getpid()):
+        resolve_target(f"pid:{os.getpid()}")

@@ -14,8 +14,111 @@ def _emit(obj: object) -> None:
     emit_json(obj)
 
 
+# the keys of a --batch item and the attach() argument each one sets
+BATCH_KEYS = {"nic": "nic", "to": "target", "target": "target", "mode": "mode", "ifname": "ifname",
+              "addresses": "addresses", "gateway": "gateway", "mtu": "mtu", "dhcp": "dhcp", "table": "table",
+              "hugepages": "hugepages", "driver": "driver", "noiommu": "noiommu", "force": "force"}
+
+
+BATCH_TYPES = {"nic": str, "to": str, "target": str, "mode": str, "ifname": str, "addresses": str, "gateway": str,
+               "mtu": int, "dhcp": bool, "table": int, "hugepages": str, "driver": str, "noiommu": bool,
+               "force": bool}
+
+
+def read_batch(path: str) -> List[Dict[str, Any]]:
+    """The attach requests of a ``--batch`` file (``-``: standard input): a JSON array of objects with the keys
+    of :data:`BATCH_KEYS`; ``nic`` and ``to`` are required. Every item is checked before anything is done."""
+    import json
+
+    from ..errors import InputError
+    try:
+        text = sys.stdin.read() if path == "-" else open(path).read()
+        items = json.loads(text)
+    except OSError as exc:
+        raise InputError(f"--batch {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise InputError(f"--batch {path}: not JSON ({exc})") from exc
+    if not isinstance(items, list) or not items:
+        raise InputError(f"--batch {path}: expected a non-empty JSON array of attach requests")
+    requests = []
+    for n, item in enumerate(items, 1):
+        if not isinstance(item, dict):
+            raise InputError(f"--batch item {n}: expected an object, got {type(item).__name__}")
+        unknown = sorted(set(item) - set(BATCH_KEYS))
+        if unknown:
+            raise InputError(f"--batch item {n}: unknown key {unknown[0]!r} (known: {', '.join(sorted(BATCH_KEYS))})")
+        if "to" in item and "target" in item:
+            raise InputError(f"--batch item {n}: give 'to' or 'target', not both")
+        if not item.get("nic"):
+            raise InputError(f"--batch item {n}: 'nic' is required (a string)")
+        if not (item.get("to") or item.get("target")):
+            raise InputError(f"--batch item {n}: 'to' is required (a string)")
+        for key, value in item.items():
+            want = BATCH_TYPES[key]
+            if key == "addresses" and isinstance(value, list) and all(isinstance(a, str) for a in value):
+                continue
+            if value is None and key not in ("nic", "to", "target") or \
+                    isinstance(value, want) and not (want is int and isinstance(value, bool)):
+                continue
+            kind = {str: "a string", int: "an integer", bool: "true or false"}[want]
+            raise InputError(f"--batch item {n}: {key!r} must be {kind}"
+                             + (" or a list of strings" if key == "addresses" else "") + f", not {value!r}")
+        req = {BATCH_KEYS[k]: v for k, v in item.items() if v is not None}
+        if isinstance(req.get("addresses"), str):
+            req["addresses"] = [req["addresses"]]
+        requests.append(req)
+    nics = [r["nic"] for r in requests]
+    twice = sorted({x for x in nics if nics.count(x) > 1})
+    if twice:
+        raise InputError(f"--batch {path}: {twice[0]} is asked for more than once")
+    return requests
+
+
+def cmd_attach_batch(args: argparse.Namespace) -> int:
+    """``attach --batch FILE``: every request at once (handoff.attach_many); with --atomic, NICs attached before
+    one failed are released again."""
+    from .. import handoff
+    from ..errors import Error
+    requests = read_batch(args.batch)
+    for r in requests:
+        r["dry_run"] = args.dry_run
+    results = handoff.attach_many(requests)
+    failed = [(r, x) for r, x in zip(requests, results) if isinstance(x, Error)]
+    undone = set()      # indexes of requests attached, then released again (--atomic)
+    if failed and args.atomic and not args.dry_run:
+        done = [i for i, x in enumerate(results) if not isinstance(x, Error)]
+        back = handoff.release_many([requests[i]["nic"] for i in done])
+        undone = {i for i, x in zip(done, back) if not isinstance(x, Error)}
+    if args.json:
+        _emit([{"nic": r["nic"], "error": str(x), "exit_code": x.exit_code} if isinstance(x, Error)
+               else dict(x.to_dict(), released_again=i in undone) for i, (r, x) in enumerate(zip(requests, results))])
+    else:
+        for i, (r, x) in enumerate(zip(requests, results)):
+            if isinstance(x, Error):
+                print(f"dpdkeni: error: {r['nic']}: {x}", file=sys.stderr)
+            else:
+                where = f" as {x.params.get('ifname')}" if x.mode == "netdev" else " (dpdk)"
+                verb = "planned" if args.dry_run else "attached"
+                print(f"{verb} {x.key} to {x.target}{where}" + (" (released again: --atomic)" if i in undone
+                                                                   else ""))
+        if failed:
+            print(f"dpdkeni: {len(failed)} of {len(requests)} failed"
+                  + (f"; {len(undone)} attached ones released again (--atomic)" if args.atomic else ""),
+                  file=sys.stderr)
+    return max((x.exit_code for _, x in failed), default=0)
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     from .. import handoff
+    from ..errors import InputError
+    if args.batch:
+        if args.nic or args.to:
+            raise InputError("--batch takes the NICs and targets from its file: give no NIC and no --to")
+        return cmd_attach_batch(args)
+    if not args.nic or not args.to:
+        raise InputError("attach needs a NIC and --to TARGET (or --batch FILE)")
+    if args.atomic:
+        raise InputError("--atomic is for --batch")
     lease = handoff.attach(args.nic, args.to, mode=args.mode, ifname=args.ifname, addresses=args.address,
                            gateway=args.gateway, mtu=args.mtu, dhcp=args.dhcp, hugepages=args.hugepages,
                            driver=args.driver, noiommu=args.noiommu, force=args.force, dry_run=args.dry_run,
@@ -34,11 +137,27 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from .. import handoff
-    lease = handoff.release(args.nic, force=args.force)
+    from ..errors import Error
+    if len(args.nic) > 1:
+        results = handoff.release_many(args.nic, force=args.force)
+        if args.json:
+            _emit([{"nic": n, "error": str(x), "exit_code": x.exit_code} if isinstance(x, Error)
+                   else (x.to_dict() if x else None) for n, x in zip(args.nic, results)])
+        for n, x in zip(args.nic, results):
+            if isinstance(x, Error):
+                print(f"dpdkeni: error: {n}: {x}", file=sys.stderr)
+            elif args.json:
+                continue
+            elif x is None:
+                print(f"{n} is not leased; nothing to do", file=sys.stderr)
+            else:
+                print(f"released {x.key} from {x.target} ({x.params.get('outcome', 'returned')})")
+        return max((x.exit_code for x in results if isinstance(x, Error)), default=0)
+    lease = handoff.release(args.nic[0], force=args.force)
     if args.json:
         _emit(lease.to_dict() if lease else None)
     elif lease is None:
-        print(f"{args.nic} is not leased; nothing to do", file=sys.stderr)
+        print(f"{args.nic[0]} is not leased; nothing to do", file=sys.stderr)
     else:
         print(f"released {lease.key} from {lease.target} ({lease.params.get('outcome', 'returned')})")
     return 0
@@ -86,9 +205,13 @@ def cmd_leases(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``attach``, ``release``, ``recover`` and ``leases``."""
     p = sub.add_parser("attach", help="hand a NIC to a container (kernel interface or DPDK port)")
-    p.add_argument("nic", metavar="NIC", help="PCI address, MAC or interface name")
-    p.add_argument("--to", required=True, metavar="TARGET",
-                   help="pid:N, netns:NAME, container:ID or a path to a netns file")
+    p.add_argument("nic", metavar="NIC", nargs="?", help="PCI address, MAC or interface name")
+    p.add_argument("--to", metavar="TARGET", help="pid:N, netns:NAME, container:ID or a path to a netns file")
+    p.add_argument("--batch", metavar="FILE",
+                   help="attach many NICs at once: a JSON array of {nic, to, and any of mode, ifname, addresses, "
+                        "gateway, mtu, dhcp, table, hugepages, driver, noiommu, force} ('-': stdin)")
+    p.add_argument("--atomic", action="store_true",
+                   help="with --batch: if any NIC fails, release the ones attached (all or nothing)")
     p.add_argument("--mode", choices=models.MODES, default="netdev")
     p.add_argument("--ifname", default="eth0", help="name inside the container (default eth0)")
     p.add_argument("--address", action="append", default=[], metavar="CIDR", help="address to add (repeatable)")
@@ -106,7 +229,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(func=cmd_attach)
     p = sub.add_parser("release", help="take a NIC back to the host as it was")
-    p.add_argument("nic", metavar="NIC", help="PCI address, MAC or original interface name")
+    p.add_argument("nic", metavar="NIC", nargs="+", help="PCI address, MAC or original interface name (several: "
+                                                            "released together)")
     p.add_argument("--force", action="store_true",
                    help="when the original name is taken on the host, return the NIC under another name")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
