@@ -14,15 +14,21 @@ def _emit(obj: object) -> None:
     emit_json(obj)
 
 
-# the keys of a --batch item and the attach() argument each one sets
-BATCH_KEYS = {"nic": "nic", "to": "target", "target": "target", "mode": "mode", "ifname": "ifname",
-              "addresses": "addresses", "gateway": "gateway", "mtu": "mtu", "dhcp": "dhcp", "table": "table",
-              "hugepages": "hugepages", "driver": "driver", "noiommu": "noiommu", "force": "force"}
+# a --batch item's keys: the attach() argument each one sets, and the JSON type it takes
+BATCH_KEYS = {"nic": ("nic", str), "to": ("target", str), "target": ("target", str), "mode": ("mode", str),
+              "ifname": ("ifname", str), "addresses": ("addresses", str), "gateway": ("gateway", str),
+              "mtu": ("mtu", int), "dhcp": ("dhcp", bool), "table": ("table", int), "hugepages": ("hugepages", str),
+              "driver": ("driver", str), "noiommu": ("noiommu", bool), "force": ("force", bool)}
+_KIND = {str: "a string", int: "an integer", bool: "true or false"}
 
 
-BATCH_TYPES = {"nic": str, "to": str, "target": str, "mode": str, "ifname": str, "addresses": str, "gateway": str,
-               "mtu": int, "dhcp": bool, "table": int, "hugepages": str, "driver": str, "noiommu": bool,
-               "force": bool}
+def _batch_value_ok(key: str, value: Any) -> bool:
+    want = BATCH_KEYS[key][1]
+    if value is None:                       # null: the default (nic and the target are checked as required)
+        return True
+    if key == "addresses" and isinstance(value, list):
+        return all(isinstance(a, str) for a in value)
+    return isinstance(value, want) and not (want is int and isinstance(value, bool))
 
 
 def read_batch(path: str) -> List[Dict[str, Any]]:
@@ -32,7 +38,11 @@ def read_batch(path: str) -> List[Dict[str, Any]]:
 
     from ..errors import InputError
     try:
-        text = sys.stdin.read() if path == "-" else open(path).read()
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path) as f:
+                text = f.read()
         items = json.loads(text)
     except OSError as exc:
         raise InputError(f"--batch {path}: {exc.strerror}") from exc
@@ -54,16 +64,10 @@ def read_batch(path: str) -> List[Dict[str, Any]]:
         if not (item.get("to") or item.get("target")):
             raise InputError(f"--batch item {n}: 'to' is required (a string)")
         for key, value in item.items():
-            want = BATCH_TYPES[key]
-            if key == "addresses" and isinstance(value, list) and all(isinstance(a, str) for a in value):
-                continue
-            if value is None and key not in ("nic", "to", "target") or \
-                    isinstance(value, want) and not (want is int and isinstance(value, bool)):
-                continue
-            kind = {str: "a string", int: "an integer", bool: "true or false"}[want]
-            raise InputError(f"--batch item {n}: {key!r} must be {kind}"
-                             + (" or a list of strings" if key == "addresses" else "") + f", not {value!r}")
-        req = {BATCH_KEYS[k]: v for k, v in item.items() if v is not None}
+            if not _batch_value_ok(key, value):
+                raise InputError(f"--batch item {n}: {key!r} must be {_KIND[BATCH_KEYS[key][1]]}"
+                                 + (" or a list of strings" if key == "addresses" else "") + f", not {value!r}")
+        req = {BATCH_KEYS[k][0]: v for k, v in item.items() if v is not None}
         if isinstance(req.get("addresses"), str):
             req["addresses"] = [req["addresses"]]
         requests.append(req)
