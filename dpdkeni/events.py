@@ -4,7 +4,9 @@
 The watcher keeps a table of the NICs it has reported and reports only *changes* of that table, so one NIC
 yields one ``added`` however many uevents it causes (pci add, virtio add, net add, pci bind), and a re-read
 of everything (at start and after the kernel dropped messages, ``ENOBUFS``) reports what was missed and
-nothing twice. The monitor socket is opened before the first enumeration, so nothing that happens in between
+nothing twice. Since a uevent is handled by reading sysfs as it is *now*, a NIC unplugged and another plugged at
+the same PCI address before the watcher got to the first one's uevents is recognised by its model or MAC and
+reported as ``removed`` + ``added``. The monitor socket is opened before the first enumeration, so nothing that happens in between
 is lost.
 
 Sources: ``udev`` hears devices after udevd processed (renamed) them; when no udevd runs (containers, this
@@ -97,6 +99,12 @@ def _change(old: Optional[Nic], new: Nic) -> Optional[str]:
     if old.ifname != new.ifname:
         return "moved"
     return None
+
+
+def _replaced(old: Nic, new: Nic) -> bool:
+    """Whether ``new`` is another device than ``old`` at the same key: a NIC unplugged and another plugged at the
+    same PCI address before the watcher read sysfs for the first one's uevents (its model or MAC differ)."""
+    return old.model != new.model or bool(old.mac and new.mac and old.mac.lower() != new.mac.lower())
 
 
 def _settled(nic: Nic) -> bool:
@@ -383,6 +391,9 @@ class Watcher:
     def _set(self, key: str, nic: Nic, seqnum: Optional[int] = None, resync: bool = False) -> None:
         self._pending.pop(key, None)
         old = self._known.get(key)
+        if old is not None and _replaced(old, nic):
+            self._emit("removed", old, None, seqnum, resync)
+            old = None
         self._known[key] = nic
         action = _change(old, nic)
         if action:

@@ -97,6 +97,28 @@ def test_rebind_to_vfio_is_one_bound(watcher, sysfs_tree):
         ("bound", "vfio-pci", "virtio-pci", None)]
 
 
+def test_nic_replaced_at_the_same_address_before_its_uevents_are_read(watcher, sysfs_tree):
+    """Unplug, then another NIC plugged at the same PCI address, all before the watcher reads the first uevent
+    (a busy machine, a slow guest): sysfs already shows the new NIC while the old one's uevents are handled. That
+    is the old NIC removed and the new one added, not a rename (seen in the lab as ['moved', 'removed'])."""
+    sysfs_tree.add_nic(BDF, "virtio-net", ifname="eth1", mac="52:54:00:aa:00:01")
+    watcher.resync(emit=False)
+    unplug(sysfs_tree)
+    sysfs_tree.add_nic(BDF, "virtio-net", ifname="eth2", mac="52:54:00:aa:00:02")
+    events = feed(watcher, net("remove", "eth1"), pci("remove"), pci("add"), net("add", "eth2"), pci("bind"))
+    assert [(e.action, e.nic.mac, e.nic.ifname) for e in events] == [
+        ("removed", "52:54:00:aa:00:01", "eth1"), ("added", "52:54:00:aa:00:02", "eth2")]
+
+
+def test_another_model_at_the_same_address_is_removed_and_added(watcher, sysfs_tree):
+    sysfs_tree.add_nic(BDF, "virtio-net", ifname="eth1", mac="52:54:00:aa:00:01")
+    watcher.resync(emit=False)
+    unplug(sysfs_tree)
+    sysfs_tree.add_nic(BDF, "e1000e", driver=None)          # no netdev yet, so no MAC to compare
+    events = feed(watcher, net("remove", "eth1"), pci("remove"), pci("add"))
+    assert [(e.action, e.nic.model) for e in events] == [("removed", "virtio-net"), ("added", "e1000e")]
+
+
 def test_netdev_leaving_the_netns_is_moved(watcher, sysfs_tree):
     sysfs_tree.add_nic(BDF, "e1000", ifname="eth1")
     watcher.resync(emit=False)
