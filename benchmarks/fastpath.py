@@ -335,8 +335,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("benchmarks/fastpath.py: needs root (namespaces)", file=sys.stderr)
         return 2
     s = args.seconds
-    pair: Dict[str, List[float]] = {}
-    g = args.io_generator
     setup = IoSetup(args.io_generator, args.io_sink)
     with Topo("direct") as direct:
         pair = {} if args.skip_pair else measure(args.runs, s, {
@@ -389,7 +387,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  testpmd {backend}: --vdev {testpmd_vdev(backend, 'IF', 0)}, --txpkts=64, "
               f"--total-num-mbufs=32768, lcores 0@other,1@fwd-cpu")
     gen = ("the kernel's XDP live frames (xdpgen.py; an XDP_PASS program on a1 for the af_packet forwarders)"
-           if g == "kernel" else "dpdkeni af_xdp txonly")
+           if setup.generator == "kernel" else "dpdkeni af_xdp txonly")
     sink = ("b0's kernel receive counter, b0's receive steered to cpu0 (RPS)" if setup.sink == "counter"
             else "dpdkeni af_packet rxonly spin_us=0 (cpu0)")
     print(f"  io lines: generator {gen} (cpu0), sink {sink}, "

@@ -14,6 +14,18 @@ def _emit(obj: object) -> None:
     emit_json(obj)
 
 
+def _attached(lease: Any, verb: str = "attached") -> str:
+    where = f" as {lease.params.get('ifname')}" if lease.mode == "netdev" else " (dpdk)"
+    return f"{verb} {lease.key} to {lease.target}{where}"
+
+
+def _say_released(nic: str, lease: Any) -> None:
+    if lease is None:
+        print(f"{nic} is not leased; nothing to do", file=sys.stderr)
+    else:
+        print(f"released {lease.key} from {lease.target} ({lease.params.get('outcome', 'returned')})")
+
+
 # a --batch item's keys: the attach() argument each one sets, and the JSON type it takes
 BATCH_KEYS = {"nic": ("nic", str), "to": ("target", str), "target": ("target", str), "mode": ("mode", str),
               "ifname": ("ifname", str), "addresses": ("addresses", str), "gateway": ("gateway", str),
@@ -101,10 +113,8 @@ def cmd_attach_batch(args: argparse.Namespace) -> int:
             if isinstance(x, Error):
                 print(f"dpdkeni: error: {r['nic']}: {x}", file=sys.stderr)
             else:
-                where = f" as {x.params.get('ifname')}" if x.mode == "netdev" else " (dpdk)"
-                verb = "planned" if args.dry_run else "attached"
-                print(f"{verb} {x.key} to {x.target}{where}" + (" (released again: --atomic)" if i in undone
-                                                                   else ""))
+                print(_attached(x, "planned" if args.dry_run else "attached")
+                      + (" (released again: --atomic)" if i in undone else ""))
         if failed:
             print(f"dpdkeni: {len(failed)} of {len(requests)} failed"
                   + (f"; {len(undone)} attached ones released again (--atomic)" if args.atomic else ""),
@@ -134,8 +144,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         for line in lease.params.get("plan", []):
             print(f"  {line}")
     else:
-        where = f" as {lease.params.get('ifname')}" if lease.mode == "netdev" else " (dpdk)"
-        print(f"attached {lease.key} to {lease.target}{where}")
+        print(_attached(lease))
     return 0
 
 
@@ -150,20 +159,14 @@ def cmd_release(args: argparse.Namespace) -> int:
         for n, x in zip(args.nic, results):
             if isinstance(x, Error):
                 print(f"dpdkeni: error: {n}: {x}", file=sys.stderr)
-            elif args.json:
-                continue
-            elif x is None:
-                print(f"{n} is not leased; nothing to do", file=sys.stderr)
-            else:
-                print(f"released {x.key} from {x.target} ({x.params.get('outcome', 'returned')})")
+            elif not args.json:
+                _say_released(n, x)
         return max((x.exit_code for x in results if isinstance(x, Error)), default=0)
     lease = handoff.release(args.nic[0], force=args.force)
     if args.json:
         _emit(lease.to_dict() if lease else None)
-    elif lease is None:
-        print(f"{args.nic[0]} is not leased; nothing to do", file=sys.stderr)
     else:
-        print(f"released {lease.key} from {lease.target} ({lease.params.get('outcome', 'returned')})")
+        _say_released(args.nic[0], lease)
     return 0
 
 
