@@ -14,6 +14,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from sysfs_tree import SysfsTree  # noqa: E402
+# no silent skips: a skip not on tests/skip-allowlist.toml (or one that must run here) fails the run
+from skipguard import (pytest_collectreport, pytest_runtest_logreport, pytest_sessionfinish,  # noqa: E402,F401
+                       pytest_terminal_summary)
 
 _counter = itertools.count()
 

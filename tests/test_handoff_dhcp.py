@@ -1,20 +1,21 @@
 """DHCP on a handed-over NIC against dnsmasq (Debian's dnsmasq-base) in a peer namespace: the offered address,
 default route and MTU arrive, the lease is renewed while attached, released on release, no process is left."""
 import os
-import shutil
 import subprocess
 import time
 
 import psutil
 import pytest
 
+import hostfacts
 from conftest import needs_root
 from dpdkeni import dhcp, handoff
 from dpdkeni.errors import StepError
 from dpdkeni.ledger import Ledger
 from test_handoff import host_state, in_ns, peer_ns, prepare_nic
 
-pytestmark = [needs_root, pytest.mark.skipif(not shutil.which("dnsmasq"), reason="dnsmasq not installed")]
+DNSMASQ = hostfacts.command("dnsmasq")  # /usr/sbin is not on every PATH
+pytestmark = [needs_root, pytest.mark.skipif(DNSMASQ is None, reason="dnsmasq not installed")]
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def dnsmasq(netns_factory, veth_factory, tmp_path):
     nic, ns, peer = peer_ns(netns_factory, veth_factory, "198.18.60.1/24")
     leases = tmp_path / "dnsmasq.leases"
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
+        ["ip", "netns", "exec", ns, DNSMASQ, "--no-daemon", "--conf-file=/dev/null", "--port=0",
          f"--interface={peer}", "--bind-interfaces", "--dhcp-range=198.18.60.10,198.18.60.20,255.255.255.0,2m",
          "--dhcp-option=option:router,198.18.60.1", "--dhcp-option=option:dns-server,198.18.60.53",
          "--dhcp-option=option:mtu,1400", "--dhcp-option=option:T1,3", "--dhcp-option=option:T2,100",
@@ -80,7 +81,6 @@ def test_dhcp_without_server_fails_cleanly(env, veth_factory, container_factory,
     before = host_state(nic)
     c = container_factory()
     monkeypatch.setattr(dhcp, "BOUND_TIMEOUT", 3.0)
-    monkeypatch.setattr(dhcp.start, "__defaults__", (3.0,))
     with pytest.raises(StepError) as err:
         handoff.attach(nic, c.target, dhcp=True)
     assert err.value.step == "dhcp" and "no DHCP lease" in str(err.value)
