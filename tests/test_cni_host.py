@@ -10,7 +10,7 @@ import pytest
 from pyroute2 import IPRoute, netns as pynetns
 
 from conftest import needs_root, unique
-from cnirun import HOST_DEVICE, run_cni, with_prev
+from cnirun import DEBIAN_CNI_DIR, DPDKENI_CNI, HOST_DEVICE, run_cni, with_prev
 
 from dpdkeni import cnispec
 from dpdkeni.ledger import Ledger
@@ -181,26 +181,45 @@ def test_host_device_loses_the_nic_when_the_alias_is_gone(netns_factory, veth_fa
 
 
 def test_add_waits_for_a_nic_being_hot_plugged(tmp_path, state_dir, stand_in_models, netns_factory):
-    """ADD starts before the NIC exists (found by MAC); the NIC appears meanwhile; ADD hands it over."""
+    """ADD starts before the NIC exists (found by MAC) and says it is waiting; only then does the NIC appear, and
+    ADD hands it over: the NIC was found by the wait, not by the first look."""
+    import subprocess
     ns = netns_factory()
     mac = "02:dd:%02x:%02x:00:01" % (os.getpid() % 256, (os.getpid() >> 8) % 256)
     nic, peer = unique("dkh"), unique("dkq")
     conf = _conf(tmp_path, subnet="198.18.64.0/24", hwaddr=mac, wait=30)
-    result = {}
-    adder = threading.Thread(target=lambda: result.update(run=run_cni("ADD", conf, netns=f"/run/netns/{ns}")))
-    adder.start()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CNI_")}, "CNI_COMMAND": "ADD",
+           "CNI_CONTAINERID": "c0ffee", "CNI_IFNAME": "net1", "CNI_PATH": DEBIAN_CNI_DIR,
+           "CNI_NETNS": f"/run/netns/{ns}", "DPDKENI_CNI_DEBUG": "1", "DPDKENI_CNI_SOCKET": str(tmp_path / "none")}
+    proc = subprocess.Popen([DPDKENI_CNI], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    lines, waiting = [], threading.Event()
+
+    def read_log():  # the debug log can be long: read all of it, and say when the plugin is waiting
+        for line in proc.stderr:
+            lines.append(line.decode(errors="replace"))
+            if f"NIC {mac} is not here yet: waiting up to 30 s" in lines[-1]:
+                waiting.set()
+
+    reader = threading.Thread(target=read_log)
+    reader.start()
     try:
-        time.sleep(0.5)  # let ADD start waiting (the test passes either way: it is not timing anything)
+        proc.stdin.write(json.dumps(conf).encode())
+        proc.stdin.close()
+        assert waiting.wait(60), "".join(lines)
         with IPRoute() as ipr:
             ipr.link("add", ifname=nic, kind="veth", peer=peer, address=mac)
-        adder.join(60)
-        run = result["run"]
-        assert run.returncode == 0, run
-        assert run.doc["interfaces"][0]["mac"] == mac and _link("net1", ns)[0] == mac
-        assert run_cni("DEL", with_prev(conf, run.doc), netns=f"/run/netns/{ns}").returncode == 0
+        out = proc.stdout.read()
+        assert proc.wait(60) == 0, (out, "".join(lines))
+        doc = json.loads(out)
+        assert doc["interfaces"][0]["mac"] == mac and _link("net1", ns)[0] == mac
+        assert run_cni("DEL", with_prev(conf, doc), netns=f"/run/netns/{ns}").returncode == 0
         assert _link(nic)[0] == mac
     finally:
-        adder.join(60)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(60)
+        reader.join(60)
         with IPRoute() as ipr:
             for idx in (ipr.link_lookup(ifname=nic) + ipr.link_lookup(ifname=peer))[:1]:
                 ipr.link("del", index=idx)  # the pair goes with either end
@@ -318,8 +337,20 @@ def test_benchmark_runs_both_plugins_on_the_same_nics(monkeypatch):
     assert "Debian containernetworking-plugins" in doc["reference"]
     rows = {r["plugin"]: r for r in doc["rows"]}
     assert set(rows) == {"host-device", "dpdkeni-cni", "dpdkeni-cni+serve"}
-    assert rows["host-device"]["ratio_p50"] == 1.0
     assert rows["dpdkeni-cni"]["runs"] == rows["dpdkeni-cni+serve"]["runs"] == rows["host-device"]["runs"] == 1
+    # each row ran its own plugin: Debian's Go host-device, and dpdkeni's entry point (alone and served)
+    assert rows["host-device"]["binary"] == HOST_DEVICE
+    assert os.path.basename(rows["dpdkeni-cni"]["binary"]) == "dpdkeni-cni" == \
+        os.path.basename(rows["dpdkeni-cni+serve"]["binary"])
+    # every ratio is that row against host-device's row (not a row against itself)
+    ref = rows["host-device"]
+    for r in rows.values():
+        for ratio, key in (("ratio_p50", "p50_ms"), ("ratio_cpu_p50", "cpu_p50_ms")):  # within their rounding
+            exact = r[key] / ref[key]  # from values rounded to 0.05 ms; the ratio itself to 0.005
+            slack = exact * (0.05 / max(r[key], 0.05) + 0.05 / ref[key]) + 0.006
+            assert abs(r[ratio] - exact) <= slack, (ratio, r, ref)
+    # and the work was done by the plugin each row names: after each dpdkeni ADD its ledger held the NIC
+    assert [rows[p]["leased"] for p in ("host-device", "dpdkeni-cni", "dpdkeni-cni+serve")] == [0, 1, 1], rows
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ def test_dhcp_without_server_fails_cleanly(env, veth_factory, container_factory,
     monkeypatch.setattr(dhcp, "BOUND_TIMEOUT", 3.0)
     with pytest.raises(StepError) as err:
         handoff.attach(nic, c.target, dhcp=True)
-    assert err.value.step == "dhcp" and "no DHCP lease" in str(err.value)
+    assert err.value.step == "dhcp" and "no DHCP lease for eth0 within 3 s" in str(err.value)
     assert host_state(nic) == before and Ledger().leases() == {}
     assert not [p for p in psutil.process_iter(["cmdline"]) if "dpdkeni.dhcp" in (p.info["cmdline"] or [])
                 and nic in " ".join(p.info["cmdline"] or [])]
