@@ -213,3 +213,51 @@ def link_prefix() -> Iterator[str]:
                     ipr.link("del", index=link["index"])
                 except Exception:
                     pass
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+_NOBODY_CLIENT = r"""
+import json, socket, sys
+kind, path = sys.argv[1], sys.argv[2]
+data = sys.stdin.buffer.read()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM)
+s.settimeout(20)
+try:
+    if kind == "stream":
+        s.connect(path)
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    else:
+        s.sendto(data, path)
+        reply = b""
+except OSError as exc:
+    print(json.dumps({"errno": exc.errno, "reply": None}))
+else:
+    print(json.dumps({"errno": 0, "reply": reply.decode(errors="replace")}))
+"""
+
+
+def as_nobody(kind: str, path: str, data: bytes) -> dict:
+    """Send ``data`` to the unix socket ``path`` (``kind`` stream: connect, send, read the reply to EOF; dgram:
+    one datagram) from a real unprivileged process (uid/gid 65534, no groups): ``{"errno", "reply"}``."""
+    import json
+    out = subprocess.run([*NOBODY, "/usr/bin/python3", "-I", "-c", _NOBODY_CLIENT, kind, path], input=data,
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[str]:
+    """A directory any user may traverse (0755, under /tmp): only a socket's own mode guards what is in it."""
+    import tempfile
+    path = tempfile.mkdtemp(prefix="dpdkeni-open-", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -393,3 +393,100 @@ def test_the_binary_hands_calls_to_the_resident_server(tmp_path, state_dir, netn
     log = proc.stderr.read()
     for call in ("ADD c0ffee net1 -> 0", "CHECK c0ffee net1 -> 0", "ADD c0ffee net1 -> 1", "DEL c0ffee net1 -> 0"):
         assert call in log, log
+
+
+@pytest.fixture
+def open_cni_server(open_dir, tmp_path, state_dir, stand_in_models):
+    """``dpdkeni -v cni serve`` with its socket in a directory any user may traverse (only the socket's own mode
+    and the server's peer check stand), its log in a file: (socket, process, log path)."""
+    import subprocess
+    import sys
+    sock, logpath = os.path.join(open_dir, "cni.sock"), str(tmp_path / "serve.log")
+    with open(logpath, "w") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", "-v", "cni", "serve", "--socket", sock],
+                                stderr=logf)
+    try:
+        assert _wait_log(logpath, "cni server listening"), open(logpath).read()
+        yield sock, proc, logpath
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _wait_log(path, text, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            if text in f.read():
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def test_cni_server_refuses_a_non_root_peer(open_cni_server):
+    """A real uid 65534 process: the 0600 socket refuses its connect; with the socket opened up to it, the server
+    reads its credentials (SO_PEERCRED), logs the refusal and closes without running the call. Root is served."""
+    import errno
+    import socket
+    from conftest import as_nobody
+    from dpdkeni.cni_client import encode_request
+    sock, proc, logpath = open_cni_server
+    request = encode_request({"CNI_COMMAND": "VERSION", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "net1"},
+                             b'{"cniVersion": "1.0.0"}')
+    assert as_nobody("stream", sock, request) == {"errno": errno.EACCES, "reply": None}
+    os.chmod(sock, 0o666)
+    got = as_nobody("stream", sock, request)  # closed unread: an empty reply or a reset, never an answer
+    assert got in ({"errno": 0, "reply": ""}, {"errno": errno.ECONNRESET, "reply": None}), got
+    assert _wait_log(logpath, "uid 65534 refused (root only)"), open(logpath).read()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(sock)
+        s.sendall(request)
+        with s.makefile("rb") as f:
+            reply = json.loads(f.readline())
+    assert reply["rc"] == 0 and "supportedVersions" in json.loads(reply["stdout"])
+    assert open(logpath).read().count("VERSION c1 net1 -> 0") == 1  # only root's call ran
+
+
+def test_two_concurrent_cni_serve_calls(tmp_path, netns_factory, veth_factory, open_cni_server):
+    """The server runs calls side by side: an ADD waiting for a NIC that is not plugged yet does not hold up an
+    ADD for another NIC, which completes while the first still waits; then the first NIC comes and its ADD
+    completes too. Each pod has its own NIC."""
+    import subprocess
+    sock, proc, logpath = open_cni_server
+    via = {"DPDKENI_CNI_SOCKET": sock}
+    ns1, ns2 = netns_factory(), netns_factory()
+    mac = "02:dd:%02x:%02x:00:02" % (os.getpid() % 256, (os.getpid() >> 8) % 256)
+    late, late_peer = unique("dkh"), unique("dkq")
+    first_conf = _conf(tmp_path, subnet="198.18.66.0/24", hwaddr=mac, wait=20)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CNI_")}, **via, "CNI_COMMAND": "ADD",
+           "CNI_CONTAINERID": "first", "CNI_IFNAME": "net1", "CNI_PATH": DEBIAN_CNI_DIR,
+           "CNI_NETNS": f"/run/netns/{ns1}"}
+    first = subprocess.Popen([DPDKENI_CNI], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        first.stdin.write(json.dumps(first_conf).encode())
+        first.stdin.close()
+        assert _wait_log(logpath, f"NIC {mac} is not here yet: waiting"), open(logpath).read()
+        nic2, _ = veth_factory()
+        second_conf = _conf(tmp_path, subnet="198.18.67.0/24", device=nic2)
+        second = run_cni("ADD", second_conf, netns=f"/run/netns/{ns2}", container_id="second", extra_env=via)
+        assert second.returncode == 0, second
+        assert first.poll() is None, "the first ADD ended before the second: the calls did not run side by side"
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=late, kind="veth", peer=late_peer, address=mac)
+        out = first.stdout.read()
+        assert first.wait(60) == 0, out
+        assert json.loads(out)["interfaces"][0]["mac"] == mac and _link("net1", ns1)[0] == mac
+        assert _link("net1", ns2)[0] == second.doc["interfaces"][0]["mac"]
+        assert len(Ledger().leases()) == 2
+        assert run_cni("DEL", with_prev(second_conf, second.doc), netns=f"/run/netns/{ns2}", container_id="second",
+                       extra_env=via).returncode == 0
+        assert run_cni("DEL", with_prev(first_conf, json.loads(out)), netns=f"/run/netns/{ns1}",
+                       container_id="first", extra_env=via).returncode == 0
+        assert Ledger().leases() == {}
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait(60)
+        with IPRoute() as ipr:
+            for idx in (ipr.link_lookup(ifname=late) + ipr.link_lookup(ifname=late_peer))[:1]:
+                ipr.link("del", index=idx)
