@@ -261,3 +261,14 @@ def open_dir() -> Iterator[str]:
     os.chmod(path, 0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_stopped(proc: subprocess.Popen, timeout: float = 60.0) -> bool:
+    """Wait (bounded) until ``proc`` is stopped (state T: it sent itself SIGSTOP); False if it ended instead."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return True
+        time.sleep(0.02)
+    return False

@@ -490,3 +490,99 @@ def test_two_concurrent_cni_serve_calls(tmp_path, netns_factory, veth_factory, o
         with IPRoute() as ipr:
             for idx in (ipr.link_lookup(ifname=late) + ipr.link_lookup(ifname=late_peer))[:1]:
                 ipr.link("del", index=idx)
+
+
+def _nothing_done(tmp_path, conf, nic, before):
+    """The NIC is on the host as it was; no lease, no CNI record, no IPAM address."""
+    from dpdkeni.cni import _records_dir
+    assert _link(nic) == before
+    assert Ledger().leases() == {}
+    assert not os.path.isdir(_records_dir()) or os.listdir(_records_dir()) == []
+    assert _ipam_leases(tmp_path, conf) == []
+
+
+def test_error_codes_100_101_103_3_5(tmp_path, state_dir, stand_in_models, netns_factory, stand_in):
+    """Each failure is the spec's JSON with its own code, and nothing is left half-done: 100 a handoff step
+    failed (a route via an unreachable gateway), 101 a guard refused (the NIC has an address on the host), 103
+    the IPAM plugin failed, 3 the pod's netns is gone, 5 the CNI record cannot be read."""
+    ns = netns_factory()
+    before = _link(stand_in)
+
+    def add(conf, netns=f"/run/netns/{ns}"):
+        run = run_cni("ADD", conf, netns=netns)
+        assert run.returncode == 1 and set(run.doc) >= {"code", "msg"}, run
+        return run.doc
+
+    conf = _conf(tmp_path, subnet="198.18.68.0/24", device=stand_in)
+    doc = add({**conf, "routes": [{"dst": "198.18.69.0/24", "gw": "198.19.99.99"}]})
+    assert doc["code"] == cnispec.HANDOFF_FAILED and doc["msg"].startswith("adding route"), doc
+    _nothing_done(tmp_path, conf, stand_in, before)
+
+    with IPRoute() as ipr:
+        ipr.addr("add", index=ipr.link_lookup(ifname=stand_in)[0], address="198.18.70.5", prefixlen=24)
+    doc = add(conf)
+    assert doc["code"] == cnispec.GUARD_REFUSED and "is active" in doc["msg"], doc
+    with IPRoute() as ipr:
+        ipr.addr("del", index=ipr.link_lookup(ifname=stand_in)[0], address="198.18.70.5", prefixlen=24)
+    _nothing_done(tmp_path, conf, stand_in, before)
+
+    plugins = tmp_path / "plugins"  # an IPAM plugin that fails without the spec's JSON (a crash)
+    plugins.mkdir()
+    (plugins / "dkbroken").write_text("#!/bin/sh\necho 'panic: oops' >&2\nexit 2\n")
+    os.chmod(plugins / "dkbroken", 0o755)
+    run = run_cni("ADD", {**conf, "ipam": {"type": "dkbroken"}}, netns=f"/run/netns/{ns}",
+                  cni_path=f"{plugins}:{DEBIAN_CNI_DIR}")
+    assert run.returncode == 1 and run.doc["code"] == cnispec.IPAM_FAILED, run
+    assert run.doc["msg"] == "dkbroken ADD failed with exit status 2" and "panic: oops" in run.doc["details"], run
+    _nothing_done(tmp_path, conf, stand_in, before)
+
+    doc = add(conf, netns=f"/run/netns/{unique('gone')}")
+    assert doc["code"] == cnispec.UNKNOWN_CONTAINER, doc
+    _nothing_done(tmp_path, conf, stand_in, before)
+
+    ok = run_cni("ADD", conf, netns=f"/run/netns/{ns}")
+    assert ok.returncode == 0, ok
+    from dpdkeni.cni import _records_dir
+    (record,) = os.listdir(_records_dir())
+    with open(os.path.join(_records_dir(), record), "w") as f:
+        f.write("{not json")
+    bad = run_cni("DEL", with_prev(conf, ok.doc), netns=f"/run/netns/{ns}")
+    assert bad.returncode == 1 and bad.doc["code"] == cnispec.IO_FAILURE and "unreadable" in bad.doc["msg"], bad
+    handoff_release_all()
+
+
+def handoff_release_all():
+    from dpdkeni import handoff
+    for key in list(Ledger().leases()):
+        handoff.release(key, force=True)
+
+
+def test_check_notices_a_changed_mac(tmp_path, state_dir, stand_in_models, netns_factory, stand_in):
+    ns = netns_factory()
+    conf = _conf(tmp_path, subnet="198.18.71.0/24", device=stand_in)
+    add = run_cni("ADD", conf, netns=f"/run/netns/{ns}")
+    assert add.returncode == 0, add
+    with IPRoute(netns=f"/run/netns/{ns}", flags=0) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="net1")[0], address="02:00:00:00:71:71")
+    bad = run_cni("CHECK", with_prev(conf, add.doc), netns=f"/run/netns/{ns}")
+    assert bad.returncode == 1 and bad.doc["code"] == cnispec.CHECK_FAILED, bad
+    assert "02:00:00:00:71:71" in bad.doc["msg"] + bad.doc.get("details", ""), bad
+    assert run_cni("DEL", with_prev(conf, add.doc), netns=f"/run/netns/{ns}").returncode == 0
+
+
+@pytest.mark.parametrize("step", ["move", "addresses", "up"])
+def test_a_crash_in_the_middle_of_add_then_del_leaves_nothing(tmp_path, state_dir, stand_in_models, netns_factory,
+                                                             stand_in, step):
+    """The plugin is SIGKILLed right after a step of ADD (as a runtime's timeout or an OOM kill would); the
+    runtime then calls DEL, which must leave nothing: the NIC back as it was, no lease, record or address."""
+    from dpdkeni import netdev
+    ns = netns_factory()
+    before = _link(stand_in)
+    conf = _conf(tmp_path, subnet="198.18.72.0/24", device=stand_in)
+    crashed = run_cni("ADD", conf, netns=f"/run/netns/{ns}", extra_env={netdev.TEST_KILL_ENV: step})
+    assert crashed.returncode == -9, crashed
+    assert Ledger().leases() != {}  # it was killed half-way: there is something to undo
+    gone = run_cni("DEL", conf, netns=f"/run/netns/{ns}")
+    assert gone.returncode == 0, gone
+    assert _link("net1", ns) is None
+    _nothing_done(tmp_path, conf, stand_in, before)

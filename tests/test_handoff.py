@@ -2,6 +2,8 @@
 net+mount namespaces, peers are named netns. Addresses from 198.18.0.0/15 only."""
 import json
 import os
+import select
+import socket
 import subprocess
 import time
 
@@ -48,7 +50,6 @@ def prepare_nic(name, mtu=1400, up=True, altname=None, addresses=()):
 
 def capture(ns, ifname):
     """A non-blocking AF_PACKET socket receiving every frame that arrives on ``ifname`` in ``ns``."""
-    import socket
     from pyroute2 import netns as pynetns
     pynetns.pushns(ns)
     try:
@@ -407,3 +408,38 @@ def test_attach_many_and_release_many(env, veth_factory, container_factory):
     back = handoff.release_many(nics + ["dknosuch0"], workers=3)
     assert [b.params["outcome"] for b in back[:4]] == ["returned"] * 4 and back[4] is None
     assert {nic: host_state(nic) for nic in nics} == before and Ledger().leases() == {}
+
+
+def test_a_watcher_sees_no_intermediate_name_on_the_host(env, veth_factory, container_factory):
+    """Attach moves and renames in one step, release returns under the original name in one step: a Watcher
+    running meanwhile sees the NIC leave the host under its own name and come back under it, and nothing else
+    (no temporary name, no rename on the host)."""
+    from dpdkeni.events import Watcher
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400)
+    mac = host_state(nic)["mac"]
+    c = container_factory()
+
+    def until(w, action):
+        events, deadline = [], time.monotonic() + 20
+        while not any(e.action == action for e in events) and time.monotonic() < deadline:
+            events += w.poll(deadline - time.monotonic())
+        return [(e.action, e.nic.ifname) for e in events]
+
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=nic)[0]
+    with Watcher(models=lambda n: n.model == "veth" and (n.mac or "").lower() == mac.lower()) as w, \
+            IPRoute() as monitor:
+        monitor.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)  # other suites make links too
+        monitor.bind()  # every link message of the host's namespace, renames included, however brief
+        handoff.attach(nic, c.target, ifname="eth0", addresses=["198.18.73.2/24"])
+        assert until(w, "removed") == [("removed", nic)]
+        handoff.release(nic)
+        assert until(w, "added") == [("added", nic)]
+        assert w.poll(0.5) == []
+        names = []  # every message was queued before release returned (the kernel sends them in the call)
+        while select.select([monitor], [], [], 0.2)[0]:
+            names += [m.get_attr("IFLA_IFNAME") for m in monitor.get() if m["event"] == "RTM_NEWLINK"
+                      and (m.get_attr("IFLA_ADDRESS") or "").lower() == mac.lower()]
+    assert set(names) == {nic}, names
+    assert host_state(nic)["mtu"] == 1400

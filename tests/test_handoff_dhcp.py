@@ -120,3 +120,36 @@ def test_sigkill_after_dhcp_step_then_recover(env, dnsmasq, container_factory, c
     assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     assert host_state(nic) == before and Ledger().leases() == {}
     assert wait_for(lambda: before["mac"] not in leasefile.read_text())
+
+
+def _clients_of(state_dir):
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if "dpdkeni.dhcp" in (p.info["cmdline"] or [])
+            and state_dir in (p.info["cmdline"] or [])]
+
+
+def test_recover_keeps_a_live_client(env, dnsmasq, container_factory):
+    """recover on an attached DHCP lease whose client lives (its pid and start time match the ledger) keeps that
+    client: no restart, no second client."""
+    nic, _ = dnsmasq
+    c = container_factory()
+    lease = handoff.attach(nic, c.target, dhcp=True)
+    info = Ledger().get(lease.key).step("dhcp").undo
+    assert handoff.recover() == [{"key": lease.key, "action": "kept", "detail": f"attached to {c.target}"}]
+    assert Ledger().get(lease.key).step("dhcp").undo == info
+    assert _clients_of(env) == [info["pid"]]
+    handoff.release(nic)
+    assert _clients_of(env) == []
+
+
+def test_client_exits_when_its_nic_is_gone(env, dnsmasq, container_factory):
+    """The NIC disappears from under its client (deleted in the container): the client notices and exits."""
+    nic, _ = dnsmasq
+    c = container_factory()
+    lease = handoff.attach(nic, c.target, dhcp=True)
+    pid = Ledger().get(lease.key).step("dhcp").undo["pid"]
+    assert psutil.pid_exists(pid)
+    assert c.run("ip", "link", "del", "eth0").returncode == 0
+    assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE), \
+        "the client outlived its NIC"
+    with open(dhcp._log_path(Ledger(), lease.key)) as f:
+        assert "eth0 is gone; stopping" in f.read()

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from conftest import wait_stopped
 from dpdkeni.ledger import Lease, Ledger, LedgerError
 
 
@@ -99,7 +100,6 @@ def test_a_writer_killed_between_temp_file_and_rename_leaves_the_old_ledger(tmp_
     import signal
     import subprocess
     import sys
-    import time
     state = str(tmp_path / "state")
     with Ledger(state).transaction() as leases:
         leases["a"] = Lease("a", "netdev", "pid:1", {}, params={"ifname": "old"})
@@ -107,12 +107,7 @@ def test_a_writer_killed_between_temp_file_and_rename_leaves_the_old_ledger(tmp_
         before = f.read()
     proc = subprocess.Popen([sys.executable, "-c", _STOPPING_WRITER, state])
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            with open(f"/proc/{proc.pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                    break
-            time.sleep(0.02)
+        wait_stopped(proc)
         assert proc.poll() is None, "the writer ended without stopping at its fsync"
         temps = {n: open(os.path.join(state, n), "rb").read() for n in os.listdir(state) if n.startswith(".leases.")}
     finally:
