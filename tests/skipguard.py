@@ -104,14 +104,16 @@ def describe(entries: List[Dict[str, str]]) -> List[str]:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    """The allowlist (when anything skipped), each skip that is not allowed, and the counts."""
     tr = terminalreporter
-    tr.section("skip allowlist (tests/skip-allowlist.toml)")
-    for line in describe(load()):
-        tr.write_line(line)
     bad = _violations()
+    if _skipped:
+        tr.section("skip allowlist (tests/skip-allowlist.toml)")
+        for line in describe(load()):
+            tr.write_line(line)
     for line in bad:
         tr.write_line(f"SKIP NOT ALLOWED: {line}", red=True)
-    tr.write_line(f"{len(_skipped)} skipped, {len(bad)} not allowed")
+    tr.write_line(f"skip guard: {len(_skipped)} skipped, {len(bad)} not allowed (tests/skip-allowlist.toml)")
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
