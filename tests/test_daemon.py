@@ -247,8 +247,8 @@ def test_daemon_waits_for_a_target_that_is_not_there_yet(state_dir, stand_in_mod
 
 
 def test_daemon_drops_a_non_root_senders_datagram(open_dir, monkeypatch, caplog):
-    """A real uid 65534 process: the 0700 state dir and 0600 socket refuse its datagram; with both opened up to
-    it, the daemon reads the sender's credentials (SCM_CREDENTIALS) and drops the datagram. Root's gets in."""
+    """A real uid 65534 process: the 0700 state dir, and then the 0600 socket alone, refuse its datagram; with both
+    opened up to it, the daemon reads the sender's credentials (SCM_CREDENTIALS) and drops it. Root's gets in."""
     import errno
     from conftest import as_nobody
     state = os.path.join(open_dir, "state")
@@ -261,7 +261,8 @@ def test_daemon_drops_a_non_root_senders_datagram(open_dir, monkeypatch, caplog)
         wait_until(lambda: os.path.exists(sock), "daemon socket")
         forged = json.dumps({**VIRTIO_NET_ADD, "SEQNUM": "6666"}).encode()
         assert as_nobody("dgram", sock, forged) == {"errno": errno.EACCES, "reply": None}
-        os.chmod(state, 0o755)
+        os.chmod(state, 0o755)  # the socket's own mode (0600) still refuses it
+        assert as_nobody("dgram", sock, forged) == {"errno": errno.EACCES, "reply": None}
         os.chmod(sock, 0o666)
         with caplog.at_level(logging.WARNING, logger="dpdkeni.daemon"):
             assert as_nobody("dgram", sock, forged) == {"errno": 0, "reply": ""}  # sent...
