@@ -147,6 +147,7 @@ def find_nic_waiting(nic_spec: str, timeout: float):
     except NotFoundError:
         if timeout <= 0:
             raise _not_there(nic_spec, timeout) from None
+    log.info("NIC %s is not here yet: waiting up to %g s", nic_spec, timeout)
     nic = _wait_events(nic_spec, timeout)
     if nic is None:
         raise _not_there(nic_spec, timeout)

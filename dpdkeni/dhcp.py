@@ -41,10 +41,12 @@ def _log_path(ledger: Ledger, key: str) -> str:
     return os.path.join(ledger.directory, "dhcp-" + re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".log")
 
 
-def start(lease: Lease, target: Any, ifname: str, timeout: float = BOUND_TIMEOUT) -> Dict[str, Any]:
-    """Start the client for ``ifname`` in ``target``'s namespace and wait until it is bound.
+def start(lease: Lease, target: Any, ifname: str, timeout: Optional[float] = None) -> Dict[str, Any]:
+    """Start the client for ``ifname`` in ``target``'s namespace and wait until it is bound (``timeout``:
+    :data:`BOUND_TIMEOUT`, read at call time).
 
     Returns what stop needs (pid, start time). Raises Error (and leaves no process) when no lease came."""
+    timeout = BOUND_TIMEOUT if timeout is None else timeout
     ledger = Ledger()
     os.makedirs(ledger.directory, exist_ok=True)
     rfd, wfd = os.pipe()
