@@ -16,9 +16,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Dict, Iterator, List, Optional
 
-from . import nsexec
+from . import nsexec, statedir
 from .errors import Error, InputError, os_error_message
-from .ledger import state_dir
 from .sysfs import Sysfs
 
 log = logging.getLogger(__name__)
@@ -102,8 +101,7 @@ def _check_pool(fs: Sysfs, page_bytes: int, node: Optional[int]) -> str:
 @contextlib.contextmanager
 def _pool_lock() -> Iterator[None]:
     """Serialize read-modify-write of the pools between dpdkeni processes."""
-    os.makedirs(state_dir(), exist_ok=True)
-    fd = os.open(os.path.join(state_dir(), "hugepages.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = statedir.open_file(os.path.join(statedir.ensure(), "hugepages.lock"), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
