@@ -17,22 +17,14 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Iterator, List, Optional
 
 from . import nsexec, statedir
+from .validate import SIZE_UNITS as _UNITS, size as parse_size  # noqa: F401 (parse_size: used by cdi, commands)
 from .errors import Error, InputError, os_error_message
 from .sysfs import Sysfs
 
 log = logging.getLogger(__name__)
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 SYSTEM = "sys/kernel/mm/hugepages"
 NODES = "sys/devices/system/node"
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``256M``, ``1G``, ``2048k``, ``2MiB`` or a plain byte count."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
-    if not m:
-        raise InputError(f"malformed size {text!r}", "use e.g. 256M, 1G or 2M")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
 def format_size(n: int) -> str:

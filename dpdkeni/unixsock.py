@@ -7,6 +7,7 @@ import stat
 import threading
 from typing import Callable, Optional
 
+from . import validate
 from .errors import Error, InputError
 
 
@@ -41,6 +42,7 @@ def listen(path: str, busy: str, hint: Optional[str] = None, backlog: int = 16,
     that died is replaced; one that answers is an Error saying ``busy``; anything else at ``path`` (a file, a
     directory, a symlink) is an InputError and stays as it is. ``accept`` times out after ``accept_timeout`` so a
     serve loop can check its stop flag."""
+    validate.socket_path(path)
     if is_socket(path):
         if answers(path):
             raise Error(busy, hint)

@@ -153,12 +153,34 @@ def table(value: Any) -> Optional[int]:
     return number
 
 
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size(text: Any) -> int:
+    """Bytes from ``256M``, ``1G``, ``2048k``, ``2MiB`` or a plain byte count (at most 15 digits)."""
+    m = re.fullmatch(r"\s*(\d{1,15})\s*([kKmMgGtT]?)(i?[bB])?\s*", text) if isinstance(text, str) else None
+    if not m:
+        raise InputError(f"malformed size {_show(text)}", "use e.g. 256M, 1G or 2M")
+    return int(m.group(1)) * SIZE_UNITS[m.group(2).upper()]
+
+
 def hugepages(text: Any) -> Optional[str]:
-    """A hugepage size like ``256M`` (``0``: none), or None."""
-    if text is None:
-        return None
-    if not isinstance(text, str) or not re.fullmatch(r"\d{1,12}[KMGkmg]?", text):
-        raise InputError(f"bad hugepages size {_show(text)}", "a size like 256M or 1G")
+    """A hugepage share like ``256M`` (``0``: none; the forms of :func:`size`), or None."""
+    if text is not None:
+        size(text)
+    return text
+
+
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+
+
+def socket_path(text: Any) -> str:
+    """A path for a unix socket: absolute (what a server may replace must not depend on its working
+    directory), no control characters, short enough for ``sun_path``."""
+    if not isinstance(text, str) or not text.startswith("/") or _CONTROL.search(text) \
+            or len(text.encode()) > SUN_PATH_MAX:
+        raise InputError(f"bad socket path {_show(text)}",
+                         f"an absolute path of at most {SUN_PATH_MAX} bytes, no control characters")
     return text
 
 
