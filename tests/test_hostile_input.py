@@ -454,3 +454,39 @@ def test_the_client_sends_nothing_to_a_server_that_is_not_root(nobody_dir):
     assert run.returncode == 1 and run.doc["code"] == 5, run
     assert "is uid 65534, not root: not sending it the configuration" in run.doc["msg"]
     assert open(got, "rb").read() == b""
+
+
+# --- one validator per value, at every door -------------------------------------------------------------------
+
+
+def test_a_batch_is_checked_whole_before_anything_moves(cli, stand_in, veth_factory, container_factory, tmp_path):
+    """The second item's gateway is bad: the first NIC must not have moved (the same validator as attach's)."""
+    second, _ = veth_factory()
+    c = container_factory()
+    before = (nic_state(stand_in), nic_state(second))
+    batch = tmp_path / "batch.json"
+    batch.write_text(json.dumps([{"nic": stand_in, "to": c.target, "addresses": ["198.18.98.2/24"]},
+                                 {"nic": second, "to": c.target, "ifname": "eth1", "gateway": "198.18.98.0/24"}]))
+    r = cli("attach", "--batch", str(batch))
+    assert r.returncode == 2
+    _one_error_line(r, "--batch item 2: bad gateway '198.18.98.0/24': not an IP address")
+    assert (nic_state(stand_in), nic_state(second)) == before and Ledger().leases() == {}
+
+
+@pytest.mark.parametrize("line,word", [
+    ('target = "container:../../../../proc/1"', "bad container id '../../../../proc/1'"),
+    ('target = "container:a b"', "bad container id 'a b'"),
+    ('table = 254', "253-255 are the kernel's"),
+    ('gateway = "224.0.0.1"', "multicast or unspecified"),
+])
+def test_policy_values_go_through_the_same_validators(tmp_path, line, word):
+    from dpdkeni.policy import PolicyError, load
+
+    path = tmp_path / "p.toml"
+    key = line.split(" ")[0]
+    text = '[[rule]]\nmatch = { model = "virtio-net" }\ntarget = "netns:blue"\n'
+    text = text.replace('target = "netns:blue"\n', "") if key == "target" else text
+    path.write_text(text + line + "\n")
+    with pytest.raises(PolicyError) as err:
+        load(str(path))
+    assert str(err.value).startswith(f"{path}:") and word in str(err.value), str(err.value)
