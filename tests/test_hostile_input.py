@@ -311,6 +311,8 @@ def test_whichever_module_comes_first_makes_the_state_dir_0700(tmp_path, monkeyp
                                lambda: statedir.subdir("bound"), lambda: cni.save_record(
                                    cni._record_path("n", "c", "eth0"), {"nic": "x"}))):
         monkeypatch.setenv("DPDKENI_STATE_DIR", str(tmp_path / f"s{n}" / "state"))
+        if n % 2:
+            (tmp_path / f"s{n}").mkdir()          # the parent there already, or made on the way
         os.umask(0o022)
         first()
         st = os.lstat(tmp_path / f"s{n}" / "state")
@@ -319,21 +321,29 @@ def test_whichever_module_comes_first_makes_the_state_dir_0700(tmp_path, monkeyp
 
 
 def test_state_files_are_never_followed_through_a_symlink(state_dir, tmp_path):
+    """A record, the ledger and a DHCP log that are symlinks to valid-looking files elsewhere: never read or
+    written through (O_NOFOLLOW: ELOOP)."""
     victim = tmp_path / "victim"
-    victim.write_text("keep me\n")
+    content = '{"nic": "victim", "leases": {}, "version": 1}'
+    victim.write_text(content)
     path = cni._record_path("net", "ctr", "eth0")
     os.makedirs(os.path.dirname(path), mode=0o700)
     os.symlink(str(victim), path)
-    with pytest.raises(cni.CniError, match="is unreadable"):
-        cni.load_record(path)                      # O_NOFOLLOW: ELOOP, not the victim's content
+    with pytest.raises(cni.CniError, match="is unreadable") as err:
+        cni.load_record(path)
+    assert "Too many levels of symbolic links" in err.value.details
     cni.save_record(path, {"nic": "x"})           # replaces the link, never writes through it
-    assert victim.read_text() == "keep me\n" and not os.path.islink(path)
-    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert not os.path.islink(path) and oct(os.stat(path).st_mode & 0o777) == "0o600"
     ledger = Ledger(state_dir)
     os.symlink(str(victim), ledger.path)
-    with pytest.raises(Exception, match="unreadable"):
+    with pytest.raises(Exception, match="Too many levels of symbolic links"):
         ledger.leases()
-    assert victim.read_text() == "keep me\n"
+    log = os.path.join(state_dir, "dhcp-x.log")
+    os.symlink(str(victim), log)
+    with pytest.raises(OSError, match="Too many levels"):
+        with statedir.opened(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, text=False) as f:
+            f.write(b"appended")
+    assert victim.read_text() == content
 
 
 def test_record_writes_from_many_threads_of_one_process_never_collide(state_dir):
