@@ -500,3 +500,31 @@ def test_policy_values_go_through_the_same_validators(tmp_path, line, word):
     with pytest.raises(PolicyError) as err:
         load(str(path))
     assert str(err.value).startswith(f"{path}:") and word in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("which", ["symlink", "1777", "nobody"])
+def test_the_udev_hook_queues_nothing_into_a_bad_state_dir(tmp_path, which):
+    """The hook (stdlib only, run by udev as root) checks the state dir itself: through a symlink, into a
+    world-writable or someone else's directory, it writes nothing."""
+    from test_daemon import run_hook
+
+    path, _ = _bad_state_dirs(tmp_path)[which]
+    before = sorted(os.listdir(tmp_path / "real")) + sorted(os.listdir(path))
+    out = run_hook(path)
+    why = "Not a directory" if which == "symlink" else "is not a private directory"  # O_NOFOLLOW|O_DIRECTORY
+    assert out.returncode == 1 and out.stderr.startswith("dpdkeni-hook: error: cannot queue the event") \
+        and why in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert sorted(os.listdir(tmp_path / "real")) + sorted(os.listdir(path)) == before
+
+
+def test_the_udev_hook_still_queues_into_a_good_state_dir(state_dir):
+    from test_daemon import run_hook
+    from dpdkeni import udev
+
+    os.chmod(state_dir, 0o700)
+    out = run_hook(state_dir)
+    assert out.returncode == 0, out.stderr
+    (event,) = udev.read_queue(state_dir)
+    assert event["ACTION"] == "add"
+    assert oct(os.stat(udev.queue_dir(state_dir)).st_mode & 0o777) == "0o700"
