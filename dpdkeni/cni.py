@@ -293,7 +293,7 @@ def build_result(conf: NetConf, env: Env, nic, ipam_result: Optional[Result]) ->
 
 def cmd_add(conf: NetConf, env: Env, raw: bytes) -> Dict[str, Any]:
     """Hand the NIC to ``CNI_NETNS``; returns the result document."""
-    refuse_host_netns(env.netns)
+    check_add_env(env)
     nic = find_nic_waiting(conf.nic_spec, conf.wait)
     path = _record_path(conf.name, env.container_id, env.ifname)
     ipam_doc = _ipam(conf, "ADD", raw, env)
@@ -310,11 +310,17 @@ def cmd_add(conf: NetConf, env: Env, raw: bytes) -> Dict[str, Any]:
     return result.to_json(conf.version)
 
 
-def refuse_host_netns(netns: str) -> None:
-    """CNI_NETNS must be a network namespace that is not the host's own (error 4, before anything is done: no
-    IPAM address taken, no record written); one that does not exist is left to the attach (error 3)."""
+def check_add_env(env: Env) -> None:
+    """CNI_IFNAME must be an interface name and CNI_NETNS a network namespace that is not the host's own (error 4,
+    before anything is done: no IPAM address taken, no record written); a netns that does not exist is left to
+    the attach (error 3)."""
     from .netns import resolve_target
 
+    try:
+        validate.ifname(env.ifname)
+    except InputError as exc:
+        raise CniError(spec.INVALID_ENV, f"CNI_IFNAME: {exc.message}") from None
+    netns = env.netns
     try:
         resolve_target(netns)
     except NotFoundError:

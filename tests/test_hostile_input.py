@@ -528,3 +528,15 @@ def test_the_udev_hook_still_queues_into_a_good_state_dir(state_dir):
     (event,) = udev.read_queue(state_dir)
     assert event["ACTION"] == "add"
     assert oct(os.stat(udev.queue_dir(state_dir)).st_mode & 0o777) == "0o700"
+
+
+def test_cni_add_with_a_bad_ifname_is_error_4_before_ipam(stand_in, netns_factory, tmp_path):
+    """host-local would hand out an address first; a bad CNI_IFNAME must stop ADD before that."""
+    data = tmp_path / "ipam"
+    conf = {"cniVersion": "1.0.0", "name": "hostile", "type": "dpdkeni-cni", "device": stand_in,
+            "ipam": {"type": "host-local", "subnet": "198.18.96.0/24", "dataDir": str(data)}}
+    before = nic_state(stand_in)
+    run = run_cni("ADD", conf, netns=f"/run/netns/{netns_factory()}", ifname="a/b")
+    assert run.returncode == 1 and run.doc["code"] == 4, run
+    assert run.doc["msg"] == "CNI_IFNAME: bad interface name 'a/b': 1-15 characters, no spaces, '/' or ':'"
+    assert nic_state(stand_in) == before and not data.exists()
