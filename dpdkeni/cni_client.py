@@ -27,7 +27,7 @@ IO_FAILURE = 5
 def socket_path(environ: Optional[Mapping[str, str]] = None) -> str:
     """Where the resident plugin listens."""
     env = os.environ if environ is None else environ
-    state = env.get("DPDKENI_STATE_DIR", "/run/dpdkeni")
+    state = env.get("DPDKENI_STATE_DIR") or "/run/dpdkeni"
     return env.get(SOCKET_ENV) or os.path.join(state, "cni.sock")
 
 

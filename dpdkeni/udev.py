@@ -29,7 +29,7 @@ _KEEP_PREFIXES = ("ACTION", "DEVPATH", "SUBSYSTEM", "INTERFACE", "IFINDEX", "SEQ
 
 
 def _state_dir() -> str:
-    return os.environ.get("DPDKENI_STATE_DIR", "/run/dpdkeni")
+    return os.environ.get("DPDKENI_STATE_DIR") or "/run/dpdkeni"
 
 
 def socket_path(state: Optional[str] = None) -> str:
