@@ -11,17 +11,20 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import socket
 import struct
 import threading
 from typing import Optional
 
-from . import cni, unixsock
+from . import cni, statedir, unixsock
 from .cni_client import decode_request, socket_path
 
 log = logging.getLogger(__name__)
 
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+MAX_REQUEST = 1 << 20  # bytes of one request line: a CNI configuration is a few KiB
+READ_TIMEOUT = 10.0  # seconds a caller has to send its request line
 
 
 class CniServer:
@@ -35,6 +38,8 @@ class CniServer:
 
     def open(self) -> None:
         """Bind the socket (a stale one of a server that died is replaced; a live one is an error)."""
+        if os.path.dirname(os.path.abspath(self.path)) == os.path.abspath(statedir.path()):
+            statedir.ensure()
         self._sock = unixsock.listen(self.path, f"a dpdkeni cni server already listens on {self.path}",
                                      backlog=64)
         log.info("cni server listening on %s", self.path)
@@ -52,19 +57,41 @@ class CniServer:
             if uid != 0:
                 log.warning("cni call from pid %d uid %d refused (root only)", pid, uid)
                 return
-            with conn.makefile("rb") as f:
-                line = f.readline()
+            conn.settimeout(READ_TIMEOUT)
+            try:
+                with conn.makefile("rb") as f:
+                    line = f.readline(MAX_REQUEST + 1)
+            except OSError as exc:  # socket.timeout included: a caller that sends nothing holds no thread
+                log.warning("cni call from pid %d not read: %s", pid, exc or "timed out")
+                return
+            if len(line) > MAX_REQUEST or not line.endswith(b"\n"):
+                log.warning("cni call from pid %d refused: %s", pid, "longer than %d bytes" % MAX_REQUEST
+                            if len(line) > MAX_REQUEST else "no complete request line")
+                self._reply(conn, pid, 1, _refusal(f"request longer than {MAX_REQUEST} bytes or incomplete"))
+                return
             try:
                 environ, stdin = decode_request(line)
             except (ValueError, KeyError, TypeError):
                 log.warning("malformed cni call from pid %d ignored", pid)
+                self._reply(conn, pid, 1, _refusal("malformed request line"))
                 return
             out = io.StringIO()
             rc = cni.main(environ, io.BytesIO(stdin), out)
             self.calls += 1
             log.info("%s %s %s -> %d", environ.get("CNI_COMMAND"), environ.get("CNI_CONTAINERID"),
                      environ.get("CNI_IFNAME"), rc)
-            try:
-                conn.sendall(json.dumps({"rc": rc, "stdout": out.getvalue()}).encode() + b"\n")
-            except OSError as exc:  # the runtime gave up on the call
-                log.warning("cni reply to pid %d lost: %s", pid, exc)
+            self._reply(conn, pid, rc, out.getvalue())
+
+    @staticmethod
+    def _reply(conn: socket.socket, pid: int, rc: int, stdout: str) -> None:
+        try:
+            conn.sendall(json.dumps({"rc": rc, "stdout": stdout}).encode() + b"\n")
+        except OSError as exc:  # the runtime gave up on the call
+            log.warning("cni reply to pid %d lost: %s", pid, exc)
+
+
+def _refusal(why: str) -> str:
+    """The CNI error document for a request the server would not read."""
+    from .cnispec import DECODING_FAILURE, CniError
+
+    return json.dumps(CniError(DECODING_FAILURE, f"dpdkeni cni server: {why}").to_json()) + "\n"

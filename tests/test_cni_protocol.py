@@ -51,9 +51,9 @@ def test_unsupported_version_is_error_1(version):
 
 
 @needs_root
-def test_device_that_never_appears_is_error_11_after_the_wait():
+def test_device_that_never_appears_is_error_11_after_the_wait(netns_factory):
     conf = {**NAD_CONF, "device": unique("dkgone"), "wait": 0.3}
-    doc = _error(run_cni("ADD", conf, netns="/proc/self/ns/net"), cnispec.TRY_AGAIN_LATER)
+    doc = _error(run_cni("ADD", conf, netns=f"/run/netns/{netns_factory()}"), cnispec.TRY_AGAIN_LATER)
     assert conf["device"] in doc["msg"] and "0.3 s" in doc["msg"]
 
 
@@ -62,6 +62,9 @@ def test_bad_config_is_error_7():
                  cnispec.INVALID_CONFIG)
     assert "exactly one" in doc["msg"] and "device, hwaddr" in doc["details"]
     _error(run_cni("ADD", {**NAD_CONF, "mode": "sriov"}, netns="/proc/self/ns/net"), cnispec.INVALID_CONFIG)
+    doc = _error(run_cni("ADD", {**NAD_CONF, "gateway": "198.18.0.0/24"}, netns="/proc/self/ns/net"),
+                 cnispec.INVALID_CONFIG)
+    assert doc["msg"] == "bad gateway '198.18.0.0/24': not an IP address", doc
 
 
 def test_version_replies_with_supported_versions():

@@ -53,11 +53,11 @@ def test_nad_config_is_accepted_by_the_parser(name):
 
 @needs_root
 @pytest.mark.parametrize("name", sorted(_nads()))
-def test_nad_config_goes_through_the_binary_up_to_the_missing_nic(name, tmp_path):
+def test_nad_config_goes_through_the_binary_up_to_the_missing_nic(name, tmp_path, netns_factory):
     """Driven as Multus drives it, the config passes every check and stops only because this host lacks the
     NIC: error 11 (try again later), not 4/6/7."""
     conf = {**_as_multus_sends(json.loads(_nads()[name]["spec"]["config"])), "wait": 0}
-    run = run_cni("ADD", conf, netns="/proc/self/ns/net", extra_env={"DPDKENI_STATE_DIR": str(tmp_path)})
+    run = run_cni("ADD", conf, netns=f"/run/netns/{netns_factory()}", extra_env={"DPDKENI_STATE_DIR": str(tmp_path)})
     assert run.returncode != 0 and run.doc["code"] == cnispec.TRY_AGAIN_LATER, run
 
 
