@@ -3,6 +3,7 @@
 gets a freshly booted guest."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -73,3 +74,32 @@ def test_lab_run_says_a_wedge_in_one_line_and_exits_1(lab_possible):
     assert LINE in errors[0] and "last-console.log" in errors[0]
     assert [ln for ln in proc.stderr.splitlines() if "wedged" in ln] == errors   # said once
     assert time.monotonic() - started < 200
+
+
+def test_lab_up_stops_serving_says_it_in_one_line_and_exits_1(lab_possible, tmp_path):
+    import subprocess
+    import sys
+    sock = str(tmp_path / "control.sock")
+    up = subprocess.Popen([sys.executable, "-m", "dpdkeni", "lab", "up", "--socket", sock],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines, deadline = [], time.monotonic() + 300
+        while not any(line.startswith("lab up:") for line in lines):
+            assert time.monotonic() < deadline and up.poll() is None, "".join(lines)
+            lines.append(up.stderr.readline())
+        started = time.monotonic()
+        wedged = subprocess.run([sys.executable, "-m", "dpdkeni", "lab", "exec", "--socket", sock, "--",
+                                 "sh", "-c", f"echo '<2>{LINE}' > /dev/kmsg; sleep 300"],
+                                capture_output=True, text=True, timeout=200)
+        assert wedged.returncode == 1 and "the guest kernel wedged (soft lockup)" in wedged.stderr, wedged.stderr
+        assert up.wait(timeout=60) == 1                         # lab up stops serving a wedged guest
+        assert time.monotonic() - started < 60
+        rest = up.stderr.read()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(timeout=60)
+    errors = [ln for ln in (lines + rest.splitlines()) if ln.startswith("dpdkeni: error:")]
+    assert len(errors) == 1 and errors[0].startswith("dpdkeni: error: lab: the guest kernel wedged (soft lockup) "
+                                                     "during run `sh -c echo"), rest
+    assert "Traceback" not in rest and not os.path.exists(sock)
