@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from typing import Callable, Iterator, List, Optional
 
 import pytest
@@ -156,12 +157,7 @@ def guest_containers(lab: Lab) -> Iterator[Callable[[], int]]:
 
 
 _lab_seconds: List[float] = []
-_run_started: List[float] = []
-
-
-def pytest_sessionstart(session) -> None:
-    import time as _time
-    _run_started.append(_time.monotonic())
+_LOADED = time.monotonic()   # this conftest is imported while the run collects: the run's start, near enough
 
 
 def pytest_runtest_logreport(report) -> None:
@@ -174,8 +170,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
     """One line: how much of the run the lab took, and how many guests it booted."""
     if not _lab_seconds:
         return
-    import time as _time
-    total = _time.monotonic() - _run_started[0] if _run_started else 0.0
+    total = time.monotonic() - _LOADED
     lab = sum(_lab_seconds)
     terminalreporter.write_line(f"lab: {lab:.0f} s of the run's {total:.0f} s ({100 * lab / max(total, 1):.0f} %) "
                                 f"in lab tests; guests booted: {LabBox.booted}")
