@@ -75,7 +75,7 @@ def device(nic: Nic, fs: Sysfs, prefix: str = DEFAULT_PREFIX, resource: str = DE
     env = [f"DPDKENI_PCI_ADDRESS={nic.pci}", f"DPDKENI_IOMMU_GROUP={nic.iommu_group}",
            f"DPDKENI_MAC={nic.mac or ''}",
            f"DPDKENI_NUMA_NODE={'' if nic.numa_node is None else nic.numa_node}",
-           f"DPDKENI_PMD={nic.pmd or ''}", f"{nic_var(nic.pci)}={nic.pci}", f"{var}={nic.pci}",
+           f"DPDKENI_PMD={nic.pmd or ''}", f"{nic_var(nic.pci or '')}={nic.pci}", f"{var}={nic.pci}",
            f"{var}_INFO={json.dumps(info, separators=(',', ':'))}"]
     return {"name": nic.pci, "containerEdits": {"env": env, "deviceNodes": [node]}}
 

@@ -15,7 +15,7 @@ import sys
 from typing import List, NoReturn, Optional
 
 from . import __version__, commands, statedir
-from .errors import Error
+from .errors import Error, as_error
 
 log = logging.getLogger("dpdkeni")
 
@@ -62,9 +62,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except OSError as exc:      # last resort: a system error no layer below named; still one line, no traceback
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"dpdkeni: error: {exc.strerror or exc}{where}", file=sys.stderr)
+    except Exception as exc:  # last resort: a system error (OSError, NetlinkError, psutil) no layer below mapped
+        mapped = as_error(exc)
+        if mapped is None:
+            raise
+        print(f"dpdkeni: error: {mapped.message}", file=sys.stderr)
         return 1
 
 

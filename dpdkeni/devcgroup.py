@@ -24,8 +24,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import bpfsys, nsexec
-from .bpfsys import (BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_ATTACH, BPF_PROG_DETACH, BPF_PROG_GET_FD_BY_ID, BPF_PROG_QUERY,
-                     BPF_PROG_TYPE_CGROUP_DEVICE, insn)
+from .bpfsys import (
+    BPF_OBJ_GET_INFO_BY_FD,
+    BPF_PROG_ATTACH,
+    BPF_PROG_DETACH,
+    BPF_PROG_GET_FD_BY_ID,
+    BPF_PROG_QUERY,
+    BPF_PROG_TYPE_CGROUP_DEVICE,
+    insn,
+)
 from .bpfsys import addr as _addr
 from .bpfsys import call as _bpf
 from .errors import Error, os_error_message

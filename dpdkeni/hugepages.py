@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Iterator, List, Optional
 
 from . import nsexec, statedir
-from .validate import SIZE_UNITS as _UNITS, size as parse_size  # noqa: F401 (parse_size: used by cdi, commands)
 from .errors import Error, InputError, os_error_message
 from .sysfs import Sysfs
+from .validate import SIZE_UNITS as _UNITS
+from .validate import size as parse_size  # noqa: F401 (used by cdi, commands)
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def size_cap(pid: Optional[int], path: str) -> Optional[int]:
     found = [m for m in mounts(pid) if m["path"] == path]
     if not found:
         return None
-    opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in found[-1]["options"].split(","))
+    opts = dict(o.partition("=")[::2] for o in found[-1]["options"].split(","))
     return int(opts["size"]) if opts.get("size", "").isdigit() else 0
 
 
