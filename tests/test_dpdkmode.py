@@ -277,6 +277,14 @@ def test_a_guard_refusal_in_dpdk_mode_exits_3_and_is_cni_101_as_with_dry_run(sys
         assert err == (f"dpdkeni: error: {BDF} has no IOMMU group (no IOMMU on this host); vfio-pci would need the "
                        "unsafe no-IOMMU mode (pass --noiommu (noiommu=True) to enable it, or use uio_pci_generic)\n")
     assert Ledger().leases() == {} and k.driver(BDF) == "virtio-pci"
+    from cnirun import run_cni  # the plugin binary, as a runtime runs it (no resident server at this socket)
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "dpdkeni-cni", "pciBusID": BDF, "mode": "dpdk",
+            "hugepages": "0", "wait": 1}
+    out = run_cni("ADD", conf, netns=f"/proc/{c.pid}/ns/net",
+                  extra_env={"DPDKENI_CNI_SOCKET": os.path.join(state_dir, "no-server.sock")})
+    assert out.returncode == 1 and (out.doc["code"], out.doc["msg"]) == (
+        101, f"{BDF} has no IOMMU group (no IOMMU on this host); vfio-pci would need the unsafe no-IOMMU mode")
+    assert Ledger().leases() == {} and k.driver(BDF) == "virtio-pci"
 
 
 BDF3 = "0000:00:06.0"

@@ -150,3 +150,17 @@ def test_a_netdev_undo_that_fails_rides_on_the_error_and_leaves_a_failed_lease(e
         assert Ledger().leases() == {}
     finally:
         subprocess.run(["ip", "link", "del", nic], capture_output=True)
+
+
+@needs_root
+def test_the_cli_last_resort_turns_a_netlink_error_no_layer_mapped_into_one_line(capsys, monkeypatch):
+    """A command (not a library function) whose own netlink call fails: still one line and exit 1."""
+    from test_cli import _with_func
+
+    def lookup(args):
+        with IPRoute() as ipr:
+            ipr.link("get", index=0x7ffffff0)
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), lookup))
+    assert cli.main(["show", "eth0"]) == 1
+    assert capsys.readouterr().err == "dpdkeni: error: netlink: No such device (errno 19)\n"
