@@ -22,7 +22,7 @@ from typing import Dict, Optional, Sequence
 
 from . import hugepages as hp
 from .cdi_schema import SCHEMA
-from .errors import Error, InputError, os_error_message
+from .errors import Error, InputError, boundary, os_error_message
 from .inventory import Nic, list_nics
 from .sysfs import Sysfs
 
@@ -80,6 +80,7 @@ def device(nic: Nic, fs: Sysfs, prefix: str = DEFAULT_PREFIX, resource: str = DE
     return {"name": nic.pci, "containerEdits": {"env": env, "deviceNodes": [node]}}
 
 
+@boundary
 def generate(nics: Optional[Sequence[Nic]] = None, *, hugepages: str = "256M", pagesize: str = "2M",
              prefix: str = DEFAULT_PREFIX, resource: str = DEFAULT_RESOURCE, sysfs: Optional[Sysfs] = None,
              cdi_version: str = CDI_VERSION) -> Dict:
@@ -121,6 +122,7 @@ def validate(spec: Dict) -> None:
         raise Error(f"CDI spec invalid at {where}: {errors[0].message}")
 
 
+@boundary
 def write(spec: Dict, path: str = DEFAULT_PATH) -> str:
     """Validate and write a spec atomically (runtimes re-read /etc/cdi on change)."""
     validate(spec)

@@ -181,7 +181,7 @@ def _what(fn: Callable, args: tuple) -> str:
     """``attach veth1``: the public call and its first argument, to name what failed."""
     first = args[0] if args else None
     name = getattr(first, "name", first) if first is not None else None
-    return f"{fn.__name__} {name}" if isinstance(name, str) else fn.__name__
+    return f"{fn.__name__} {name}" if isinstance(name, (str, int)) and not isinstance(name, bool) else fn.__name__
 
 
 def _wrap(fn: F, what: Callable[[tuple], str]) -> F:

@@ -164,3 +164,14 @@ def test_the_cli_last_resort_turns_a_netlink_error_no_layer_mapped_into_one_line
     monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), lookup))
     assert cli.main(["show", "eth0"]) == 1
     assert capsys.readouterr().err == "dpdkeni: error: netlink: No such device (errno 19)\n"
+
+
+def test_a_dpdk_piece_given_a_process_that_has_exited_raises_a_host_error():
+    """devcgroup.allow reads the process's cgroups: its FileNotFoundError leaves as a HostError naming the call."""
+    from dpdkeni import devcgroup
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    with pytest.raises(errors.HostError) as info:
+        devcgroup.allow(proc.pid, [devcgroup.rule_for("/dev/zero")])
+    assert str(info.value) == f"allow {proc.pid}: No such file or directory (/proc/{proc.pid}/cgroup)"
+    assert isinstance(info.value.__cause__, FileNotFoundError)
