@@ -316,6 +316,10 @@ def test_an_undo_that_fails_keeps_the_error_and_a_failed_lease_that_recover_fini
     assert cli.main(["leases", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [(x["key"], x["state"], [s["name"] for s in x["steps"]]) for x in shown] == [(BDF3, "failed", ["bind"])]
+    assert handoff.recover() == [{"key": BDF3, "action": "failed", "detail": (
+        f"recover: undid nothing; undo bind: writing '{BDF3}' to /sys/bus/pci/drivers/virtio-pci/bind: Invalid "
+        "argument (the kernel rejected the value)")}]  # still failing: kept, with what is left
+    assert Ledger().get(BDF3).state == "failed" and [s.name for s in Ledger().get(BDF3).steps] == ["bind"]
     k.failing.clear()
     assert handoff.recover() == [{"key": BDF3, "action": "dpdk", "detail": "undid bind"}]
     assert Ledger().leases() == {} and k.driver(BDF3) == "virtio-pci"
