@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test demo setup clean sdist sanitize bench-setup bench
+.PHONY: test lint demo setup clean sdist sanitize bench-setup bench
 
 setup: $(VENV)/.installed
 
@@ -12,6 +12,11 @@ $(VENV)/.installed: setup.py pyproject.toml scripts/apt-packages.txt scripts/boo
 
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Lint (ruff: rules in pyproject.toml, no formatting pass) and types (mypy) of the package.
+lint: setup
+	$(VENV)/bin/ruff check dpdkeni
+	$(VENV)/bin/mypy
 
 # The native code built with AddressSanitizer + UBSan, and the fast-path tests run under it (Python itself is not
 # instrumented: the sanitizer runtimes are preloaded). The normal build is restored afterwards.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import Error, GuardError, InputError, NotFoundError, StepError, SysfsError
+from .errors import Error, GuardError, HostError, InputError, NotFoundError, StepError, SysfsError
 
 __version__ = "0.1.0"
 
@@ -40,7 +40,7 @@ _LAZY = {
 }
 
 __all__ = sorted([
-    "Error", "GuardError", "InputError", "NotFoundError", "StepError", "SysfsError", "__version__",
+    "Error", "GuardError", "HostError", "InputError", "NotFoundError", "StepError", "SysfsError", "__version__",
     *_LAZY,
 ])
 

@@ -22,7 +22,7 @@ from typing import Dict, Optional, Sequence
 
 from . import hugepages as hp
 from .cdi_schema import SCHEMA
-from .errors import Error, InputError, os_error_message
+from .errors import Error, InputError, boundary, os_error_message
 from .inventory import Nic, list_nics
 from .sysfs import Sysfs
 
@@ -75,11 +75,12 @@ def device(nic: Nic, fs: Sysfs, prefix: str = DEFAULT_PREFIX, resource: str = DE
     env = [f"DPDKENI_PCI_ADDRESS={nic.pci}", f"DPDKENI_IOMMU_GROUP={nic.iommu_group}",
            f"DPDKENI_MAC={nic.mac or ''}",
            f"DPDKENI_NUMA_NODE={'' if nic.numa_node is None else nic.numa_node}",
-           f"DPDKENI_PMD={nic.pmd or ''}", f"{nic_var(nic.pci)}={nic.pci}", f"{var}={nic.pci}",
+           f"DPDKENI_PMD={nic.pmd or ''}", f"{nic_var(nic.pci or '')}={nic.pci}", f"{var}={nic.pci}",
            f"{var}_INFO={json.dumps(info, separators=(',', ':'))}"]
     return {"name": nic.pci, "containerEdits": {"env": env, "deviceNodes": [node]}}
 
 
+@boundary
 def generate(nics: Optional[Sequence[Nic]] = None, *, hugepages: str = "256M", pagesize: str = "2M",
              prefix: str = DEFAULT_PREFIX, resource: str = DEFAULT_RESOURCE, sysfs: Optional[Sysfs] = None,
              cdi_version: str = CDI_VERSION) -> Dict:
@@ -121,6 +122,7 @@ def validate(spec: Dict) -> None:
         raise Error(f"CDI spec invalid at {where}: {errors[0].message}")
 
 
+@boundary
 def write(spec: Dict, path: str = DEFAULT_PATH) -> str:
     """Validate and write a spec atomically (runtimes re-read /etc/cdi on change)."""
     validate(spec)

@@ -12,10 +12,10 @@ import json
 import logging
 import pkgutil
 import sys
-from typing import List, NoReturn, Optional
+from typing import Generator, Iterable, List, NoReturn, Optional, Tuple
 
 from . import __version__, commands, statedir
-from .errors import Error
+from .errors import Error, as_error
 
 log = logging.getLogger("dpdkeni")
 
@@ -27,6 +27,45 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+# ``dpdkeni --help`` lists the commands by what a person does; a command of a new module that is not listed here
+# still shows, under "other"
+COMMAND_GROUPS = (
+    ("inspect", ("list", "show", "doctor", "leases")),
+    ("hand over", ("attach", "release", "recover")),
+    ("DPDK pieces", ("bind", "unbind", "hugepages", "cdi")),
+    ("events and daemon", ("watch", "wait", "daemon", "udev")),
+    ("measure", ("fwd",)),
+    ("Kubernetes", ("cni",)),
+    ("lab", ("lab",)),
+)
+
+
+def command_groups(names: Iterable[str]) -> List[Tuple[str, List[str]]]:
+    """(title, commands) in :data:`COMMAND_GROUPS` order for the commands in ``names``; the rest under "other"."""
+    names = list(names)
+    groups = [(title, [n for n in members if n in names]) for title, members in COMMAND_GROUPS]
+    listed = {n for _, members in COMMAND_GROUPS for n in members}
+    groups.append(("other", sorted(n for n in names if n not in listed)))
+    return [(title, members) for title, members in groups if members]
+
+
+class _GroupedHelp(argparse.HelpFormatter):
+    """Lists the subcommands under a heading per group (:data:`COMMAND_GROUPS`) instead of in import order."""
+
+    def _iter_indented_subactions(self, action: argparse.Action) -> Generator[argparse.Action, None, None]:
+        if not isinstance(action, argparse._SubParsersAction):
+            yield from super()._iter_indented_subactions(action)
+            return
+        subs = {a.dest: a for a in action._get_subactions()}
+        self._indent()
+        for title, names in command_groups(subs):
+            yield argparse.Action(option_strings=[], dest=f"{title}:", help=None)
+            self._indent()
+            yield from (subs[n] for n in names)
+            self._dedent()
+        self._dedent()
+
+
 def emit_json(obj: object) -> None:
     """Print one JSON document on stdout (``--json`` output)."""
     json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
@@ -36,7 +75,7 @@ def emit_json(obj: object) -> None:
 def build_parser() -> Parser:
     """The whole command tree, assembled from every module in :mod:`dpdkeni.commands`."""
     parser = Parser(prog="dpdkeni", description="Hand hot-plugged NICs to containers, as kernel "
-                    "interfaces or DPDK ports.")
+                    "interfaces or DPDK ports.", formatter_class=_GroupedHelp)
     parser.add_argument("--version", action="version", version=f"dpdkeni {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log on stderr (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -62,9 +101,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except OSError as exc:      # last resort: a system error no layer below named; still one line, no traceback
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"dpdkeni: error: {exc.strerror or exc}{where}", file=sys.stderr)
+    except Exception as exc:  # last resort: a system error (OSError, NetlinkError, psutil) no layer below mapped
+        mapped = as_error(exc)
+        if mapped is None:
+            raise
+        print(f"dpdkeni: error: {mapped.message}", file=sys.stderr)
         return 1
 
 

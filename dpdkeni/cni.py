@@ -607,6 +607,8 @@ def dispatch(environ: Mapping[str, str], raw: bytes) -> Optional[Dict[str, Any]]
     handler = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check}[env.command]
     try:
         return handler(netconf, env, raw)
+    except CniError:  # an IPAM plugin's own error: relayed with its code (a CniError is an Error too)
+        raise
     except Error as exc:
         raise CniError(_error_code(exc), exc.message, exc.hint or "") from exc
 

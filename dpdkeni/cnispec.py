@@ -13,6 +13,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from .errors import CniError
+
 log = logging.getLogger(__name__)
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -44,24 +46,6 @@ _REQUIRED_ENV = {
     "STATUS": ("CNI_PATH",),
     "VERSION": (),
 }
-
-
-class CniError(Exception):
-    """An error the plugin reports as the spec's error JSON (``code``, ``msg``, ``details``) and exit 1."""
-
-    def __init__(self, code: int, msg: str, details: str = "") -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-        self.details = details
-
-    def to_json(self, version: str = LATEST) -> Dict[str, Any]:
-        """The error document, in the version the runtime asked for (the latest one when unknown)."""
-        doc: Dict[str, Any] = {"cniVersion": version if version in SUPPORTED_VERSIONS else LATEST,
-                               "code": self.code, "msg": self.msg}
-        if self.details:
-            doc["details"] = self.details
-        return doc
 
 
 @dataclass(frozen=True)

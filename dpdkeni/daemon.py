@@ -32,7 +32,7 @@ from . import handoff, statedir, udev, unixsock
 from .errors import Error, NotFoundError, StepError
 from .events import NicEvent, Watcher
 from .inventory import Nic
-from .ledger import Ledger, Lease
+from .ledger import Lease, Ledger
 from .netns import resolve_target
 from .policy import Policy, Rule, attach_kwargs
 
@@ -89,8 +89,8 @@ class Daemon:
         self._poller.register(self.watcher.fileno(), select.POLLIN | select.POLLERR)
         for event in self.watcher.poll(0):
             self.on_event(event)
-        for event in udev.read_queue(self.state):
-            self.on_hook(event, queued=True)
+        for queued in udev.read_queue(self.state):
+            self.on_hook(queued, queued=True)
         log.info("daemon ready: %d rules, socket %s", len(self.policy.rules), udev.socket_path(self.state))
 
     def _open_socket(self) -> None:
@@ -172,7 +172,7 @@ class Daemon:
     @staticmethod
     def _unplugged(nic: Nic) -> bool:
         """A PCI NIC whose device left the machine (not a netdev that left this netns)."""
-        return bool(nic.pci) and not os.path.exists(os.path.join("/sys/bus/pci/devices", nic.pci))
+        return bool(nic.pci) and not os.path.exists(os.path.join("/sys/bus/pci/devices", nic.pci or ""))
 
     def _end_unplugged(self, nic: Nic, key: str) -> None:
         lease = handoff.find_lease(nic, Ledger(self.state))
@@ -311,7 +311,8 @@ class Daemon:
     def _read_socket(self) -> None:
         while True:
             try:
-                data, anc, _, _ = self._sock.recvmsg(65536, socket.CMSG_SPACE(_CRED.size), socket.MSG_DONTWAIT)
+                data, anc, _, _ = self._sock.recvmsg(  # type: ignore[union-attr]  # only polled while open
+                    65536, socket.CMSG_SPACE(_CRED.size), socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
             uid = next((_CRED.unpack(d[:_CRED.size])[1] for lvl, typ, d in anc

@@ -24,11 +24,18 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import bpfsys, nsexec
-from .bpfsys import (BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_ATTACH, BPF_PROG_DETACH, BPF_PROG_GET_FD_BY_ID, BPF_PROG_QUERY,
-                     BPF_PROG_TYPE_CGROUP_DEVICE, insn)
+from .bpfsys import (
+    BPF_OBJ_GET_INFO_BY_FD,
+    BPF_PROG_ATTACH,
+    BPF_PROG_DETACH,
+    BPF_PROG_GET_FD_BY_ID,
+    BPF_PROG_QUERY,
+    BPF_PROG_TYPE_CGROUP_DEVICE,
+    insn,
+)
 from .bpfsys import addr as _addr
 from .bpfsys import call as _bpf
-from .errors import Error, os_error_message
+from .errors import Error, boundary, os_error_message
 
 log = logging.getLogger(__name__)
 
@@ -389,12 +396,14 @@ def apply(planned: Dict[str, Any]) -> Dict[str, Any]:
     return record
 
 
+@boundary
 def allow(pid: int, rules: Sequence[Rule]) -> Dict[str, Any]:
     """Allow ``rules`` for the cgroups of ``pid`` (v1 devices controller and/or v2 device program); returns the
     record :func:`revoke` needs."""
     return apply(plan(pid, rules))
 
 
+@boundary
 def revoke(record: Dict[str, Any], keep: Sequence[Rule] = ()) -> List[str]:
     """Undo :func:`allow` from its record (the process may be gone; its cgroups may be too), except ``keep``:
     rules another NIC of the same container still needs. Returns the v1 lines kept (still allowed because of
@@ -448,6 +457,7 @@ def _unlink_here(paths: List[str]) -> List[str]:
     return gone
 
 
+@boundary
 def make_nodes(pid: int, nodes: Sequence[Tuple[str, Rule]]) -> List[str]:
     """Make device nodes ``(container path, rule)`` inside the mount namespace of ``pid``; returns the paths it
     made (nodes already there with the same numbers are left alone and not returned)."""
@@ -458,6 +468,7 @@ def make_nodes(pid: int, nodes: Sequence[Tuple[str, Rule]]) -> List[str]:
         raise os_error_message(exc, f"making device nodes in the container of pid {pid}") from exc
 
 
+@boundary
 def remove_nodes(pid: int, paths: Sequence[str]) -> None:
     """Remove nodes :func:`make_nodes` made (a container that is gone took them with it)."""
     try:

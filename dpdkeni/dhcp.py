@@ -210,7 +210,8 @@ async def _run(args: argparse.Namespace) -> int:
 
     applied = asyncio.Event()
     cfg = ClientConfig(interface=args.ifname, lease_type=NoFileLease,
-                       hooks=_hooks(args.ifname, args.state_dir, args.key, applied), handle_signals=True, release=True, hook_timeout=5.0,
+                       hooks=_hooks(args.ifname, args.state_dir, args.key, applied), handle_signals=True, release=True,
+                       hook_timeout=5.0,
                        requested_parameters=(*ClientConfig.requested_parameters,
                                              dhcp_enums.Option.INTERFACE_MTU))
     stop_event = asyncio.Event()
@@ -222,7 +223,7 @@ async def _run(args: argparse.Namespace) -> int:
         await client.bootstrap()
         try:
             await asyncio.wait_for(applied.wait(), timeout=args.timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             os.write(args.ready_fd, f"error: no DHCP lease for {args.ifname} within {args.timeout:.0f} s\n".encode())
             return 1
         os.write(args.ready_fd, f"bound {client.lease.ip}/{client.lease.prefixlen}\n".encode())

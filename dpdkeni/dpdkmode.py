@@ -16,8 +16,10 @@ import contextlib
 import logging
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import devcgroup, driver as drv, hugepages as hp
-from .errors import Error, InputError, StepError
+from . import devcgroup
+from . import driver as drv
+from . import hugepages as hp
+from .errors import Error, GuardError, InputError, StepError, as_error
 from .inventory import Nic
 from .ledger import Lease, Ledger
 from .sysfs import Sysfs
@@ -55,25 +57,28 @@ def _pool_for(fs: Sysfs, nic: Nic, page: int) -> Optional[int]:
 
 
 class _Steps:
-    """Run steps with ledger records; on failure undo what ran, newest first, first error kept."""
+    """Run steps with ledger records (each begun before it runs); ``ran`` keeps what to undo, in order, the
+    failed step included (as ``partial``)."""
 
     def __init__(self, lease: Lease, ledger: Ledger) -> None:
         self.lease, self.ledger = lease, ledger
-        self.stack = contextlib.ExitStack()
+        self.ran: List[Tuple[str, Dict[str, Any]]] = []
 
     def run(self, name: str, undo_data: Dict[str, Any], do: Callable[[], Optional[Dict[str, Any]]]) -> None:
         self.ledger.begin_step(self.lease.key, name, undo_data)
         try:
             learned = do() or {}
-        except Error as exc:
-            _undo(name, {**undo_data, "partial": True})
-            raise StepError(name, str(exc)) from exc
-        except OSError as exc:
-            _undo(name, {**undo_data, "partial": True})
-            raise StepError(name, exc.strerror or str(exc)) from exc
+        except BaseException as exc:
+            self.ran.append((name, {**undo_data, "partial": True}))
+            if isinstance(exc, GuardError):  # a refusal: exit 3 (CNI 101) as with --dry-run, not a failed step
+                raise
+            if isinstance(exc, Error):
+                raise StepError(name, str(exc)) from exc
+            if isinstance(exc, OSError):
+                raise StepError(name, exc.strerror or str(exc)) from exc
+            raise
         self.ledger.end_step(self.lease.key, name, **learned)
-        data = {**undo_data, **learned}
-        self.stack.callback(_undo_quietly, name, data)
+        self.ran.append((name, {**undo_data, **learned}))
 
 
 def attach_dpdk(nic: Nic, target: Any, lease: Lease, ledger: Ledger, *, hugepages: Optional[str] = None,
@@ -100,7 +105,7 @@ def attach_dpdk(nic: Nic, target: Any, lease: Lease, ledger: Ledger, *, hugepage
                     "nodes in its cgroup and make them in its /dev", hugepages or "no", HUGEPAGES_MOUNT, pid)
         return
     steps = _Steps(lease, ledger)
-    with steps.stack:
+    try:
         _bind_step(steps, fs, nic, driver, noiommu, force)
         if hugepages:
             _hugepage_steps(steps, nic, pid, hugepages)
@@ -111,7 +116,11 @@ def attach_dpdk(nic: Nic, target: Any, lease: Lease, ledger: Ledger, *, hugepage
                   lambda: {"record": devcgroup.apply(planned)})
         steps.run("devnodes", {"pid": pid, "key": lease.key, "paths": [p for p, _ in nodes]},
                   lambda: {"made": devcgroup.make_nodes(pid, nodes)})
-        steps.stack.pop_all()  # every step done: keep them
+    except BaseException as exc:
+        _, failed = _undo_steps(lease.key, ledger, steps.ran)
+        if failed:  # the step's error stays the one raised; the undo failures ride along with it
+            exc.undo_errors = failed  # type: ignore[attr-defined]
+        raise
 
 
 def _bind_step(steps: _Steps, fs: Sysfs, nic: Nic, driver: str, noiommu: bool, force: bool) -> None:
@@ -258,35 +267,51 @@ def _undo(name: str, data: Dict[str, Any]) -> None:
     _UNDO[name](data)
 
 
-def _undo_quietly(name: str, data: Dict[str, Any]) -> None:
-    """Undo during a failed attach: the step's error is the one reported, an undo error is logged."""
-    try:
-        _undo(name, data)
-    except (Error, OSError) as exc:
-        log.error("undo of %s failed: %s", name, exc)
-
-
-def _undo_all(lease: Lease, strict: bool) -> List[str]:
-    done, first = [], None
-    for step in reversed(lease.steps):
-        if step.name not in _UNDO:
-            continue
-        data = dict(step.undo, partial=step.state != "done")
+def _undo_steps(key: str, ledger: Ledger, ran: List[Tuple[str, Dict[str, Any]]]) -> Tuple[List[str], List[Error]]:
+    """Undo ``ran`` ((name, data) in the order they ran) newest first, trying every one; an undo failure is
+    logged, never raised. Returns the names undone and the undo errors; when there are errors the lease stays in
+    the ledger as ``failed`` with only the steps still to undo, for ``recover`` to finish."""
+    done: List[str] = []
+    failed: List[Error] = []
+    left: List[str] = []
+    for name, data in reversed(ran):
         try:
-            _undo(step.name, data)
-            done.append(step.name)
-        except (Error, OSError) as exc:
-            log.error("undo of %s for %s failed: %s", step.name, lease.key, exc)
-            first = first or exc
-    if first and strict:
-        raise StepError("release", str(first))
-    return done
+            _undo(name, data)
+            done.append(name)
+        except Exception as exc:
+            err = StepError(f"undo {name}", str(as_error(exc) or f"{type(exc).__name__}: {exc}"))
+            log.error("%s for %s failed: %s", err.step, key, err.message)
+            failed.append(err)
+            left.append(name)
+    if failed:
+        _keep_failed(ledger, key, left, failed)
+    return done, failed
+
+
+def _keep_failed(ledger: Ledger, key: str, left: List[str], errors: List[Error]) -> None:
+    with ledger.transaction() as leases:
+        lease = leases.get(key)
+        if lease is None:
+            return
+        lease.steps = [s for s in lease.steps if s.name in left]
+        lease.state = "failed"
+        lease.params["undo_errors"] = [str(e) for e in errors]
+        leases[key] = lease
+
+
+def _undo_all(lease: Lease, ledger: Ledger) -> Tuple[List[str], List[Error]]:
+    ran = [(s.name, dict(s.undo, partial=s.state != "done")) for s in lease.steps if s.name in _UNDO]
+    return _undo_steps(lease.key, ledger, ran)
 
 
 def release_dpdk(lease: Lease, ledger: Ledger) -> None:
     """Undo every recorded dpdk step of ``lease``, newest first: nodes, cgroup rules, mount, pages, and the NIC
     back on its kernel driver under its original name. The first failure is raised after trying the rest."""
-    _undo_all(lease, strict=True)
+    _, failed = _undo_all(lease, ledger)
+    if failed:
+        exc = StepError("release", failed[0].message)
+        exc.undo_errors = failed  # type: ignore[attr-defined]
+        raise exc
 
 
 def _target_alive(lease: Lease) -> bool:
@@ -300,6 +325,8 @@ def recover_dpdk(lease: Lease, ledger: Ledger) -> str:
     container is gone; an attached lease with a live container is kept. The lease ends when undone."""
     if lease.state == "attached" and _target_alive(lease):
         return f"kept: attached to {lease.target}"
-    done = _undo_all(lease, strict=False)
+    done, failed = _undo_all(lease, ledger)
+    if failed:  # kept in the ledger as failed, with what is left
+        raise StepError("recover", f"undid {', '.join(done) or 'nothing'}; {'; '.join(str(e) for e in failed)}")
     ledger.remove(lease.key)
     return f"undid {', '.join(done)}" if done else "nothing to undo"

@@ -22,7 +22,7 @@ from typing import Callable, List, Optional, Tuple
 import psutil
 
 from . import models, statedir
-from .errors import Error, InputError, StepError
+from .errors import Error, InputError, StepError, boundary
 from .guards import check_handoff, refuse
 from .inventory import PCI_DEVICES, Nic, find_nic
 from .ledger import state_dir
@@ -220,6 +220,7 @@ def _ensure_driver_loaded(fs: Sysfs, driver: str) -> None:
         raise Error(f"driver {driver} is not loaded", f"modprobe {driver}")
 
 
+@boundary
 def bind(nic: Nic | str, driver: str = "vfio-pci", *, noiommu: bool = False, force: bool = False,
          dry_run: bool = False, sysfs: Optional[Sysfs] = None) -> BindResult:
     """Bind ``nic`` to ``driver`` (``vfio-pci`` or ``uio_pci_generic``), guards first; returns what was done.
@@ -315,6 +316,7 @@ def _restore_name(fs: Sysfs, pci: str, want: Optional[str], renamer: Optional[Re
     return name
 
 
+@boundary
 def unbind(nic: Nic | str, *, driver: Optional[str] = None, ifname: Optional[str] = None,
            dry_run: bool = False, sysfs: Optional[Sysfs] = None, renamer: Optional[Renamer] = None) -> BindResult:
     """Give the NIC back to its kernel driver: clear the override, unbind, reprobe, check, rename.

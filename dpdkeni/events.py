@@ -6,8 +6,8 @@ yields one ``added`` however many uevents it causes (pci add, virtio add, net ad
 of everything (at start and after the kernel dropped messages, ``ENOBUFS``) reports what was missed and
 nothing twice. Since a uevent is handled by reading sysfs as it is *now*, a NIC unplugged and another plugged at
 the same PCI address before the watcher got to the first one's uevents is recognised by its model or MAC and
-reported as ``removed`` + ``added``. The monitor socket is opened before the first enumeration, so nothing that happens in between
-is lost.
+reported as ``removed`` + ``added``. The monitor socket is opened before the first enumeration, so nothing that
+happens in between is lost.
 
 Sources: ``udev`` hears devices after udevd processed (renamed) them; when no udevd runs (containers, this
 kind of VM) it hears nothing, silently, so ``auto`` picks ``kernel`` there. With the ``kernel`` source a NIC
@@ -25,11 +25,11 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Deque, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Collection, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import inventory, specs
 from . import models as models_mod
-from .errors import Error, InputError
+from .errors import InputError, WaitTimeout, boundary
 from .inventory import Nic
 from .sysfs import Sysfs
 
@@ -46,10 +46,6 @@ _DRAIN_BATCH = 512
 RTM_NEWLINK_TYPE = 16
 
 Filter = Union[None, Collection[str], Callable[[Nic], bool]]
-
-
-class WaitTimeout(Error):
-    """:func:`wait_for_nic` gave up: the NIC did not appear in time (exit status 1)."""
 
 
 @dataclass
@@ -247,14 +243,14 @@ class Watcher:
         self.rcvbuf = rcvbuf
         # link kinds the models file admits as stand-in NICs (tests: veth); none unless it says so
         self._stand_ins = frozenset(models_mod.virtual_kinds()) if models is None and not all else frozenset()
-        self.stats = collections.Counter()
+        self.stats: collections.Counter = collections.Counter()
         self._known: Dict[str, Nic] = {}
         self._pending: Dict[str, float] = {}
         self._udev_named: set = set()  # PCI NICs whose netdev udev has announced (named) since we started
         self._out: Deque[NicEvent] = collections.deque()
         self._links = _Links()
-        self._monitor = None
-        self._sock: Optional[socket.socket] = None
+        self._monitor: Any = None  # pyudev.Monitor once started
+        self._sock: Any = None  # a dup of the monitor's socket, to peek for ENOBUFS
         self._poller = select.poll()
 
     # ----- lifecycle
@@ -498,15 +494,15 @@ class Watcher:
                 self._known[bdf] = nic
         if self._wants_virtual:
             for ifindex, (name, kind) in self._links.dump().items():
-                nic = self._virtual(name, ifindex, kind)
-                if nic is None or not self._admit(nic):
+                link = self._virtual(name, ifindex, kind)
+                if link is None or not self._admit(link):
                     continue
                 key = f"ifindex:{ifindex}"
                 seen.add(key)
                 if emit:
-                    self._set(key, nic, resync=True)
+                    self._set(key, link, resync=True)
                 else:
-                    self._known[key] = nic
+                    self._known[key] = link
         for key in [k for k in self._known if k not in seen and k not in self._pending]:
             if emit:
                 self._drop(key, resync=True)
@@ -520,10 +516,11 @@ def _matcher(mac: Optional[str], pci: Optional[str]) -> Tuple[Callable[[Nic], bo
     if mac is not None:
         want = specs.normalize_mac(mac)
         return (lambda nic: bool(nic.ifname) and (nic.mac or "").lower() == want), f"MAC {want}"
-    want = specs.normalize_pci(pci)
+    want = specs.normalize_pci(pci or "")
     return (lambda nic: nic.pci == want), f"PCI address {want}"
 
 
+@boundary
 def wait_for_nic(mac: Optional[str] = None, pci: Optional[str] = None, timeout: float = 30.0, *,
                  source: str = "auto", models: Filter = None, all: bool = False,
                  sysfs: Optional[Sysfs] = None) -> Nic:

@@ -15,12 +15,12 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import models, netdev, validate
-from .errors import Error, GuardError, InputError, NotFoundError, os_error_message
+from .errors import Error, GuardError, InputError, NotFoundError, as_error, boundary
 from .guards import check_handoff
 from .inventory import Nic, find_nic, has_routes
 from .ledger import Lease, Leases, Ledger
-from .specs import classify
 from .netns import Target, refuse_host, resolve_target
+from .specs import classify
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def _auto_table(leases: Mapping[str, Lease], target: Target, key: str, table: Op
     return netdev.TABLE_BASE + index if others else None
 
 
+@boundary
 def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev", *, ifname: str = "eth0",
            addresses: Sequence[str] = (), gateway: Optional[str] = None, mtu: Optional[int] = None,
            dhcp: bool = False, hugepages: Optional[str] = None, driver: str = "vfio-pci", noiommu: bool = False,
@@ -187,8 +188,11 @@ def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev
                                             root=root)
             _dpdkmode().attach_dpdk(nic, tgt, lease, ledger, hugepages=hugepages, driver=driver,
                                     noiommu=noiommu, force=force, dry_run=False)
-        except BaseException:
-            ledger.remove(key)
+        except BaseException as exc:
+            if getattr(exc, "undo_errors", None):  # what could not be undone stays recorded, for recover
+                ledger.update(key, state="failed")
+            else:
+                ledger.remove(key)
             raise
     return ledger.update(key, state="attached")
 
@@ -196,6 +200,7 @@ def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev
 BATCH_WORKERS = 4
 
 
+@boundary
 def attach_many(requests: Sequence[Dict[str, Any]], *, workers: int = BATCH_WORKERS) -> List[Union[Lease, Error]]:
     """Attach several NICs at once: each request is a dict of :func:`attach` arguments (``nic`` and ``target``,
     optionally ``mode``, ``ifname``, ``addresses``, ...). Returns, in request order, the lease of each NIC or the
@@ -208,6 +213,7 @@ def attach_many(requests: Sequence[Dict[str, Any]], *, workers: int = BATCH_WORK
     return _in_threads(lambda r: attach(**r), list(requests), workers)
 
 
+@boundary
 def release_many(nics: Sequence[Union[Nic, str]], *, force: bool = False,
                  workers: int = BATCH_WORKERS) -> List[Union[Lease, None, Error]]:
     """:func:`release` for several NICs, ``workers`` at a time; per NIC the ended lease, None (not leased) or
@@ -221,10 +227,8 @@ def _in_threads(fn: Any, items: List[Any], workers: int) -> List[Any]:
     def guarded(item: Any) -> Any:
         try:
             return fn(item)
-        except Error as exc:
+        except Error as exc:  # attach and release map system errors at their boundary
             return exc
-        except OSError as exc:      # one NIC's system error must not stop the others or go unreported
-            return os_error_message(exc, str(item.get("nic") if isinstance(item, dict) else item))
 
     if workers <= 1 or len(items) <= 1:
         return [guarded(i) for i in items]
@@ -277,6 +281,7 @@ def _original(nic: Nic, ipr: Any) -> Dict[str, Any]:
     return base
 
 
+@boundary
 def release(nic: Union[Nic, str], *, force: bool = False) -> Optional[Lease]:
     """Take a NIC back from its target: the host gets it under its original name, MTU, addresses and up/down
     state. Returns the ended lease, or None when the NIC was not leased (a malformed spec is an InputError: a
@@ -309,6 +314,7 @@ def _bring_home(lease: Lease, ledger: Ledger, force: bool) -> str:
     return netdev.release_netdev(lease, ledger, force=force)
 
 
+@boundary
 def recover() -> List[Dict[str, Any]]:
     """Finish or undo what crashed processes left: a half-done attach is undone, a half-done release finished,
     an attached NIC whose target is gone reclaimed. Returns one dict per lease: key, action, detail."""
@@ -317,9 +323,12 @@ def recover() -> List[Dict[str, Any]]:
     for lease in ledger.leases().values():
         try:
             done.append(_recover_one(lease, ledger))
-        except Error as exc:
-            log.error("recovering %s failed: %s", lease.key, exc)
-            done.append({"key": lease.key, "action": "failed", "detail": str(exc)})
+        except Exception as exc:  # one lease's failure must not stop the others: mapped here, per lease
+            err = as_error(exc, f"recovering {lease.key}")
+            if err is None:
+                raise
+            log.error("recovering %s failed: %s", lease.key, err)
+            done.append({"key": lease.key, "action": "failed", "detail": str(err)})
     return done
 
 
@@ -345,13 +354,15 @@ def _recover_one(lease: Lease, ledger: Ledger) -> Dict[str, Any]:
             from . import dhcp as dhcpmod
             dhcpmod.ensure_running(lease, ledger)
         return {"key": lease.key, "action": "kept", "detail": f"attached to {lease.target}"}
-    action = {"attaching": "rolled-back", "releasing": "released"}.get(lease.state, "reclaimed")
+    action = {"attaching": "rolled-back", "failed": "rolled-back", "releasing": "released"}.get(lease.state,
+                                                                                               "reclaimed")
     lease = ledger.update(lease.key, state="releasing", owner_pid=os.getpid(), created=time.time())
     outcome = netdev.release_netdev(lease, ledger, force=True)
     ledger.remove(lease.key)
     return {"key": lease.key, "action": action, "detail": outcome}
 
 
+@boundary
 def reclaim(nic: Union[Nic, str]) -> Optional[Dict[str, Any]]:
     """A leased NIC is back in the host's namespace (its container died; the kernel names it devN): restore its
     name and settings, stop its DHCP client, end the lease. None when the NIC is not leased. For the daemon."""

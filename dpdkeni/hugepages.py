@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Iterator, List, Optional
 
 from . import nsexec, statedir
-from .validate import SIZE_UNITS as _UNITS, size as parse_size  # noqa: F401 (parse_size: used by cdi, commands)
-from .errors import Error, InputError, os_error_message
+from .errors import Error, InputError, boundary, os_error_message
 from .sysfs import Sysfs
+from .validate import SIZE_UNITS as _UNITS
+from .validate import size as parse_size  # noqa: F401 (used by cdi, commands)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def _pool(fs: Sysfs, page_bytes: int, node: Optional[int]) -> Pool:
     return Pool(page_bytes, node, read("nr_hugepages"), read("free_hugepages"), read("surplus_hugepages"))
 
 
+@boundary
 def status(fs: Optional[Sysfs] = None) -> List[Pool]:
     """Every pool: system-wide per page size, then per NUMA node."""
     fs = fs or Sysfs()
@@ -122,6 +124,7 @@ def set_pages(count: int, page_bytes: int, node: Optional[int] = None, fs: Optio
     return got
 
 
+@boundary
 def add_pages(delta: int, page_bytes: int, node: Optional[int] = None, fs: Optional[Sysfs] = None) -> int:
     """Grow a pool by ``delta`` pages (checked); returns the new total."""
     fs = fs or Sysfs()
@@ -130,6 +133,7 @@ def add_pages(delta: int, page_bytes: int, node: Optional[int] = None, fs: Optio
         return set_pages(now + delta, page_bytes, node, fs)
 
 
+@boundary
 def remove_pages(delta: int, page_bytes: int, node: Optional[int] = None, fs: Optional[Sysfs] = None) -> int:
     """Shrink a pool by ``delta`` pages (never below 0); pages still in use become surplus and return to the
     kernel when freed. Returns what the pool reads afterwards."""
@@ -159,6 +163,7 @@ def _umount_here(path: str) -> str:
     return path
 
 
+@boundary
 def mount_hugetlbfs(path: str, size_bytes: int, page_bytes: int = 2 << 20, pid: Optional[int] = None) -> str:
     """Mount a hugetlbfs capped at ``size_bytes`` at ``path``, in the mount namespace of ``pid`` (a container)
     or here. The cap makes the kernel refuse mappings past it, so one container cannot take another's pages."""
@@ -169,6 +174,7 @@ def mount_hugetlbfs(path: str, size_bytes: int, page_bytes: int = 2 << 20, pid: 
         raise os_error_message(exc, f"mounting hugetlbfs ({options}) at {path}") from exc
 
 
+@boundary
 def umount_hugetlbfs(path: str, pid: Optional[int] = None) -> None:
     """Unmount a hugetlbfs mounted by :func:`mount_hugetlbfs` (the pages its files held go back to the pool)."""
     try:
@@ -189,6 +195,7 @@ def _resize_here(path: str, options: Optional[str]) -> int:
     return 0
 
 
+@boundary
 def resize_hugetlbfs(path: str, size_bytes: int, page_bytes: int = 2 << 20, pid: Optional[int] = None) -> None:
     """Give the hugetlbfs at ``path`` (in pid's mount namespace) a new ``size=`` cap; 0 unmounts it. hugetlbfs
     cannot change its cap in place, so it is mounted anew, which is only done while it holds no file: an
@@ -209,7 +216,7 @@ def size_cap(pid: Optional[int], path: str) -> Optional[int]:
     found = [m for m in mounts(pid) if m["path"] == path]
     if not found:
         return None
-    opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in found[-1]["options"].split(","))
+    opts = dict(o.partition("=")[::2] for o in found[-1]["options"].split(","))
     return int(opts["size"]) if opts.get("size", "").isdigit() else 0
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Set
 
 from . import models, specs
-from .errors import NotFoundError
+from .errors import NotFoundError, boundary
 from .sysfs import Sysfs
 
 if TYPE_CHECKING:
@@ -216,6 +216,7 @@ def _find_virtual(fs: Sysfs, kind: str, value: str, ipr: Optional["IPRoute"] = N
     return _virtual_nic(fs, names[0], _netlink_kind(names[0], ipr) if fs.root == "/" else "unknown")
 
 
+@boundary
 def list_nics(all: bool = False, sysfs: Optional[Sysfs] = None,
               active: Optional[ActiveFn] = None) -> List[Nic]:
     """The managed NICs of this host (``all=True``: every PCI network device and every netdev).
@@ -289,6 +290,7 @@ def _one_pci_nic(fs: Sysfs, kind: str, value: str) -> Optional[Nic]:
     return _pci_nic(fs, bdf, _ledger_macs())
 
 
+@boundary
 def find_nic(spec: str, sysfs: Optional[Sysfs] = None, active: Optional[ActiveFn] = None,
              ipr: Optional["IPRoute"] = None) -> Nic:
     """The NIC named by a PCI address (full or short), a MAC or an interface name (``ipr``: a root-namespace
@@ -303,7 +305,7 @@ def find_nic(spec: str, sysfs: Optional[Sysfs] = None, active: Optional[ActiveFn
     if nic is not None:
         if nic.ifname and active is None:
             nic.active = bool(fs.root == "/" and netlink_active_one(nic.ifname))
-        elif nic.ifname:
+        elif nic.ifname and active is not None:
             nic.active = nic.ifname in active()
         return nic
     for nic in list_nics(all=True, sysfs=fs, active=active):

@@ -13,12 +13,12 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field, fields
 from collections.abc import MutableMapping
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from . import statedir
-from .errors import Error, os_error_message
+from .errors import LedgerError, os_error_message
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,6 @@ class _Parsed:
 _PARSED: Dict[str, _Parsed] = {}
 
 
-class LedgerError(Error):
-    """The ledger file is unreadable or cannot be written."""
-
-
 class Ledger:
     """The lease file under a state dir. Reads take a shared lock, changes an exclusive one."""
 
@@ -208,7 +204,7 @@ class Ledger:
         _PARSED[self.path] = _Parsed(body, raw)
         return Leases(dict(raw))
 
-    def _store(self, leases: Dict[str, Lease]) -> None:
+    def _store(self, leases: MutableMapping[str, Lease]) -> None:
         if not isinstance(leases, Leases):
             leases = Leases({k: _fresh(v.to_dict()) for k, v in leases.items()})
         parsed = leases.encode(_PARSED.get(self.path))
@@ -220,7 +216,7 @@ class Ledger:
         _PARSED[self.path] = parsed
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Dict[str, Lease]]:
+    def transaction(self) -> Iterator["Leases"]:
         """Yield the leases under an exclusive lock; changes are written when the block ends without error."""
         with self._locked(exclusive=True):
             leases = self._load()

@@ -16,13 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tomllib
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
-
-try:
-    import tomllib
-except ImportError:  # Python < 3.11
-    tomllib = None  # type: ignore[assignment]
 
 from .errors import InputError
 
@@ -97,10 +93,8 @@ def load_models_file(path: str) -> List[Model]:
         if path.endswith(".json"):
             data = json.loads(raw)
         else:
-            if tomllib is None:
-                raise InputError("TOML models files need Python 3.11+; use a .json file")
             data = tomllib.loads(raw.decode())
-    except (ValueError, tomllib.TOMLDecodeError if tomllib else ValueError) as exc:
+    except ValueError as exc:  # tomllib.TOMLDecodeError included
         raise InputError(f"{path}: {exc}") from exc
     out = []
     for i, entry in enumerate(data.get("model", [])):
@@ -124,7 +118,7 @@ def virtual_kinds() -> List[str]:
     try:
         with open(path, "rb") as f:
             raw = f.read()
-        data = json.loads(raw) if path.endswith(".json") else (tomllib.loads(raw.decode()) if tomllib else {})
+        data = json.loads(raw) if path.endswith(".json") else tomllib.loads(raw.decode())
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read models file {path}: {exc}") from exc
     return [str(k) for k in data.get("virtual_kinds", [])]

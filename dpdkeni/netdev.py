@@ -27,7 +27,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import netns as nsmod, validate
+from . import netns as nsmod
+from . import validate
 from .errors import Error, GuardError, InputError, NotFoundError, StepError
 from .ledger import Lease, Ledger, Step
 
@@ -128,11 +129,12 @@ def _test_hook(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _best_effort(step: str, undo: Callable[[], Any]) -> None:
+def _best_effort(step: str, undo: Callable[[], Any], failed: List[Error]) -> None:
     try:
         undo()
-    except Exception as exc:  # an undo must not hide the error that started the unwinding
+    except Exception as exc:  # an undo must not hide the error that started the unwinding: it rides along
         log.error("undoing %s failed: %s", step, _why(exc))
+        failed.append(StepError(f"undo {step}", _why(exc)))
 
 
 class Steps:
@@ -148,6 +150,12 @@ class Steps:
         self.ledger, self.key, self.stack = ledger, lease.key, stack
         self.recorded = {s.name for s in lease.steps}
         self.done: Dict[str, Dict[str, Any]] = {}  # steps run, not yet marked done in the ledger
+        self.undo_errors: List[Error] = []
+        stack.push(self._report_undo_errors)  # pushed first, so it runs after every undo
+
+    def _report_undo_errors(self, _type: Any, exc: Optional[BaseException], _tb: Any) -> None:
+        if exc is not None and self.undo_errors:
+            exc.undo_errors = list(self.undo_errors)  # type: ignore[attr-defined]
 
     def run(self, name: str, fn: Callable[[], Optional[Dict[str, Any]]],
             undo: Optional[Callable[[], Any]] = None, record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -164,7 +172,7 @@ class Steps:
         except (NetlinkError, OSError, Error) as exc:
             raise StepError(name, _why(exc)) from exc
         if undo is not None:
-            self.stack.callback(_best_effort, name, undo)
+            self.stack.callback(_best_effort, name, undo, self.undo_errors)
         result = result if isinstance(result, dict) else {}
         self.done[name] = result
         _test_hook(name)
@@ -514,7 +522,8 @@ def release_netdev(lease: Lease, ledger: Ledger, *, force: bool = False) -> str:
             steps.run("rules", lambda: del_rules(tip, lease.params.get("addresses") or [],
                                                  lease.params.get("table")))
             if link is not None:
-                steps.run("return", lambda: {"as": return_home(lease, tip, link["index"], force=force)})
+                index = link["index"]
+                steps.run("return", lambda: {"as": return_home(lease, tip, index, force=force)})
                 return "returned"
     with IPRoute() as root:
         link = find_by_mac(root, orig["mac"]) if orig.get("mac") else None

@@ -1,8 +1,8 @@
 """Targets: the network namespace (and, where there is one, the process) a NIC is handed to.
 
 Spec forms: ``pid:N``, ``netns:NAME`` (``/run/netns/NAME``; never created by accident), a path to an nsfs file,
-and ``container:ID`` (runc/crun/containerd/docker state; see :func:`container_pid`). A target is opened by file descriptor and
-identified by the namespace's inode, never by guessing.
+and ``container:ID`` (runc/crun/containerd/docker state; see :func:`container_pid`). A target is opened by file
+descriptor and identified by the namespace's inode, never by guessing.
 """
 from __future__ import annotations
 

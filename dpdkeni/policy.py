@@ -24,26 +24,18 @@ import os
 import re
 import shlex
 import subprocess
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-try:
-    import tomllib
-except ImportError:  # Python < 3.11: JSON policies only
-    tomllib = None  # type: ignore[assignment]
-
 from . import models, specs, validate
-from .errors import InputError, StepError
+from .errors import InputError, PolicyError, StepError
 from .inventory import Nic
 
 MATCH_KEYS = ("model", "mac", "pci", "ifname")
 RULE_KEYS = ("name", "match", "mode", "target", "target_command", "ifname", "addresses", "gateway", "mtu",
              "hugepages", "dhcp", "driver", "noiommu", "table")
 MODES = models.MODES
-
-
-class PolicyError(InputError):
-    """The policy file is invalid; the message starts with ``file:line:``."""
 
 
 @dataclass
@@ -235,8 +227,6 @@ def parse(text: str, path: str = "<policy>") -> Policy:
 
 
 def _toml(text: str) -> Dict[str, Any]:
-    if tomllib is None:
-        raise ValueError("TOML policies need Python 3.11+; use a .json file")
     return tomllib.loads(text)
 
 
@@ -257,5 +247,5 @@ def attach_kwargs(rule: Rule) -> Dict[str, Any]:
 
 def describe(rules: Sequence[Rule]) -> List[str]:
     """One line per rule (for the daemon's start-up log)."""
-    return [f"{r.name} (line {r.line}): {r.match} -> {r.mode} {r.target or '$(' + r.target_command + ')'}"
+    return [f"{r.name} (line {r.line}): {r.match} -> {r.mode} {r.target or '$(' + (r.target_command or '') + ')'}"
             for r in rules]

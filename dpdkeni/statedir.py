@@ -15,15 +15,10 @@ import stat
 import tempfile
 from typing import Iterator, Optional
 
-from .errors import InputError
+from .errors import StateDirError
 
 DEFAULT = "/run/dpdkeni"
 ENV = "DPDKENI_STATE_DIR"
-
-
-class StateDirError(InputError):
-    """The state dir (or a directory in it) is not safe to use: a symlink, not a directory, someone else's, or
-    writable by group or others."""
 
 
 def path() -> str:
@@ -88,7 +83,8 @@ def opened(file: str, flags: int = os.O_RDONLY, mode: int = 0o600, text: bool = 
     fd = open_file(file, flags, mode)
     writing = flags & (os.O_WRONLY | os.O_RDWR)
     kind = ("a" if flags & os.O_APPEND else "w") if writing else "r"
-    with os.fdopen(fd, kind if text else kind + "b", **({"encoding": "utf-8"} if text else {})) as f:
+    with os.fdopen(fd, kind if text else kind + "b",  # type: ignore[call-overload]  # mode built at run time
+                   **({"encoding": "utf-8"} if text else {})) as f:
         yield f
 
 

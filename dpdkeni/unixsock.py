@@ -75,7 +75,7 @@ def serve(sock: socket.socket, path: str, stop: threading.Event,
         while not stop.is_set():
             try:
                 conn, _ = sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             threading.Thread(target=handle, args=(conn,), daemon=True).start()
     finally:

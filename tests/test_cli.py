@@ -107,3 +107,23 @@ def _with_func(parser, func):
         for sub in action.choices.values():
             sub.set_defaults(func=func)
     return parser
+
+
+def test_help_groups_the_commands_by_what_a_person_does(cli):
+    out = cli("--help")
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    listing = lines[lines.index("  COMMAND") + 1:lines.index("options:") - 1]
+    shown = [line.strip().split("  ")[0] for line in listing if not line.startswith("                ")]
+    assert shown == ["inspect:", "list", "show", "doctor", "leases",
+                     "hand over:", "attach", "release", "recover",
+                     "DPDK pieces:", "bind", "unbind", "hugepages", "cdi",
+                     "events and daemon:", "watch", "wait", "daemon", "udev",
+                     "measure:", "fwd", "Kubernetes:", "cni", "lab:", "lab"]
+    assert lines[lines.index("    hand over:") + 1].startswith("      attach          hand a NIC to a container")
+
+
+def test_a_command_no_group_lists_shows_under_other():
+    from dpdkeni import cli as cli_mod
+    assert cli_mod.command_groups(["attach", "zap", "list", "aaa"]) == [
+        ("inspect", ["list"]), ("hand over", ["attach"]), ("other", ["aaa", "zap"])]

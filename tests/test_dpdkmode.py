@@ -254,3 +254,74 @@ def test_recover_denies_the_v1_lines_of_an_interrupted_devcgroup_step(hybrid_wor
     assert probe(cgs[:1], ZERO, FULL) == {ZERO: 0, FULL: errno.EPERM}
     assert dpdkmode.recover_dpdk(ledger.get(BDF), ledger) == "undid devcgroup"
     assert probe(cgs, NULL, ZERO, FULL) == {NULL: 0, ZERO: errno.EPERM, FULL: errno.EPERM}
+
+
+def test_a_guard_refusal_in_dpdk_mode_exits_3_and_is_cni_101_as_with_dry_run(sysfs_tree, state_dir,
+                                                                            container_factory, monkeypatch, capsys):
+    """driver.bind's guard (no IOMMU group and no --noiommu) refuses inside ``attach --mode dpdk``: a GuardError,
+    exit 3 and CNI code 101, exactly as ``--dry-run`` says, and nothing is left (lease, driver)."""
+    from dpdkeni import cli, cni, handoff
+    from dpdkeni.errors import GuardError
+    k = SimKernel(sysfs_tree)
+    k.add_nic(BDF, "virtio-net", ifname=None)  # no netdev to snapshot, no IOMMU group
+    monkeypatch.setenv("DPDKENI_SYSFS_ROOT", sysfs_tree.root)
+    c = container_factory()
+    with pytest.raises(GuardError) as info:
+        handoff.attach(BDF, c.target, mode="dpdk", hugepages="0")
+    assert info.value.exit_code == 3 and cni._error_code(info.value) == 101
+    assert Ledger().leases() == {} and k.driver(BDF) == "virtio-pci"
+    for extra in ([], ["--dry-run"]):
+        capsys.readouterr()
+        assert cli.main(["attach", BDF, "--to", c.target, "--mode", "dpdk", "--hugepages", "0", *extra]) == 3
+        err = capsys.readouterr().err
+        assert err == (f"dpdkeni: error: {BDF} has no IOMMU group (no IOMMU on this host); vfio-pci would need the "
+                       "unsafe no-IOMMU mode (pass --noiommu (noiommu=True) to enable it, or use uio_pci_generic)\n")
+    assert Ledger().leases() == {} and k.driver(BDF) == "virtio-pci"
+    from cnirun import run_cni  # the plugin binary, as a runtime runs it (no resident server at this socket)
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "dpdkeni-cni", "pciBusID": BDF, "mode": "dpdk",
+            "hugepages": "0", "wait": 1}
+    out = run_cni("ADD", conf, netns=f"/proc/{c.pid}/ns/net",
+                  extra_env={"DPDKENI_CNI_SOCKET": os.path.join(state_dir, "no-server.sock")})
+    assert out.returncode == 1 and (out.doc["code"], out.doc["msg"]) == (
+        101, f"{BDF} has no IOMMU group (no IOMMU on this host); vfio-pci would need the unsafe no-IOMMU mode")
+    assert Ledger().leases() == {} and k.driver(BDF) == "virtio-pci"
+
+
+BDF3 = "0000:00:06.0"
+
+
+def test_an_undo_that_fails_keeps_the_error_and_a_failed_lease_that_recover_finishes(world, monkeypatch, capsys):
+    """The devcgroup step is refused (a runtime program with a call), and the bind's undo then fails for real
+    (the simulated virtio-pci probe fails): the devcgroup error is the one raised, the undo failure rides on it,
+    the lease stays ``failed`` with the bind left to undo, ``leases`` shows it and ``recover`` finishes it."""
+    import json
+    from dpdkeni import cli, handoff
+    k, c, cgs = world
+    k.add_nic(BDF3, "virtio-net", ifname=None, iommu_group=9)
+    os.mknod(k.tree.p("dev/vfio/9"), stat.S_IFCHR | 0o666, os.makedev(1, 9))
+    monkeypatch.setenv("DPDKENI_SYSFS_ROOT", k.tree.root)
+    monkeypatch.setattr(dpdkmode, "Sysfs", lambda *a, **kw: k.sysfs())  # binds through the simulated kernel
+    runtime_program(cgs[-1], [dc.rule_for(NULL)], extra=dc.insn(0x85, imm=15))  # a program with a call: refused
+    k.failing.add("virtio-pci")
+    with pytest.raises(StepError) as info:
+        handoff.attach(BDF3, c.target, mode="dpdk", hugepages="0")
+    assert info.value.step == "devcgroup"
+    assert [(e.step, e.message) for e in info.value.undo_errors] == [
+        ("undo bind", f"undo bind: writing '{BDF3}' to /sys/bus/pci/drivers/virtio-pci/bind: Invalid argument "
+                      "(the kernel rejected the value)")]
+    lease = Ledger().get(BDF3)
+    assert lease.state == "failed" and [(s.name, s.state) for s in lease.steps] == [("bind", "done")]
+    assert k.driver(BDF3) is None
+    capsys.readouterr()
+    assert cli.main(["leases", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [(x["key"], x["state"], [s["name"] for s in x["steps"]]) for x in shown] == [(BDF3, "failed", ["bind"])]
+    assert handoff.recover() == [{"key": BDF3, "action": "failed", "detail": (
+        f"recover: undid nothing; undo bind: writing '{BDF3}' to /sys/bus/pci/drivers/virtio-pci/bind: Invalid "
+        "argument (the kernel rejected the value)")}]  # still failing: kept, with what is left
+    assert Ledger().get(BDF3).state == "failed" and [s.name for s in Ledger().get(BDF3).steps] == ["bind"]
+    k.failing.clear()
+    assert handoff.recover() == [{"key": BDF3, "action": "dpdk", "detail": "undid bind"}]
+    assert Ledger().leases() == {} and k.driver(BDF3) == "virtio-pci"
+    for layer in layers(cgs):
+        assert probe(layer, ZERO) == {ZERO: errno.EPERM}, layer

@@ -59,6 +59,12 @@ def test_good_policy_matches_first_rule():
     (('target = "netns:blue"', 'target = "blue"'), 20, "target 'blue'"),
     (('target = "netns:blue"', ''), 18, "exactly one of target"),
     (('addresses = ["198.18.0.2/24"]', 'addresses = ["198.18.0.2/24" "x"]'), 7, "line 7"),
+    # what attach and the CNI config refuse, a policy refuses too: the daemon must not start on a rule it
+    # cannot apply
+    (('addresses = ["198.18.0.2/24"]', 'addresses = ["198.18.0.2"]'), 7, "bad address '198.18.0.2': no prefix"),
+    (('hugepages = "256M"', 'hugepages = "256M"\ndriver = "e1000"'), 17, "bad driver 'e1000'"),
+    (('mtu = 1500', 'table = "main"'), 9, "table 'main' is not an integer"),
+    (('mtu = 1500', 'table = 254'), 9, "bad route table 254"),
 ])
 def test_errors_name_file_and_line(tmp_path, edit, line, word):
     path = tmp_path / "policy.toml"
@@ -90,5 +96,10 @@ def test_daemon_refuses_to_start_on_an_invalid_policy(cli, tmp_path, state_dir):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [
         f"dpdkeni: error: {path}:4: rule 1: mode 'fast' must be netdev or dpdk"]
+    path.write_text('[[rule]]\nmatch = { model = "virtio-net" }\ntarget = "pid:1"\naddresses = ["198.18.0.2"]\n')
+    out = cli("daemon", "--policy", str(path), timeout=30)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"dpdkeni: error: {path}:4: rule 1: bad address '198.18.0.2': no prefix length (use CIDR, like "
+        "198.18.0.2/24)"]
     out = cli("daemon", "--policy", str(tmp_path / "missing.toml"))
     assert out.returncode == 2 and "cannot read the policy" in out.stderr

@@ -7,6 +7,7 @@ import argparse
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import sys
+
     from ..cni_server import CniServer
     if args.socket is not None:
         from ..validate import socket_path

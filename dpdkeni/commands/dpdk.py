@@ -18,7 +18,7 @@ def _print_writes(result: "driver.BindResult") -> None:
         print(f"{'would write' if result.dry_run else 'wrote'} {value.strip() or '(empty)'!r} to {path}")
 
 
-def _emit(args: argparse.Namespace, obj: dict) -> bool:
+def _emit(args: argparse.Namespace, obj: object) -> bool:
     if getattr(args, "json", False):
         from ..cli import emit_json
         emit_json(obj)

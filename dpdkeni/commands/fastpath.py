@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
+from typing import List, TextIO
 
 from ..errors import InputError
 from ..fastpath import BACKENDS, MODES, TX_METHODS, Forwarder, Stats
@@ -49,7 +49,7 @@ def cmd_fwd(args: argparse.Namespace) -> int:
                     cpu=args.cpu, peer=args.peer, target=args.target, pkt_size=args.size, flows=args.flows,
                     rate=args.rate, count=args.count, tx_method=args.tx_method)
     live = sys.stderr if args.json else sys.stdout
-    started = []
+    started: List[bool] = []
 
     def every(stats: Stats) -> None:
         if args.quiet:

@@ -47,6 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     import signal
+
     from ..lab import Lab
     from ..lab.control import ControlServer
     lab = Lab(progress=_progress)
@@ -57,7 +58,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: server.stop.set())
         lab.start()
-        _progress(f"lab up: kernel {lab.image.kernel_release}, this checkout at /opt/dpdkeni in the guest, "
+        image = lab.image
+        assert image is not None  # start() built or found it
+        _progress(f"lab up: kernel {image.kernel_release}, this checkout at /opt/dpdkeni in the guest, "
                   f"control socket {server.path}\n"
                   "  dpdkeni lab plug virtio-net|e1000|e1000e [--mac MAC]   hot-plug a NIC, as a cloud attaches one\n"
                   "  dpdkeni lab exec -- COMMAND...                         run a command in the guest\n"

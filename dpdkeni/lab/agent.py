@@ -7,14 +7,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..errors import Error
+from ..errors import AgentError, Error
 from .jsonline import JsonLineClient
 
 log = logging.getLogger(__name__)
-
-
-class AgentError(Error):
-    """The guest agent did not answer, or answered with an error."""
 
 
 @dataclass

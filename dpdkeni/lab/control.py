@@ -67,7 +67,7 @@ class ControlServer:
                     req = json.loads(line)
                     if not isinstance(req, dict):
                         raise ValueError("a request is a JSON object")
-                    op = self._ops.get(req.get("op"))
+                    op = self._ops.get(str(req.get("op")))
                     if op is None:
                         raise Error(f"unknown op {req.get('op')!r} (one of {', '.join(self._ops)})")
                     args = {k: v for k, v in req.items() if k not in ("id", "op")}

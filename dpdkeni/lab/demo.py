@@ -51,7 +51,7 @@ class Demo:
         return out
 
     def run(self) -> List[Tuple[str, str]]:
-        self.act(f"1. the guest is up ({self.lab.boot_seconds:.1f}s boot, kernel {self.lab.image.kernel_release})")
+        self.act(f"1. the guest is up ({self.lab.boot_seconds:.1f}s boot, kernel {self.lab.image.kernel_release})")  # type: ignore[union-attr]
         self.guest("list")
         self.act("2. hot-plug a virtio-net and an e1000 from the host over QMP")
         virtio = self.lab.plug("virtio-net", mac="52:54:00:de:00:01", id="demo-virtio")

@@ -22,7 +22,7 @@ def connect_unix(path: str, timeout: float) -> socket.socket:
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             if time.monotonic() > deadline:
-                raise Error(f"lab: QEMU socket {path} did not appear within {timeout:.0f}s")
+                raise Error(f"lab: QEMU socket {path} did not appear within {timeout:.0f}s") from None
             time.sleep(0.05)
 
 

@@ -140,7 +140,7 @@ class Lab:
             detail = self.qemu.stderr().strip()[-1500:]
             tail = self.console_tail()
             self.stop()
-            raise Error(f"lab: the guest did not come up: {exc}\n{detail}\n--- guest console ---\n{tail}")
+            raise Error(f"lab: the guest did not come up: {exc}\n{detail}\n--- guest console ---\n{tail}") from exc
         self.boot_seconds = time.monotonic() - started
         self.progress(f"lab: guest up in {self.boot_seconds:.1f}s")
 
@@ -196,6 +196,8 @@ class Lab:
         return os.path.join(cache_root(), "last-console.log")
 
     def _keep_console(self) -> None:
+        if self.qemu is None:
+            return
         text = self.qemu.console()
         if text:
             os.makedirs(cache_root(), exist_ok=True)

@@ -6,14 +6,10 @@ import logging
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from ..errors import Error
+from ..errors import QMPError
 from .jsonline import JsonLineClient
 
 log = logging.getLogger(__name__)
-
-
-class QMPError(Error):
-    """QEMU answered a command with an error, or the monitor went away."""
 
 
 class QMP(JsonLineClient):
