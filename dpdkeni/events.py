@@ -41,6 +41,10 @@ UDEV_CONTROL = "run/udev/control"
 # How long a NIC in transition (no driver, or a kernel driver without its netdev) may stay so before it is
 # reported as it is: covers unbind -> bind (driver_override), net remove -> pci remove (unplug).
 SETTLE_S = 0.5
+# a NIC whose driver let go is held back this long for what usually follows at once (its removal, on unplug:
+# the kernel unbinds, then deletes the device), so an unplug is one ``removed`` even when the remove uevent comes
+# late (udevd forwards it after its rules ran: seconds on a loaded host); a NIC left unbound is then ``bound``
+UNBIND_SETTLE_S = 5.0
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _DRAIN_BATCH = 512
 RTM_NEWLINK_TYPE = 16
@@ -426,8 +430,16 @@ class Watcher:
             self._pending.setdefault(bdf, time.monotonic() + max(self.settle, 3.0))
         elif final or _settled(nic):
             self._set(bdf, nic, seqnum, resync)
+        elif self._lost_driver(bdf, nic):
+            self._pending.setdefault(bdf, time.monotonic() + max(self.settle, UNBIND_SETTLE_S))
         else:
             self._pending[bdf] = time.monotonic() + self.settle
+
+    def _lost_driver(self, bdf: str, nic: Nic) -> bool:
+        """A known NIC that had a driver and has none now (the same device: not another one plugged at its address
+        meanwhile): an unbind, or the first half of an unplug."""
+        old = self._known.get(bdf)
+        return old is not None and bool(old.driver) and not nic.driver and not _replaced(old, nic)
 
     # ----- virtual links (keyed by ifindex: stable across renames)
     def _virtual(self, ifname: str, ifindex: int, kind: Optional[str] = None) -> Optional[Nic]:

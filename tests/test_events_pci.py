@@ -161,3 +161,31 @@ def test_udev_source_reports_the_name_udev_gave(sysfs_tree):
     sysfs_tree.add_nic(BDF, "virtio-net", ifname="enp1s0")
     events = feed(w, net("add", "enp1s0"))
     assert [(e.action, e.nic.ifname) for e in events] == [("added", "enp1s0")]
+
+
+def test_an_unplug_whose_remove_uevent_comes_late_is_still_one_removed(watcher, sysfs_tree):
+    """Seen in the lab under load: the driver let go (net remove + pci unbind), and udevd passed the pci remove on
+    after the settle time. That is one ``removed`` with what the NIC was, not a ``bound`` to nothing first."""
+    sysfs_tree.add_nic(BDF, "e1000", ifname="eth1", mac="52:54:00:aa:00:07")
+    watcher.resync(emit=False)
+    unplug(sysfs_tree)
+    sysfs_tree.add_nic(BDF, "e1000", driver=None)           # the device is still there, without its driver
+    assert feed(watcher, net("remove", "eth1"), pci("unbind")) == []   # 1 s: twenty times the settle time
+    unplug(sysfs_tree)
+    events = feed(watcher, pci("remove"))
+    assert [(e.action, e.nic.mac, e.nic.driver, e.nic.ifname) for e in events] == [
+        ("removed", "52:54:00:aa:00:07", "e1000", "eth1")]
+
+
+def test_a_nic_left_without_a_driver_is_bound_to_nothing_after_the_unbind_window(watcher, sysfs_tree,
+                                                                                  monkeypatch):
+    import dpdkeni.events as events_mod
+    monkeypatch.setattr(events_mod, "UNBIND_SETTLE_S", 0.3)
+    sysfs_tree.add_nic(BDF, "e1000", ifname="eth1")
+    watcher.resync(emit=False)
+    unplug(sysfs_tree)
+    sysfs_tree.add_nic(BDF, "e1000", driver=None)
+    started = time.monotonic()
+    events = feed(watcher, net("remove", "eth1"), pci("unbind"))
+    assert time.monotonic() - started >= 0.3
+    assert [(e.action, e.nic.driver, e.old.driver) for e in events] == [("bound", None, "e1000")]
