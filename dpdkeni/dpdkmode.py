@@ -8,7 +8,13 @@ the sum of the shares while it is still empty, since DPDK uses one mount per pag
 change its cap in place; a runtime's uncapped hugetlbfs is used as it is; undo: shrink it back by this NIC's
 share, or unmount it with the last one), ``devcgroup`` (allow the vfio or uio nodes
 ``rw``; undo: revoke exactly what was added), ``devnodes`` (mknod in the container; undo: unlink).
-``release_dpdk`` and ``recover_dpdk`` undo the recorded steps in reverse order.
+``release_dpdk`` and ``recover_dpdk`` undo the recorded steps in reverse order, each undo recorded in the ledger
+(the step's state becomes ``undone``) as soon as it succeeded, so a release or recovery that is killed half-way
+is finished by the next ``recover`` without undoing a step twice (a second ``remove_pages`` would shrink another
+container's hugepages).
+
+Test hook: with ``DPDKENI_TEST_KILL_AFTER=<name>`` the process SIGKILLs itself right after attach step ``<name>``
+(one of :data:`ATTACH_STEPS`) or release step ``undo-<name>`` (:data:`RELEASE_STEPS`) is recorded.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import contextlib
 import logging
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import devcgroup, driver as drv, hugepages as hp
+from . import devcgroup, driver as drv, hugepages as hp, netdev
 from .errors import Error, InputError, StepError
 from .inventory import Nic
 from .ledger import Lease, Ledger
@@ -27,6 +33,9 @@ log = logging.getLogger(__name__)
 HUGEPAGES_MOUNT = "/dev/hugepages"
 DEFAULT_PAGESIZE = 2 << 20
 DEFAULT_HUGEPAGES = "256M"
+ATTACH_STEPS = ("bind", "hugepages", "hugetlbfs", "devcgroup", "devnodes")
+RELEASE_STEPS = tuple(f"undo-{name}" for name in reversed(ATTACH_STEPS))
+UNDONE = "undone"  # the ledger state of a step whose undo ran (release and recovery skip it)
 
 
 def device_nodes(fs: Sysfs, nic: Nic, driver: str) -> List[Tuple[str, devcgroup.Rule]]:
@@ -74,6 +83,7 @@ class _Steps:
         self.ledger.end_step(self.lease.key, name, **learned)
         data = {**undo_data, **learned}
         self.stack.callback(_undo_quietly, name, data)
+        netdev._test_hook(name)
 
 
 def attach_dpdk(nic: Nic, target: Any, lease: Lease, ledger: Ledger, *, hugepages: Optional[str] = None,
@@ -266,15 +276,17 @@ def _undo_quietly(name: str, data: Dict[str, Any]) -> None:
         log.error("undo of %s failed: %s", name, exc)
 
 
-def _undo_all(lease: Lease, strict: bool) -> List[str]:
+def _undo_all(lease: Lease, ledger: Ledger, strict: bool) -> List[str]:
     done, first = [], None
     for step in reversed(lease.steps):
-        if step.name not in _UNDO:
+        if step.name not in _UNDO or step.state == UNDONE:
             continue
         data = dict(step.undo, partial=step.state != "done")
         try:
             _undo(step.name, data)
+            _mark_undone(ledger, lease.key, step.name)
             done.append(step.name)
+            netdev._test_hook(f"undo-{step.name}")
         except (Error, OSError) as exc:
             log.error("undo of %s for %s failed: %s", step.name, lease.key, exc)
             first = first or exc
@@ -283,10 +295,18 @@ def _undo_all(lease: Lease, strict: bool) -> List[str]:
     return done
 
 
+def _mark_undone(ledger: Ledger, key: str, name: str) -> None:
+    """Record that step ``name`` of lease ``key`` is undone (one ledger write)."""
+    with ledger.transaction() as leases:
+        step = leases[key].step(name) if key in leases else None
+        if step is not None:
+            step.state = UNDONE
+
+
 def release_dpdk(lease: Lease, ledger: Ledger) -> None:
     """Undo every recorded dpdk step of ``lease``, newest first: nodes, cgroup rules, mount, pages, and the NIC
     back on its kernel driver under its original name. The first failure is raised after trying the rest."""
-    _undo_all(lease, strict=True)
+    _undo_all(lease, ledger, strict=True)
 
 
 def _target_alive(lease: Lease) -> bool:
@@ -300,6 +320,6 @@ def recover_dpdk(lease: Lease, ledger: Ledger) -> str:
     container is gone; an attached lease with a live container is kept. The lease ends when undone."""
     if lease.state == "attached" and _target_alive(lease):
         return f"kept: attached to {lease.target}"
-    done = _undo_all(lease, strict=False)
+    done = _undo_all(lease, ledger, strict=False)
     ledger.remove(lease.key)
     return f"undid {', '.join(done)}" if done else "nothing to undo"
