@@ -10,6 +10,7 @@ import sys
 import time
 
 from dpdkeni import devcgroup as dc
+from dpdkeni.ledger import Ledger
 
 POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
 
@@ -82,7 +83,7 @@ def state(case: dict) -> dict:
             "devnodes": sorted(os.listdir(f"/proc/{pid}/root/dev/vfio")) if os.path.isdir(
                 f"/proc/{pid}/root/dev/vfio") else [],
             "programs": programs(case["cgroup"]),
-            "leases": json.loads(dpdkeni("leases", "--json").stdout or "null")}
+            "leases": [lease.to_dict() for lease in Ledger().leases().values()]}
 
 
 def main() -> None:
@@ -99,9 +100,8 @@ def main() -> None:
         else:
             killed = dpdkeni(*attach, kill_after=step)
         row["killed"] = [killed.returncode, killed.stderr[-500:]]
-        leases = json.loads(dpdkeni("leases", "--json").stdout or "null") or []
-        row["ledger_after_kill"] = [[x.get("key"), x.get("state"), [[st["name"], st["state"]] for st in x["steps"]]]
-                                    for x in (leases if isinstance(leases, list) else leases.values())]
+        row["ledger_after_kill"] = [[lease.key, lease.state, [[st.name, st.state] for st in lease.steps]]
+                                    for lease in Ledger().leases().values()]
         rec = dpdkeni("recover", "--json")
         row["recover"] = [rec.returncode, rec.stdout, rec.stderr[-500:]]
         row["after"] = state(case)

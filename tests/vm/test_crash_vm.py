@@ -34,17 +34,19 @@ print(dc.query(cfd)[1])
 
 
 @pytest.fixture
-def cgroup_container(lab, guest_containers, request):
+def cgroup_container(lab):
     """(pid, cgroup) of a stand-in container with its own tmpfs /dev, in a cgroup of its own that carries a
-    runtime-style device program; the cgroup is removed after (the container killed first)."""
-    pid = guest_containers()
+    runtime-style device program; the container is killed and its cgroup removed after."""
+    pid = lab.container()
     cgroup = f"/sys/fs/cgroup/dkcrash{pid}"
-    lab.sh(f"nsenter -t {pid} -m mount -t tmpfs tmpfs /dev && modprobe vfio-pci", check=True)
-    lab.run(["python3", "-c", CGROUP_SETUP, cgroup, str(pid)], check=True)
-    yield pid, cgroup
-    if lab.healthy():
-        lab.kill(lab.containers.pop(pid), signal=9)
-        lab.sh(f"rmdir {cgroup}")
+    try:
+        lab.sh(f"nsenter -t {pid} -m mount -t tmpfs tmpfs /dev && modprobe vfio-pci", check=True)
+        lab.run(["python3", "-c", CGROUP_SETUP, cgroup, str(pid)], check=True)
+        yield pid, cgroup
+    finally:
+        if lab.healthy():
+            lab.kill(lab.containers.pop(pid), signal=9)
+            lab.sh(f"rmdir {cgroup}")
 
 
 @pytest.fixture
@@ -99,7 +101,7 @@ with IPRoute() as ipr:
 """
 
 
-def test_sigkill_after_restore_then_recover(lab, plugged, guest_containers):
+def test_sigkill_after_restore_then_recover(lab, plugged):
     """netdev mode: the container dies, its NIC falls back into the guest's root namespace under the container's
     name; a release killed right after ``restore`` (the NIC renamed home and its settings back) is finished by
     ``recover``: the original name and MTU, down, no address, no lease."""
@@ -107,11 +109,13 @@ def test_sigkill_after_restore_then_recover(lab, plugged, guest_containers):
     lab.run(["ip", "link", "set", nic.ifname, "mtu", "1400"], check=True)
     before = lab.run(["python3", "-c", LINK, nic.mac], check=True).json()
     assert before == {"ifname": nic.ifname, "mtu": 1400, "up": False, "addresses": []}
-    pid = guest_containers()
-    out = lab.dpdkeni("attach", nic.mac, "--to", f"pid:{pid}", "--ifname", "eth0", "--mtu", "1500",
-                      "--address", "198.18.77.2/24")
-    assert out.rc == 0, out.stderr
-    lab.kill(lab.containers.pop(pid), signal=9)
+    pid = lab.container()
+    try:
+        out = lab.dpdkeni("attach", nic.mac, "--to", f"pid:{pid}", "--ifname", "eth0", "--mtu", "1500",
+                          "--address", "198.18.77.2/24")
+        assert out.rc == 0, out.stderr
+    finally:
+        lab.kill(lab.containers.pop(pid), signal=9)
     # the netns dies with its last process; the kernel moves the NIC home under the name it had inside
     lab.sh(f"until ip -o link | grep -q {nic.mac}; do sleep 0.1; done", timeout=60, check=True)
     home = lab.run(["python3", "-c", LINK, nic.mac], check=True).json()
