@@ -7,21 +7,43 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
-from dpdkeni import devcgroup as dc
+from dpdkeni import cli, devcgroup as dc, dpdkmode, handoff  # noqa: F401  (imported once, before the forks)
 from dpdkeni.ledger import Ledger
+
+KILL = "DPDKENI_TEST_KILL_AFTER"
 
 POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
 
 
 def dpdkeni(*args: str, kill_after: str = "") -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("DPDKENI_TEST_KILL_AFTER", None)
-    if kill_after:
-        env["DPDKENI_TEST_KILL_AFTER"] = kill_after
-    return subprocess.run([sys.executable, "-m", "dpdkeni", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    """``dpdkeni ARGS`` in a child process forked from this one (the library already imported: under TCG a fresh
+    ``python3 -m dpdkeni`` spends seconds importing), with the kill hook set; its exit status (-9 when the hook
+    killed it), stdout and stderr."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        pid = os.fork()
+        if pid == 0:  # the child: the dpdkeni command, as the CLI runs it
+            code = 70
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                os.environ.pop(KILL, None)
+                if kill_after:
+                    os.environ[KILL] = kill_after
+                code = cli.main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(args, rc, out.read(), err.read())
 
 
 def read(path: str) -> str:
