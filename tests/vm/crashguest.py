@@ -105,7 +105,7 @@ def state(case: dict) -> dict:
             "devnodes": sorted(os.listdir(f"/proc/{pid}/root/dev/vfio")) if os.path.isdir(
                 f"/proc/{pid}/root/dev/vfio") else [],
             "programs": programs(case["cgroup"]),
-            "leases": [lease.to_dict() for lease in Ledger().leases().values()]}
+            "leases": [lease.to_dict() for lease in Ledger().leases().values() if lease.key == pci]}
 
 
 def main() -> None:
@@ -123,7 +123,7 @@ def main() -> None:
             killed = dpdkeni(*attach, kill_after=step)
         row["killed"] = [killed.returncode, killed.stderr[-500:]]
         row["ledger_after_kill"] = [[lease.key, lease.state, [[st.name, st.state] for st in lease.steps]]
-                                    for lease in Ledger().leases().values()]
+                                    for lease in Ledger().leases().values() if lease.key == case["pci"]]
         rec = dpdkeni("recover", "--json")
         row["recover"] = [rec.returncode, rec.stdout, rec.stderr[-500:]]
         row["after"] = state(case)
