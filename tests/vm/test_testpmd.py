@@ -76,6 +76,10 @@ def test_testpmd_in_runc_forwards_between_virtio_and_e1000(lab, plugged):
         time.sleep(5)
         lab.run(["runc", "kill", name, "INT"], check=True)
         log = lab.wait_text(f"/tmp/{name}.log", "Bye", timeout=120)
+    except BaseException:  # a failure here must not leave the NICs leased and on vfio-pci for the next tests
+        lab.run(["runc", "delete", "--force", name])
+        lab.run(["python3", "-c", RELEASE, a.pci, b.pci], timeout=300)
+        raise
     finally:
         lab.run(["runc", "delete", "--force", name])
     ports = _totals(log)
