@@ -8,7 +8,13 @@ the sum of the shares while it is still empty, since DPDK uses one mount per pag
 change its cap in place; a runtime's uncapped hugetlbfs is used as it is; undo: shrink it back by this NIC's
 share, or unmount it with the last one), ``devcgroup`` (allow the vfio or uio nodes
 ``rw``; undo: revoke exactly what was added), ``devnodes`` (mknod in the container; undo: unlink).
-``release_dpdk`` and ``recover_dpdk`` undo the recorded steps in reverse order.
+``release_dpdk`` and ``recover_dpdk`` undo the recorded steps in reverse order, each undo recorded in the ledger
+(the step's state becomes ``undone``) as soon as it succeeded, so a release or recovery that is killed half-way
+is finished by the next ``recover`` without undoing a step twice (a second ``remove_pages`` would shrink another
+container's hugepages).
+
+Test hook: with ``DPDKENI_TEST_KILL_AFTER=<name>`` the process SIGKILLs itself right after attach step ``<name>``
+(one of :data:`ATTACH_STEPS`) or release step ``undo-<name>`` (:data:`RELEASE_STEPS`) is recorded.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import contextlib
 import logging
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import devcgroup
+from . import devcgroup, netdev
 from . import driver as drv
 from . import hugepages as hp
 from .errors import Error, GuardError, InputError, StepError, as_error
@@ -29,6 +35,9 @@ log = logging.getLogger(__name__)
 HUGEPAGES_MOUNT = "/dev/hugepages"
 DEFAULT_PAGESIZE = 2 << 20
 DEFAULT_HUGEPAGES = "256M"
+ATTACH_STEPS = ("bind", "hugepages", "hugetlbfs", "devcgroup", "devnodes")
+RELEASE_STEPS = tuple(f"undo-{name}" for name in reversed(ATTACH_STEPS))
+UNDONE = "undone"  # the ledger state of a step whose undo ran (release and recovery skip it)
 
 
 def device_nodes(fs: Sysfs, nic: Nic, driver: str) -> List[Tuple[str, devcgroup.Rule]]:
@@ -79,6 +88,7 @@ class _Steps:
             raise
         self.ledger.end_step(self.lease.key, name, **learned)
         self.ran.append((name, {**undo_data, **learned}))
+        netdev._test_hook(name)
 
 
 def attach_dpdk(nic: Nic, target: Any, lease: Lease, ledger: Ledger, *, hugepages: Optional[str] = None,
@@ -277,7 +287,9 @@ def _undo_steps(key: str, ledger: Ledger, ran: List[Tuple[str, Dict[str, Any]]])
     for name, data in reversed(ran):
         try:
             _undo(name, data)
+            _mark_undone(ledger, key, name)
             done.append(name)
+            netdev._test_hook(f"undo-{name}")
         except Exception as exc:
             err = StepError(f"undo {name}", str(as_error(exc) or f"{type(exc).__name__}: {exc}"))
             log.error("%s for %s failed: %s", err.step, key, err.message)
@@ -300,8 +312,17 @@ def _keep_failed(ledger: Ledger, key: str, left: List[str], errors: List[Error])
 
 
 def _undo_all(lease: Lease, ledger: Ledger) -> Tuple[List[str], List[Error]]:
-    ran = [(s.name, dict(s.undo, partial=s.state != "done")) for s in lease.steps if s.name in _UNDO]
+    ran = [(s.name, dict(s.undo, partial=s.state != "done")) for s in lease.steps
+           if s.name in _UNDO and s.state != UNDONE]
     return _undo_steps(lease.key, ledger, ran)
+
+
+def _mark_undone(ledger: Ledger, key: str, name: str) -> None:
+    """Record that step ``name`` of lease ``key`` is undone (one ledger write)."""
+    with ledger.transaction() as leases:
+        step = leases[key].step(name) if key in leases else None
+        if step is not None:
+            step.state = UNDONE
 
 
 def release_dpdk(lease: Lease, ledger: Ledger) -> None:

@@ -33,7 +33,8 @@ state_dir = statedir.path  # where the modules that keep state look it up
 
 @dataclass
 class Step:
-    """One recorded step of an attach or release: ``state`` is ``started`` or ``done``; ``undo`` holds
+    """One recorded step of an attach or release: ``state`` is ``started``, ``done`` or (a dpdk step whose undo
+    ran) ``undone``; ``undo`` holds
     what is needed to reverse it."""
 
     name: str

@@ -129,8 +129,9 @@ def test_attach_then_release(world):
 
 def check_attached(k, c, cgs, ledger, before):
     steps = ledger.get(BDF).steps
-    assert [(s.name, s.state) for s in steps] == [(n, "done") for n in ("bind", "hugepages", "hugetlbfs",
-                                                                        "devcgroup", "devnodes")]
+    # every step a real attach records, in order: the kill points of tests/vm/test_crash_vm.py are all there are
+    assert [(s.name, s.state) for s in steps] == [(n, "done") for n in dpdkmode.ATTACH_STEPS]
+    assert dpdkmode.RELEASE_STEPS == tuple(f"undo-{s.name}" for s in reversed(steps))
     assert k.driver(BDF) == "vfio-pci"
     assert hp._pool(Sysfs(), M2, None).total == before + 2
     assert [m["options"] for m in hp.mounts(c.pid) if m["path"] == "/dev/hugepages"] == [

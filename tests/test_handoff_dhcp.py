@@ -1,5 +1,6 @@
 """DHCP on a handed-over NIC against dnsmasq (Debian's dnsmasq-base) in a peer namespace: the offered address,
 default route and MTU arrive, the lease is renewed while attached, released on release, no process is left."""
+import json
 import os
 import subprocess
 import time
@@ -119,6 +120,32 @@ def test_sigkill_after_dhcp_step_then_recover(env, dnsmasq, container_factory, c
     assert r.returncode == 0, r.stderr
     assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     assert host_state(nic) == before and Ledger().leases() == {}
+    assert wait_for(lambda: before["mac"] not in leasefile.read_text())
+
+
+def test_sigkill_after_dhcp_stop_then_recover(env, dnsmasq, container_factory, cli):
+    """A release killed right after ``dhcp-stop`` (the client told to give its lease back and gone): recover
+    finishes the release (the NIC home with its name and settings, no lease) and starts no client again."""
+    nic, leasefile = dnsmasq
+    prepare_nic(nic, mtu=1500)
+    before = host_state(nic)
+    c = container_factory()
+    from dpdkeni import netdev
+    assert cli("attach", nic, "--to", c.target, "--dhcp").returncode == 0
+    pid = Ledger().get(f"if:{nic}").step("dhcp").undo["pid"]
+    assert wait_for(lambda: before["mac"] in leasefile.read_text())
+    r = cli("release", nic, env={netdev.TEST_KILL_ENV: "dhcp-stop"})
+    assert r.returncode == -9, r.stderr
+    lease = Ledger().get(f"if:{nic}")
+    assert lease.state == "releasing" and lease.steps[-1].name == "dhcp-stop", lease
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    r = cli("recover", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [(a["key"], a["action"], a["detail"]) for a in json.loads(r.stdout)] == [
+        (f"if:{nic}", "released", "returned")]
+    assert host_state(nic) == before and Ledger().leases() == {}
+    assert "eth0" not in c.run("ip", "link").stdout
+    assert _clients_of(env) == []
     assert wait_for(lambda: before["mac"] not in leasefile.read_text())
 
 

@@ -138,3 +138,25 @@ def test_cli_reserve_sets_the_pool_and_reads_it_back(hugepage_lock, cli):
     finally:
         assert cli("hugepages", "reserve", "--pages", str(before)).returncode == 0
     assert cli("hugepages", "reserve").returncode == 2
+
+
+@needs_hugetlb
+def test_cli_clear_empties_every_system_wide_pool(hugepage_lock, cli):
+    """``dpdkeni hugepages clear`` after a ``reserve`` in each page size the kernel offers (1G when memory allows):
+    every system-wide pool reads 0 after it. The pools are put back as found whatever happens."""
+    pools = {p.page_bytes: f"/sys/kernel/mm/hugepages/hugepages-{p.page_bytes >> 10}kB/nr_hugepages"
+             for p in hp.status() if p.node is None}
+    before = {size: int(open(path).read()) for size, path in pools.items()}
+    try:
+        r = cli("hugepages", "reserve", "--pages", str(before[M2] + 4), "--pagesize", "2M")
+        assert r.returncode == 0, r.stderr
+        assert int(open(pools[M2]).read()) == before[M2] + 4
+        if 1 << 30 in pools:  # one 1G page if the kernel finds the memory; cleared either way
+            cli("hugepages", "reserve", "--pages", str(before[1 << 30] + 1), "--pagesize", "1G")
+        r = cli("hugepages", "clear")
+        assert (r.returncode, r.stdout) == (0, "hugepages cleared\n"), r.stderr
+        assert {size: int(open(path).read()) for size, path in pools.items()} == {size: 0 for size in pools}
+    finally:
+        for size, count in before.items():
+            with open(pools[size], "w") as f:
+                f.write(str(count))
