@@ -1,4 +1,5 @@
-"""The ``dpdkeni-cni`` binary: a thin client of the resident plugin when one runs, the whole plugin otherwise.
+"""``dpdkeni-cni-py``: the Python twin of the C ``dpdkeni-cni`` (native/cni_client.c), which execs it when no
+server answers: a thin client of the resident plugin when one runs, the whole plugin otherwise.
 
 A runtime starts a CNI plugin for every pod network it adds or deletes; starting Python and importing pyroute2
 costs most of a call. With ``dpdkeni cni serve`` running (as Multus runs its thick daemon), this client, which
@@ -14,6 +15,7 @@ import io
 import json
 import os
 import socket
+import struct
 import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -41,13 +43,27 @@ def decode_request(line: bytes) -> Tuple[Dict[str, str], bytes]:
     return dict(req["env"]), base64.b64decode(req["stdin"])
 
 
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_cred(sock: socket.socket) -> Tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a connected unix socket (SO_PEERCRED)."""
+    pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+    return pid, uid, gid
+
+
 def _ask(path: str, request: bytes) -> Optional[Dict[str, Any]]:
-    """The server's reply, or None when no server listens (then the caller runs the plugin itself)."""
+    """The server's reply, or None when no root server listens (then the caller runs the plugin itself): a
+    server of another user never sees the call."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
             sock.connect(path)
         except OSError:
+            return None
+        uid = peer_cred(sock)[1]
+        if uid != 0:
+            sys.stderr.write(f"dpdkeni-cni: {path} is served by uid {uid}, not root: not handing it the call\n")
             return None
         sock.sendall(request)
         sock.shutdown(socket.SHUT_WR)

@@ -12,16 +12,14 @@ import io
 import json
 import logging
 import socket
-import struct
 import threading
+import time
 from typing import Optional
 
 from . import cni, unixsock
-from .cni_client import decode_request, socket_path
+from .cni_client import decode_request, peer_cred, socket_path
 
 log = logging.getLogger(__name__)
-
-_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class CniServer:
@@ -37,6 +35,7 @@ class CniServer:
         """Bind the socket (a stale one of a server that died is replaced; a live one is an error)."""
         self._sock = unixsock.listen(self.path, f"a dpdkeni cni server already listens on {self.path}",
                                      backlog=64)
+        cni.warm_up()
         log.info("cni server listening on %s", self.path)
 
     def serve(self) -> None:
@@ -48,7 +47,7 @@ class CniServer:
 
     def _call(self, conn: socket.socket) -> None:
         with conn:
-            pid, uid, _ = _CRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+            pid, uid, _ = peer_cred(conn)
             if uid != 0:
                 log.warning("cni call from pid %d uid %d refused (root only)", pid, uid)
                 return
@@ -60,10 +59,11 @@ class CniServer:
                 log.warning("malformed cni call from pid %d ignored", pid)
                 return
             out = io.StringIO()
+            start = time.monotonic()
             rc = cni.main(environ, io.BytesIO(stdin), out)
             self.calls += 1
-            log.info("%s %s %s -> %d", environ.get("CNI_COMMAND"), environ.get("CNI_CONTAINERID"),
-                     environ.get("CNI_IFNAME"), rc)
+            log.info("%s %s %s -> %d (%.1f ms)", environ.get("CNI_COMMAND"), environ.get("CNI_CONTAINERID"),
+                     environ.get("CNI_IFNAME"), rc, (time.monotonic() - start) * 1e3)
             try:
                 conn.sendall(json.dumps({"rc": rc, "stdout": out.getvalue()}).encode() + b"\n")
             except OSError as exc:  # the runtime gave up on the call

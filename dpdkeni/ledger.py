@@ -2,7 +2,9 @@
 
 One JSON file (``leases.json``) under the state dir (``DPDKENI_STATE_DIR``, default ``/run/dpdkeni``), changed only
 inside :meth:`Ledger.transaction`, which holds an exclusive ``flock`` on ``leases.lock`` and writes the file
-atomically (temp file, fsync, rename, fsync of the directory). A step is recorded (``started``) before it runs
+atomically (temp file + rename: a reader or a process killed mid-write sees the old file or the new one, never
+a part). No fsync: what the ledger describes (links in namespaces, driver bindings, hugepage reservations, device
+rules) does not outlive a power loss either, and on a state dir on disk each fsync cost ~2 ms of a CNI call. A step is recorded (``started``) before it runs
 and marked ``done`` after, so ``recover`` knows exactly how far a crashed process got.
 """
 from __future__ import annotations
@@ -219,14 +221,7 @@ class Ledger:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
             os.rename(tmp, self.path)
-            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
         except OSError as exc:
             _PARSED.pop(self.path, None)
             with contextlib.suppress(OSError):

@@ -1,0 +1,319 @@
+/* dpdkeni-cni: the binary a container runtime executes for every pod network call.
+ *
+ * It starts in about a millisecond: it connects to the resident plugin (`dpdkeni cni serve`, socket
+ * $DPDKENI_CNI_SOCKET or ${DPDKENI_STATE_DIR:-/run/dpdkeni}/cni.sock), checks with SO_PEERCRED that the server
+ * runs as root, and hands it the call in the protocol of dpdkeni/cni_client.py: one request line
+ *   {"env": {CNI_*, DPDKENI_* and PATH}, "stdin": base64 of the configuration}
+ * then one reply line {"rc": N, "stdout": "..."}; it prints stdout and exits with rc.
+ * When no server answers (or the one listening is not root, whom the call is never shown) it execs the
+ * in-process Python plugin, `dpdkeni-cni-py` beside this binary, with stdin untouched.
+ * A server that closes the connection before replying gives the CNI error 11 (try again later).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define FALLBACK "dpdkeni-cni-py"
+#define TRY_AGAIN_LATER 11
+
+struct buf {
+    char *data;
+    size_t len, cap;
+};
+
+static void die_oom(void)
+{
+    fputs("dpdkeni-cni: out of memory\n", stderr);
+    exit(1);
+}
+
+static void buf_add(struct buf *b, const void *data, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        b->data = realloc(b->data, cap);
+        if (!b->data)
+            die_oom();
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+
+static void buf_str(struct buf *b, const char *s) { buf_add(b, s, strlen(s)); }
+
+/* A JSON string literal; bytes >= 0x80 pass as they are (UTF-8 in, UTF-8 out). */
+static void buf_json(struct buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    buf_add(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            char esc[2] = {'\\', (char)c};
+            buf_add(b, esc, 2);
+        } else if (c < 0x20) {
+            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            buf_add(b, esc, 6);
+        } else {
+            buf_add(b, &s[i], 1);
+        }
+    }
+    buf_add(b, "\"", 1);
+}
+
+static void buf_base64(struct buf *b, const unsigned char *s, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)s[i] << 16 | (i + 1 < n ? (unsigned)s[i + 1] << 8 : 0) | (i + 2 < n ? s[i + 2] : 0);
+        char out[4] = {tab[v >> 18 & 63], tab[v >> 12 & 63], i + 1 < n ? tab[v >> 6 & 63] : '=',
+                       i + 2 < n ? tab[v & 63] : '='};
+        buf_add(b, out, 4);
+    }
+}
+
+static int passed(const char *entry)
+{
+    return !strncmp(entry, "CNI_", 4) || !strncmp(entry, "DPDKENI_", 8) || !strncmp(entry, "PATH=", 5);
+}
+
+static void socket_path(char *out, size_t size)
+{
+    const char *sock = getenv("DPDKENI_CNI_SOCKET");
+    const char *state = getenv("DPDKENI_STATE_DIR");
+    if (sock && *sock)
+        snprintf(out, size, "%s", sock);
+    else
+        snprintf(out, size, "%s/cni.sock", state ? state : "/run/dpdkeni");
+}
+
+/* A connected socket to a root server, or -1 (no server, or one we must not talk to). */
+static int connect_server(void)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    char path[PATH_MAX];
+    socket_path(path, sizeof(path));
+    if (strlen(path) >= sizeof(addr.sun_path))
+        return -1;
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        close(fd);
+        return -1;
+    }
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.uid != 0) {
+        fprintf(stderr, "dpdkeni-cni: %s is served by uid %d, not root: not handing it the call\n", path,
+                len == sizeof(cred) ? (int)cred.uid : -1);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* The in-process plugin, installed beside this binary (symlinks to it resolved). */
+static void exec_fallback(char **argv)
+{
+    char self[PATH_MAX], target[PATH_MAX + sizeof(FALLBACK) + 1];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n > 0) {
+        self[n] = 0;
+        char *slash = strrchr(self, '/');
+        if (slash) {
+            *slash = 0;
+            snprintf(target, sizeof(target), "%s/%s", self, FALLBACK);
+            argv[0] = target;
+            execv(target, argv);
+        }
+    }
+    argv[0] = FALLBACK;
+    execvp(FALLBACK, argv);
+    fprintf(stderr, "dpdkeni-cni: no server answers and %s cannot run: %s\n", FALLBACK, strerror(errno));
+    printf("{\"cniVersion\": \"1.0.0\", \"code\": 999, \"msg\": \"dpdkeni-cni: no server and no %s\"}\n",
+           FALLBACK);
+    exit(1);
+}
+
+static int read_all(int fd, struct buf *b)
+{
+    char chunk[65536];
+    for (;;) {
+        ssize_t n = read(fd, chunk, sizeof(chunk));
+        if (n == 0)
+            return 0;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf_add(b, chunk, (size_t)n);
+    }
+}
+
+static int send_all(int fd, const char *data, size_t n)
+{
+    while (n) {
+        ssize_t w = send(fd, data, n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        data += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void request(struct buf *req, const struct buf *config)
+{
+    buf_str(req, "{\"env\": {");
+    int first = 1;
+    for (char **e = environ; *e; e++) {
+        const char *eq = strchr(*e, '=');
+        if (!eq || !passed(*e))
+            continue;
+        if (!first)
+            buf_str(req, ", ");
+        first = 0;
+        buf_json(req, *e, (size_t)(eq - *e));
+        buf_str(req, ": ");
+        buf_json(req, eq + 1, strlen(eq + 1));
+    }
+    buf_str(req, "}, \"stdin\": \"");
+    buf_base64(req, (const unsigned char *)config->data, config->len);
+    buf_str(req, "\"}\n");
+}
+
+static void put_utf8(struct buf *out, unsigned cp)
+{
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp, n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xc0 | cp >> 6), u[1] = (char)(0x80 | (cp & 63)), n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xe0 | cp >> 12), u[1] = (char)(0x80 | (cp >> 6 & 63)), u[2] = (char)(0x80 | (cp & 63)), n = 3;
+    } else {
+        u[0] = (char)(0xf0 | cp >> 18), u[1] = (char)(0x80 | (cp >> 12 & 63)), u[2] = (char)(0x80 | (cp >> 6 & 63));
+        u[3] = (char)(0x80 | (cp & 63)), n = 4;
+    }
+    buf_add(out, u, n);
+}
+
+static int hex4(const char *s, unsigned *v)
+{
+    *v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0') : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+                   : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10) : 16;
+        if (d > 15)
+            return -1;
+        *v = *v << 4 | d;
+    }
+    return 0;
+}
+
+/* Decode the JSON string starting at the opening quote *p; returns the position after it, or NULL. */
+static const char *json_string(const char *p, struct buf *out)
+{
+    if (*p++ != '"')
+        return NULL;
+    while (*p && *p != '"') {
+        if (*p != '\\') {
+            buf_add(out, p++, 1);
+            continue;
+        }
+        const char *simple = "\"\\/bfnrt", *value = "\"\\/\b\f\n\r\t", *at = strchr(simple, p[1]);
+        if (p[1] && at) {
+            buf_add(out, &value[at - simple], 1);
+            p += 2;
+            continue;
+        }
+        unsigned cp, lo;
+        if (p[1] != 'u' || hex4(p + 2, &cp) < 0)
+            return NULL;
+        p += 6;
+        if (cp >= 0xd800 && cp < 0xdc00 && p[0] == '\\' && p[1] == 'u' && hex4(p + 2, &lo) == 0 &&
+            lo >= 0xdc00 && lo < 0xe000) {
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            p += 6;
+        }
+        put_utf8(out, cp);
+    }
+    return *p == '"' ? p + 1 : NULL;
+}
+
+/* The value of key in the flat reply object {"rc": N, "stdout": "..."}: its text after the colon. */
+static const char *json_key(const char *doc, const char *key)
+{
+    char quoted[32];
+    snprintf(quoted, sizeof(quoted), "\"%s\"", key);
+    const char *at = strstr(doc, quoted);
+    if (!at)
+        return NULL;
+    at += strlen(quoted);
+    while (*at == ' ' || *at == ':')
+        at++;
+    return at;
+}
+
+static int config_version(const struct buf *config, char *out, size_t size)
+{
+    const char *v = config->data ? json_key(config->data, "cniVersion") : NULL;
+    struct buf s = {0};
+    if (v && json_string(v, &s) && s.len && s.len < size && !strpbrk(s.data, "\"\\"))
+        snprintf(out, size, "%s", s.data);
+    else
+        snprintf(out, size, "1.1.0");
+    free(s.data);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    int fd = connect_server();
+    if (fd < 0)
+        exec_fallback(argv);
+    struct buf config = {0}, req = {0}, reply = {0}, out = {0};
+    if (read_all(STDIN_FILENO, &config) < 0) {
+        fprintf(stderr, "dpdkeni-cni: reading the configuration: %s\n", strerror(errno));
+        return 1;
+    }
+    request(&req, &config);
+    if (send_all(fd, req.data, req.len) == 0)
+        shutdown(fd, SHUT_WR);
+    read_all(fd, &reply);
+    close(fd);
+    const char *rc = reply.data ? json_key(reply.data, "rc") : NULL;
+    const char *stdout_at = reply.data ? json_key(reply.data, "stdout") : NULL;
+    if (!rc || !stdout_at || !json_string(stdout_at, &out)) {
+        char version[64];
+        config_version(&config, version, sizeof(version));
+        printf("{\"cniVersion\": \"%s\", \"code\": %d, \"msg\": \"the dpdkeni cni server closed the connection\"}\n",
+               version, TRY_AGAIN_LATER);
+        return 1;
+    }
+    fwrite(out.data ? out.data : "", 1, out.len, stdout);
+    fflush(stdout);
+    return atoi(rc);
+}
