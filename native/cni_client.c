@@ -150,10 +150,11 @@ static void exec_fallback(char **argv)
     exit(1);
 }
 
-static int read_all(int fd, struct buf *b)
+/* Read until EOF, or (line != 0) until the first newline: the reply is one line, as cni_client.py reads it. */
+static int read_all(int fd, struct buf *b, int line)
 {
     char chunk[65536];
-    for (;;) {
+    while (!line || !b->len || !memchr(b->data, '\n', b->len)) {
         ssize_t n = read(fd, chunk, sizeof(chunk));
         if (n == 0)
             return 0;
@@ -164,6 +165,7 @@ static int read_all(int fd, struct buf *b)
         }
         buf_add(b, chunk, (size_t)n);
     }
+    return 0;
 }
 
 static int send_all(int fd, const char *data, size_t n)
@@ -295,14 +297,14 @@ int main(int argc, char **argv)
     if (fd < 0)
         exec_fallback(argv);
     struct buf config = {0}, req = {0}, reply = {0}, out = {0};
-    if (read_all(STDIN_FILENO, &config) < 0) {
+    if (read_all(STDIN_FILENO, &config, 0) < 0) {
         fprintf(stderr, "dpdkeni-cni: reading the configuration: %s\n", strerror(errno));
         return 1;
     }
     request(&req, &config);
     if (send_all(fd, req.data, req.len) == 0)
         shutdown(fd, SHUT_WR);
-    read_all(fd, &reply);
+    read_all(fd, &reply, 1);
     close(fd);
     const char *rc = reply.data ? json_key(reply.data, "rc") : NULL;
     const char *stdout_at = reply.data ? json_key(reply.data, "stdout") : NULL;

@@ -4,6 +4,7 @@ fallback when no server answers, and no call handed to a server that is not root
 real unix sockets, so each side of the protocol is checked on its own."""
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -52,6 +53,11 @@ class StandInServer:
             self.request = data
             if self.reply is not None:
                 conn.sendall(self.reply)
+                # the connection stays open until the client hangs up: a client must stop at the reply's
+                # newline (as dpdkeni.cni_client does), not wait for the server to close
+                poller = select.poll()
+                poller.register(conn, select.POLLHUP)
+                poller.poll(15000)
 
     def close(self):
         self.thread.join(30)
@@ -74,7 +80,7 @@ def test_request_is_the_protocol_line_and_the_reply_is_relayed(tmp_path, client)
     config = '{"cniVersion": "1.0.0", "name": "n\u00e9t", "x": "a\\"b\\u0001"}\n'.encode()
     env = _env(path, CNI_COMMAND="ADD", CNI_ARGS='K8S_POD_NAME=p;Q="x\\y"', DPDKENI_STATE_DIR="/run/x",
                CNI_NETNS="/run/netns/\u00e9", DPDKENI_NOTE="tab\there\x1f")
-    proc = subprocess.run([client], input=config, env=env, capture_output=True, timeout=30)
+    proc = subprocess.run([client], input=config, env=env, capture_output=True, timeout=10)
     server.close()
     assert proc.returncode == 3, proc
     assert proc.stdout.decode() == stdout
