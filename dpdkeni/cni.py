@@ -4,7 +4,8 @@ as a DPDK port, through :func:`dpdkeni.handoff.attach` / :func:`~dpdkeni.handoff
 It reads host-device's keys (``device``, ``hwaddr``, ``kernelpath``, ``pciBusID``, ``runtimeConfig.deviceID``)
 so a NetworkAttachmentDefinition written for host-device works with only ``type`` changed, and adds:
 ``mode`` (``netdev``/``dpdk``), ``hugepages``, ``driver``, ``noiommu``, ``mtu``, ``wait`` (seconds to wait for a
-NIC still being hot-plugged), static ``addresses``/``gateway``/``routes`` (also without ``ipam``).
+NIC still being hot-plugged), static ``addresses``/``gateway``/``routes`` (also without ``ipam``), ``ifname`` (the
+NIC's name in the pod instead of ``CNI_IFNAME``: containerd names a pod's networks eth0, eth1, ...).
 
 What host-device gets wrong and this plugin does not: the NIC's host name, MTU and link state come back from the
 ledger (not from the link alias, which udev or a netns teardown loses); altnames are dropped before renaming; a
@@ -53,6 +54,11 @@ class NetConf:
     noiommu: bool = False
     ipam: Optional[Dict[str, Any]] = None
     prev_result: Optional[Result] = None
+    ifname: Optional[str] = None  # the NIC's name in the pod instead of CNI_IFNAME
+
+    def name_in_pod(self, env: Env) -> str:
+        """What the NIC is called inside the pod: ``ifname`` when configured, else ``CNI_IFNAME``."""
+        return self.ifname or env.ifname
 
 
 def _invalid(msg: str, details: str = "") -> CniError:
@@ -126,12 +132,18 @@ def parse_netconf(conf: Mapping[str, Any]) -> NetConf:
     if not isinstance(routes, list) or not all(isinstance(r, dict) and r.get("dst") for r in routes):
         raise _invalid("routes must be a list of {\"dst\": CIDR, \"gw\": IP}", repr(routes)[:200])
     prev = conf.get("prevResult")
+    ifname = conf.get("ifname")
+    if ifname is not None and not _IFNAME.fullmatch(str(ifname)):
+        raise _invalid(f"bad ifname {ifname!r}", "an interface name: 1 to 15 characters, no '/', ':' or blanks")
     return NetConf(
         name=str(conf.get("name") or ""), version=conf["cniVersion"], nic_spec=nic_spec_from(conf), mode=mode,
         wait=max(0.0, wait), addresses=_static_ips(conf), gateway=conf.get("gateway"), routes=list(routes),
         mtu=mtu, hugepages=conf.get("hugepages"), driver=conf.get("driver") or "vfio-pci",
         noiommu=bool(conf.get("noiommu")), ipam=ipam,
-        prev_result=Result.from_json(prev) if prev is not None else None)
+        prev_result=Result.from_json(prev) if prev is not None else None, ifname=ifname)
+
+
+_IFNAME = re.compile(r"[^/:\s]{1,15}")
 
 
 # --- waiting for a NIC that is still being hot-plugged ------------------------------------------------------
@@ -256,8 +268,8 @@ def _ipam(conf: NetConf, command: str, raw: bytes, env: Env) -> Optional[Dict[st
 
 def build_result(conf: NetConf, env: Env, nic, ipam_result: Optional[Result]) -> Result:
     """The ADD result: our interface (index 0), IPAM's addresses and routes then the static ones."""
-    result = Result(interfaces=[{"name": env.ifname, "mac": nic.mac, "sandbox": env.netns, "mtu": conf.mtu,
-                                 "pciID": nic.pci}])
+    result = Result(interfaces=[{"name": conf.name_in_pod(env), "mac": nic.mac, "sandbox": env.netns,
+                                 "mtu": conf.mtu, "pciID": nic.pci}])
     if conf.mode == "dpdk":
         result.interfaces[0].pop("sandbox")  # a DPDK port is no netdev in the pod's namespace
     if ipam_result is not None:
@@ -275,38 +287,84 @@ def cmd_add(conf: NetConf, env: Env, raw: bytes) -> Dict[str, Any]:
     """Hand the NIC to ``CNI_NETNS``; returns the result document."""
     nic = find_nic_waiting(conf.nic_spec, conf.wait)
     path = _record_path(conf.name, env.container_id, env.ifname)
+    pin = _pin_path(path) if conf.mode == "netdev" else None
     ipam_doc = _ipam(conf, "ADD", raw, env)
     try:
         ipam_result = Result.from_json(ipam_doc) if ipam_doc is not None else None
         result = build_result(conf, env, nic, ipam_result)
         save_record(path, {"nic": nic.pci or nic.ifname, "mac": nic.mac, "pci": nic.pci, "ifname": nic.ifname,
                            "netns": env.netns, "mode": conf.mode, "container": env.container_id,
-                           "cni_ifname": env.ifname, "network": conf.name})
-        _attach(conf, env, nic, result)
+                           "cni_ifname": env.ifname, "network": conf.name, "pin": pin})
+        if pin is not None:
+            pin_netns(env.netns, pin)
+        _attach(conf, env, nic, result, pin or env.netns)
     except BaseException:
-        _undo_add(conf, env, raw, path)
+        _undo_add(conf, env, raw, path, pin)
         raise
     return result.to_json(conf.version)
 
 
-def _undo_add(conf: NetConf, env: Env, raw: bytes, path: str) -> None:
+def _undo_add(conf: NetConf, env: Env, raw: bytes, path: str, pin: Optional[str]) -> None:
     try:
         _ipam(conf, "DEL", raw, env)
     except CniError as exc:
         log.warning("undoing IPAM after a failed ADD: %s", exc.msg)
+    if pin is not None:
+        unpin_netns(pin)
     _drop_record(path)
 
 
-def _attach(conf: NetConf, env: Env, nic, result: Result) -> None:
+MS_BIND = 4096
+MNT_DETACH = 2
+
+
+def _pin_path(record_path: str) -> str:
+    return record_path[:-len(".json")] + ".netns"
+
+
+def pin_netns(netns: str, pin: str) -> None:
+    """Bind-mount the pod's netns file at ``pin`` (as ``ip netns add`` does), so the namespace, with the NIC in
+    it, outlives the pod's processes and its own netns file until DEL has moved the NIC home and unpinned it.
+    Without it a NIC whose netns went first (containerd's StopPodSandbox after the netns file was deleted: the
+    sandbox is killed before CNI DEL) dies with it (a veth) or lands in the host as devN (a PCI NIC)."""
+    from .nsexec import mount
+
+    unpin_netns(pin)  # a pin left by an ADD that crashed under the same record name
+    os.close(os.open(pin, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    try:
+        mount(netns, pin, "none", MS_BIND)
+    except OSError as exc:
+        os.unlink(pin)
+        raise CniError(spec.HANDOFF_FAILED, f"pinning {netns} at {pin}", exc.strerror or str(exc)) from exc
+
+
+def unpin_netns(pin: str) -> None:
+    """Undo :func:`pin_netns` (nothing pinned is fine): the namespace goes when nothing else holds it."""
+    import errno
+
+    from .nsexec import umount
+
+    try:
+        umount(pin, MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):  # not a mount point / no file
+            raise
+    try:
+        os.unlink(pin)
+    except FileNotFoundError:
+        pass
+
+
+def _attach(conf: NetConf, env: Env, nic, result: Result, netns: str) -> None:
     from . import handoff
 
     addresses = [ip.address for ip in result.ips] if conf.mode == "netdev" else []
-    target = dpdk_target(env.netns) if conf.mode == "dpdk" else env.netns
-    handoff.attach(nic, target, conf.mode, ifname=env.ifname, addresses=addresses, mtu=conf.mtu,
+    target = dpdk_target(env.netns) if conf.mode == "dpdk" else netns
+    handoff.attach(nic, target, conf.mode, ifname=conf.name_in_pod(env), addresses=addresses, mtu=conf.mtu,
                    hugepages=conf.hugepages, driver=conf.driver, noiommu=conf.noiommu)
     if conf.mode == "netdev" and result.routes:
         try:
-            add_routes(env.netns, env.ifname, result.routes)
+            add_routes(env.netns, conf.name_in_pod(env), result.routes)
         except BaseException:
             handoff.release(nic)
             raise
@@ -417,8 +475,8 @@ def _in_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def release_nic(record: Mapping[str, Any]) -> None:
-    """Release what the ledger holds for the recorded NIC; a NIC that vanished with its netns (a veth) only
-    frees its lease."""
+    """Release what the ledger holds for the recorded NIC (out of the pinned netns, when the pod's is gone), then
+    unpin the netns; a NIC that vanished anyway only frees its lease."""
     from . import handoff
     from .ledger import Ledger
 
@@ -431,6 +489,8 @@ def release_nic(record: Mapping[str, Any]) -> None:
     for key in _lease_keys(record):
         if ledger.get(key) is not None:
             ledger.remove(key)
+    if record.get("pin"):
+        unpin_netns(record["pin"])
 
 
 def _lease_keys(record: Mapping[str, Any]) -> Tuple[str, ...]:
@@ -456,9 +516,9 @@ def cmd_check(conf: NetConf, env: Env, raw: bytes) -> None:
 
     if not is_netns_file(env.netns):
         raise CniError(spec.CHECK_FAILED, f"CNI_NETNS {env.netns} is not a network namespace")
-    problems = check_netns(env.netns, env.ifname, conf.prev_result)
+    problems = check_netns(env.netns, conf.name_in_pod(env), conf.prev_result)
     if problems:
-        raise CniError(spec.CHECK_FAILED, f"{env.ifname} in {env.netns} differs from prevResult",
+        raise CniError(spec.CHECK_FAILED, f"{conf.name_in_pod(env)} in {env.netns} differs from prevResult",
                        "; ".join(problems))
 
 

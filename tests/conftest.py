@@ -37,12 +37,21 @@ def sysfs_tree(tmp_path) -> SysfsTree:
 
 
 @pytest.fixture
-def state_dir(tmp_path, monkeypatch) -> str:
+def state_dir(tmp_path, monkeypatch) -> Iterator[str]:
     """A private dpdkeni state dir (ledger), set in the environment for the library and subprocesses."""
     path = str(tmp_path / "state")
     os.makedirs(path)
     monkeypatch.setenv("DPDKENI_STATE_DIR", path)
-    return path
+    yield path
+    unmount_under(path)  # netns pins of CNI attachments a test left (each holds a namespace and its links)
+
+
+def unmount_under(path: str) -> None:
+    """Lazily unmount every mount point below ``path``, deepest first."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(path.rstrip("/") + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -194,6 +203,23 @@ def stand_in_models(tmp_path, monkeypatch) -> str:
         f.write('{"model": [], "virtual_kinds": ["veth"]}')
     monkeypatch.setenv("DPDKENI_MODELS", path)
     return path
+
+
+@pytest.fixture
+def cni_server(tmp_path, state_dir, stand_in_models) -> Iterator[tuple]:
+    """``dpdkeni cni serve`` on a socket of its own, with this test's state dir and models (``-v``: a log line
+    per call on its stderr); yields (socket path, Popen); stopped by pid after."""
+    import signal
+    sock = str(tmp_path / "cni.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", "-v", "cni", "serve", "--socket", sock],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        assert "cni server listening" in first, first
+        yield sock, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 @pytest.fixture

@@ -94,19 +94,31 @@ def test_add_check_del_lifecycle_on_a_real_netns(tmp_path, state_dir, stand_in_m
     assert again.returncode == 0, again
 
 
-def test_del_with_the_netns_gone_frees_ledger_and_ipam(tmp_path, state_dir, stand_in_models, stand_in):
+def _mounts_under(path):
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(path + "/")]
+
+
+def test_del_with_the_netns_gone_brings_the_nic_home_and_frees_ledger_and_ipam(tmp_path, state_dir,
+                                                                                stand_in_models, stand_in):
+    """The pod's netns file is deleted before DEL (a veth would die with its namespace): ADD pinned the
+    namespace under the state dir, so DEL still brings the NIC home under its own name, then unpins it."""
     ns = unique("dkns")
     pynetns.create(ns)
+    mac, mtu, up, alts, _ = _link(stand_in)
     try:
         conf = _conf(tmp_path, device=stand_in)
         add = run_cni("ADD", conf, netns=f"/run/netns/{ns}", container_id="gone1")
         assert add.returncode == 0, add
         assert len(Ledger().leases()) == 1 and len(_ipam_leases(tmp_path, conf)) == 1
+        assert len(_mounts_under(state_dir)) == 1, "the pod's netns is pinned"
     finally:
-        pynetns.remove(ns)  # the veth dies with its namespace, as a pod's does
+        pynetns.remove(ns)
     deleted = run_cni("DEL", with_prev(conf, add.doc), netns=f"/run/netns/{ns}", container_id="gone1")
     assert deleted.returncode == 0, deleted
+    assert _link(stand_in)[:4] == (mac, mtu, up, alts), "home under its own name, MAC, MTU, state, altnames"
     assert Ledger().leases() == {} and _ipam_leases(tmp_path, conf) == []
+    assert _mounts_under(state_dir) == [], "the pin is gone with the attachment"
     no_netns = run_cni("DEL", with_prev(conf, add.doc), container_id="gone1")  # CNI_NETNS unset
     assert no_netns.returncode == 0, no_netns
 
@@ -320,24 +332,6 @@ def test_benchmark_runs_both_plugins_on_the_same_nics(monkeypatch):
     assert set(rows) == {"host-device", "dpdkeni-cni", "dpdkeni-cni+serve"}
     assert rows["host-device"]["ratio_p50"] == 1.0
     assert rows["dpdkeni-cni"]["runs"] == rows["dpdkeni-cni+serve"]["runs"] == rows["host-device"]["runs"] == 1
-
-
-@pytest.fixture
-def cni_server(tmp_path, state_dir, stand_in_models):
-    """``dpdkeni cni serve`` on a socket of its own, with this test's state dir and models; stopped after."""
-    import signal
-    import subprocess
-    import sys
-    sock = str(tmp_path / "cni.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", "-v", "cni", "serve", "--socket", sock],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        first = proc.stderr.readline()
-        assert "cni server listening" in first, first
-        yield sock, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def test_the_binary_hands_calls_to_the_resident_server(tmp_path, state_dir, netns_factory, stand_in, cni_server):

@@ -114,11 +114,20 @@ def test_host_device_keys_name_the_nic(keys, spec):
 @pytest.mark.parametrize("keys", [{"pciBusID": "ens5"}, {"hwaddr": "0000:00:04.0"}, {"device": "a b"},
                                   {"device": "x", "addresses": ["198.18.0.1"]}, {"device": "x", "wait": "soon"},
                                   {"device": "x", "ipam": {"subnet": "198.18.0.0/24"}},
-                                  {"device": "x", "routes": [{"gw": "198.18.0.1"}]}])
+                                  {"device": "x", "routes": [{"gw": "198.18.0.1"}]},
+                                  {"device": "x", "ifname": "net/1"}, {"device": "x", "ifname": "a" * 16}])
 def test_bad_keys_are_error_7(keys):
     with pytest.raises(CniError) as err:
         cni.parse_netconf({"cniVersion": "1.0.0", "name": "n", **keys})
     assert err.value.code == cnispec.INVALID_CONFIG
+
+
+def test_ifname_names_the_nic_in_the_pod_instead_of_cni_ifname():
+    env = cnispec.parse_env({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth1",
+                             "CNI_PATH": "/usr/lib/cni"})
+    plain = cni.parse_netconf({"cniVersion": "1.0.0", "name": "n", "device": "x"})
+    named = cni.parse_netconf({"cniVersion": "1.0.0", "name": "n", "device": "x", "ifname": "net1"})
+    assert plain.name_in_pod(env) == "eth1" and named.name_in_pod(env) == "net1"
 
 
 def test_static_addresses_and_dpdk_keys():
