@@ -218,7 +218,8 @@ def _wait_netlink(nic_spec: str, timeout: float):
 # --- the CNI record: which NIC this (network, container, ifname) holds --------------------------------------
 
 
-def _records_dir() -> str:
+def records_dir() -> str:
+    """Where the CNI records (and the netns pins) are: ``<state dir>/cni``."""
     from .ledger import state_dir
 
     return os.path.join(state_dir(), "cni")
@@ -226,7 +227,7 @@ def _records_dir() -> str:
 
 def _record_path(name: str, container_id: str, ifname: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{container_id}-{ifname}")[:200]
-    return os.path.join(_records_dir(), safe + ".json")
+    return os.path.join(records_dir(), safe + ".json")
 
 
 def save_record(path: str, record: Dict[str, Any]) -> None:
@@ -288,20 +289,32 @@ def cmd_add(conf: NetConf, env: Env, raw: bytes) -> Dict[str, Any]:
     nic = find_nic_waiting(conf.nic_spec, conf.wait)
     path = _record_path(conf.name, env.container_id, env.ifname)
     pin = _pin_path(path) if conf.mode == "netdev" else None
-    ipam_doc = _ipam(conf, "ADD", raw, env)
+    ipam = _in_thread(lambda: _ipam(conf, "ADD", raw, env))  # the IPAM plugin runs while the kernel moves the NIC
+    got: Dict[str, Result] = {}
+
+    def result() -> Result:
+        if "result" not in got:
+            doc = ipam()
+            got["result"] = build_result(conf, env, nic, Result.from_json(doc) if doc is not None else None)
+        return got["result"]
+
     try:
-        ipam_result = Result.from_json(ipam_doc) if ipam_doc is not None else None
-        result = build_result(conf, env, nic, ipam_result)
         save_record(path, {"nic": nic.pci or nic.ifname, "mac": nic.mac, "pci": nic.pci, "ifname": nic.ifname,
                            "netns": env.netns, "mode": conf.mode, "container": env.container_id,
-                           "cni_ifname": env.ifname, "network": conf.name, "pin": pin})
+                           "cni_ifname": env.ifname, "network": conf.name, "pin": pin,
+                           # what an IPAM DEL needs when the runtime never calls ours (cni_sweep)
+                           "conf": raw.decode("utf-8", "replace"), "cni_path": list(env.path), "args": env.args})
         if pin is not None:
             pin_netns(env.netns, pin)
         _attach(conf, env, nic, result, pin or env.netns)
+        return result().to_json(conf.version)
     except BaseException:
+        try:
+            ipam()  # IPAM ADD has finished (its error, if it is what failed, is already on its way up)
+        except BaseException:  # noqa: B036
+            pass
         _undo_add(conf, env, raw, path, pin)
         raise
-    return result.to_json(conf.version)
 
 
 def _undo_add(conf: NetConf, env: Env, raw: bytes, path: str, pin: Optional[str]) -> None:
@@ -355,16 +368,17 @@ def unpin_netns(pin: str) -> None:
         pass
 
 
-def _attach(conf: NetConf, env: Env, nic, result: Result, netns: str) -> None:
+def _attach(conf: NetConf, env: Env, nic, result: Callable[[], Result], netns: str) -> None:
+    """Hand the NIC over; ``result`` waits for IPAM, so the netdev handoff calls it after the move."""
     from . import handoff
 
-    addresses = [ip.address for ip in result.ips] if conf.mode == "netdev" else []
+    addresses: Any = (lambda: [ip.address for ip in result().ips]) if conf.mode == "netdev" else []
     target = dpdk_target(env.netns) if conf.mode == "dpdk" else netns
     handoff.attach(nic, target, conf.mode, ifname=conf.name_in_pod(env), addresses=addresses, mtu=conf.mtu,
                    hugepages=conf.hugepages, driver=conf.driver, noiommu=conf.noiommu)
-    if conf.mode == "netdev" and result.routes:
+    if conf.mode == "netdev" and result().routes:
         try:
-            add_routes(env.netns, conf.name_in_pod(env), result.routes)
+            add_routes(env.netns, conf.name_in_pod(env), result().routes)
         except BaseException:
             handoff.release(nic)
             raise
@@ -602,7 +616,7 @@ def cmd_gc(conf: Mapping[str, Any], env: Env, raw: bytes) -> None:
     1.1 know no GC), then pass GC on to IPAM where it knows it."""
     valid = {(a.get("containerID"), a.get("ifname")) for a in conf.get("cni.dev/valid-attachments") or []}
     ipam = (conf.get("ipam") or {}).get("type")
-    directory = _records_dir()
+    directory = records_dir()
     for entry in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         path = os.path.join(directory, entry)
         record = load_record(path) if entry.endswith(".json") else None

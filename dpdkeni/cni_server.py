@@ -4,7 +4,8 @@ The process has imported everything once, so a call costs the work itself. A uni
 state dir, root peers only, by SO_PEERCRED); each connection carries one call (one request line, one reply
 line ``{"rc", "stdout"}``) and gets its own thread: a call that waits for a hot-plugged NIC does not hold up
 the others. Namespaces are entered per thread (setns changes only the calling thread) and the ledger takes its
-own lock, as with separate processes.
+own lock, as with separate processes. A sweeper thread brings home the NICs of pods that went without a DEL
+(:mod:`dpdkeni.cni_sweep`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import threading
 import time
 from typing import Optional
 
-from . import cni, unixsock
+from . import cni, cni_sweep, unixsock
 from .cni_client import decode_request, peer_cred, socket_path
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,19 @@ class CniServer:
         if self._sock is None:
             self.open()
         sock, self._sock = self._sock, None
+        sweeper = threading.Thread(target=self._sweep, daemon=True)
+        sweeper.start()
         unixsock.serve(sock, self.path, self.stop, self._call)
+        sweeper.join()
+
+    def _sweep(self) -> None:
+        """Every second, bring home the NICs of pods that went without a DEL (see :mod:`dpdkeni.cni_sweep`)."""
+        suspects: set = set()
+        while not self.stop.wait(cni_sweep.EVERY):
+            try:
+                cni_sweep.sweep(suspects)
+            except Exception:  # the sweeper must not die; the next pass retries
+                log.exception("cni sweep failed")
 
     def _call(self, conn: socket.socket) -> None:
         with conn:

@@ -115,16 +115,18 @@ def _auto_table(leases: Mapping[str, Lease], target: Target, key: str, table: Op
 
 
 def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev", *, ifname: str = "eth0",
-           addresses: Sequence[str] = (), gateway: Optional[str] = None, mtu: Optional[int] = None,
+           addresses: netdev.Addresses = (), gateway: Optional[str] = None, mtu: Optional[int] = None,
            dhcp: bool = False, hugepages: Optional[str] = None, driver: str = "vfio-pci", noiommu: bool = False,
            force: bool = False, dry_run: bool = False, table: Optional[int] = None) -> Lease:
     """Hand ``nic`` to ``target`` as a kernel interface (mode "netdev") or a DPDK port (mode "dpdk").
 
     ``table``: route table for this NIC's routes with a rule from each address (None: automatic, only when
     another NIC is leased into the same namespace; 0: never). With ``dry_run`` nothing changes and the returned
-    lease (state ``planned``) holds the plan in ``params["plan"]``.
+    lease (state ``planned``) holds the plan in ``params["plan"]``. ``addresses`` may be a function returning
+    them, called once the NIC is in the target (netdev mode): the CNI plugin's IPAM plugin runs meanwhile.
     """
-    addresses = list(addresses)
+    later = addresses if callable(addresses) else None
+    addresses = [] if later else list(addresses)
     _validate(mode, ifname, addresses, gateway, mtu, dhcp)
     ledger = Ledger()
     tgt = target if isinstance(target, Target) else resolve_target(target)
@@ -160,7 +162,7 @@ def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev
             return existing
         try:
             if mode == "netdev":
-                return netdev.attach_netdev(lease, ledger, tgt, ifname=ifname, addresses=addresses,
+                return netdev.attach_netdev(lease, ledger, tgt, ifname=ifname, addresses=later or addresses,
                                             gateway=gateway, mtu=mtu, table=params["table"], dhcp=dhcp,
                                             root=root)
             _dpdkmode().attach_dpdk(nic, tgt, lease, ledger, hugepages=hugepages, driver=driver,

@@ -10,7 +10,7 @@ import pytest
 from pyroute2 import IPRoute, netns as pynetns
 
 from conftest import needs_root, unique
-from cnirun import HOST_DEVICE, run_cni, with_prev
+from cnirun import HOST_DEVICE, mounts_under as _mounts_under, run_cni, with_prev
 
 from dpdkeni import cnispec
 from dpdkeni.ledger import Ledger
@@ -92,11 +92,6 @@ def test_add_check_del_lifecycle_on_a_real_netns(tmp_path, state_dir, stand_in_m
 
     again = run_cni("DEL", with_prev(conf, result), netns=f"/run/netns/{ns}")
     assert again.returncode == 0, again
-
-
-def _mounts_under(path):
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(path + "/")]
 
 
 def test_del_with_the_netns_gone_brings_the_nic_home_and_frees_ledger_and_ipam(tmp_path, state_dir,
@@ -356,3 +351,18 @@ def test_the_binary_hands_calls_to_the_resident_server(tmp_path, state_dir, netn
     log = proc.stderr.read()
     for call in ("ADD c0ffee net1 -> 0", "CHECK c0ffee net1 -> 0", "ADD c0ffee net1 -> 1", "DEL c0ffee net1 -> 0"):
         assert call in log, log
+
+
+def test_an_ipam_failure_during_add_leaves_the_nic_home_and_nothing_behind(tmp_path, state_dir, stand_in_models,
+                                                                           netns_factory, stand_in):
+    """IPAM runs while the kernel moves the NIC: when it fails (here host-local with a range outside its
+    subnet), the NIC that already moved comes back, and the error is IPAM's own."""
+    ns = netns_factory()
+    mac, mtu, up, alts, _ = _link(stand_in)
+    conf = _conf(tmp_path, subnet="198.18.69.0/24", device=stand_in)
+    conf["ipam"]["rangeStart"] = "198.18.70.5"
+    add = run_cni("ADD", conf, netns=f"/run/netns/{ns}")
+    assert add.returncode == 1 and add.doc["msg"].startswith("host-local"), add
+    assert _link(stand_in)[:4] == (mac, mtu, up, alts) and _link("net1", ns) is None
+    assert Ledger().leases() == {} and _mounts_under(state_dir) == []
+    assert os.listdir(os.path.join(state_dir, "cni")) == []

@@ -2,9 +2,9 @@
 root, state, socket and configuration, driven over CRI's gRPC API exactly as the kubelet drives it
 (RunPodSandbox, CreateContainer, StartContainer, StopPodSandbox, RemovePodSandbox).
 
-The pod has two networks, as containerd numbers them (``max_conf_num = 2``): eth0 from macvlan on a veth end
-of the test (CRI wants the pod's IP on eth0) and eth1, a veth end handed over by dpdkeni-cni with
-``"ifname": "net1"``. The sandbox image is made here (tests/ociimage.py: busybox-static) and imported with ctr:
+The pod has two networks, as containerd numbers them (``max_conf_num = 2``, examples/containerd/config.toml):
+eth0 from macvlan on a veth end of the test (CRI wants the pod's IP on eth0) and eth1, a veth end handed over by
+dpdkeni-cni with ``"ifname": "net1"`` (examples/containerd/20-dpdkeni.conflist, found by its MAC). The sandbox image is made here (tests/ociimage.py: busybox-static) and imported with ctr:
 there is no registry."""
 import json
 import os
@@ -16,6 +16,7 @@ from pyroute2 import IPRoute, netns as pynetns
 
 from conftest import needs_root, unique
 from cnirun import DEBIAN_CNI_DIR, DPDKENI_CNI
+from cnirun import link_state as _link, mounts_under as _mounts_under
 
 from dpdkeni.ledger import Ledger
 
@@ -36,20 +37,27 @@ NIC_SUBNET = "198.18.74.0/24"
 POD_SUBNET = "198.18.73.0/24"
 
 
-def _link(name, netns_path=None):
-    """(mac, mtu, up, addresses) of a link, or None."""
-    with IPRoute(netns=netns_path, flags=0) if netns_path else IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            return None
-        link = ipr.get_links(found[0])[0]
-        addrs = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=found[0])}
-        return link.get_attr("IFLA_ADDRESS"), link.get_attr("IFLA_MTU"), bool(link["flags"] & 1), addrs
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "containerd")
 
 
-def _mounts_under(path):
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(path + "/")]
+def _example_conflist(nic, ipam_dir):
+    """examples/containerd/20-dpdkeni.conflist as a user copies it, with this test's NIC (its MAC in hwaddr)
+    and a private host-local data dir."""
+    with open(os.path.join(EXAMPLE, "20-dpdkeni.conflist"), encoding="utf-8") as f:
+        conf = json.load(f)
+    (plugin,) = conf["plugins"]
+    assert plugin["type"] == "dpdkeni-cni" and plugin["ifname"] == "net1"
+    plugin["hwaddr"] = _link(nic)[0]
+    plugin["ipam"] = {**plugin["ipam"], "subnet": NIC_SUBNET, "dataDir": ipam_dir}
+    return {**conf, "name": unique("eni")}
+
+
+def _example_max_conf_num():
+    """The CNI setting of examples/containerd/config.toml (the test's containerd runs with it)."""
+    import tomllib
+
+    with open(os.path.join(EXAMPLE, "config.toml"), "rb") as f:
+        return tomllib.load(f)["plugins"]["io.containerd.grpc.v1.cri"]["cni"]["max_conf_num"]
 
 
 @pytest.fixture
@@ -75,9 +83,7 @@ def cni_dirs(tmp_path, master, veth_factory):
     primary = {"cniVersion": "1.0.0", "name": unique("pod"), "plugins": [
         {"type": "macvlan", "master": master, "mode": "bridge",
          "ipam": {"type": "host-local", "subnet": POD_SUBNET, "dataDir": str(tmp_path / "ipam")}}]}
-    eni = {"cniVersion": "1.0.0", "name": unique("eni"), "plugins": [
-        {"type": "dpdkeni-cni", "device": nic, "ifname": "net1",
-         "ipam": {"type": "host-local", "subnet": NIC_SUBNET, "dataDir": str(tmp_path / "ipam")}}]}
+    eni = _example_conflist(nic, str(tmp_path / "ipam"))
     (conf_dir / "10-pod.conflist").write_text(json.dumps(primary))
     (conf_dir / "20-eni.conflist").write_text(json.dumps(eni))
     return str(conf_dir), str(bin_dir), nic
@@ -95,7 +101,7 @@ def node(request, tmp_path, state_dir, stand_in_models, cni_dirs, cni_server, mo
     monkeypatch.setenv("DPDKENI_CNI_SOCKET", sock if served else sock + ".none")
     base = os.path.join("/run", unique("dkctd"))  # short: containerd's sockets live under it
     image = ociimage.write_archive(str(tmp_path / "pause.tar"))
-    ctd = Containerd(base, conf_dir, bin_dir, ociimage.DEFAULT_NAME, max_conf_num=2)
+    ctd = Containerd(base, conf_dir, bin_dir, ociimage.DEFAULT_NAME, max_conf_num=_example_max_conf_num())
     sandboxes, netns_files = [], []
     try:
         ctd.start()
