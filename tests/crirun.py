@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 from typing import Any, Dict, Optional
@@ -29,6 +30,7 @@ def stubs() -> tuple:
         return importlib.import_module("runtime_v1_subset_pb2"), importlib.import_module("runtime_v1_subset_pb2_grpc")
     finally:
         sys.path.remove(out)
+        shutil.rmtree(out, ignore_errors=True)  # the modules are loaded
 
 
 class Cri:
