@@ -372,6 +372,8 @@ def _attach(conf: NetConf, env: Env, nic, result: Callable[[], Result], netns: s
     """Hand the NIC over; ``result`` waits for IPAM, so the netdev handoff calls it after the move."""
     from . import handoff
 
+    if conf.mode == "dpdk":
+        result()  # IPAM first: only the netdev handoff undoes itself when the addresses fail after the move
     addresses: Any = (lambda: [ip.address for ip in result().ips]) if conf.mode == "netdev" else []
     target = dpdk_target(env.netns) if conf.mode == "dpdk" else netns
     handoff.attach(nic, target, conf.mode, ifname=conf.name_in_pod(env), addresses=addresses, mtu=conf.mtu,

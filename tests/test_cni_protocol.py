@@ -214,3 +214,27 @@ def test_light_pyroute2_loads_only_what_the_plugin_uses():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["light"]
+
+
+def test_dpdk_mode_waits_for_ipam_before_binding(tmp_path, state_dir, monkeypatch):
+    """Netdev mode runs IPAM during the move and undoes the move when IPAM fails; a DPDK bind is not undone that
+    way, so in dpdk mode a failing IPAM plugin (host-local with a range outside its subnet) stops ADD before the
+    handoff starts, and leaves no record."""
+    import io
+
+    from dpdkeni import handoff
+    from dpdkeni.inventory import Nic
+
+    attached = []
+    monkeypatch.setattr(cni, "find_nic_waiting", lambda spec, wait: Nic(pci="0000:00:1f.6", model="virtio-net"))
+    monkeypatch.setattr(cni, "dpdk_target", lambda netns: netns)
+    monkeypatch.setattr(handoff, "attach", lambda *a, **k: attached.append(a))
+    conf = {"cniVersion": "1.0.0", "name": "d", "type": "dpdkeni-cni", "pciBusID": "0000:00:1f.6", "mode": "dpdk",
+            "ipam": {"type": "host-local", "subnet": "198.18.69.0/24", "rangeStart": "198.18.70.5",
+                     "dataDir": str(tmp_path / "ipam")}}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "net1",
+           "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"]}
+    out = io.StringIO()
+    assert cni.main(env, io.BytesIO(json.dumps(conf).encode()), out) == 1
+    assert json.loads(out.getvalue())["msg"].startswith("host-local"), out.getvalue()
+    assert attached == [] and os.listdir(os.path.join(state_dir, "cni")) == []
