@@ -94,10 +94,12 @@ static void socket_path(char *out, size_t size)
 {
     const char *sock = getenv("DPDKENI_CNI_SOCKET");
     const char *state = getenv("DPDKENI_STATE_DIR");
+    if (!state)
+        state = "/run/dpdkeni";
     if (sock && *sock)
         snprintf(out, size, "%s", sock);
-    else
-        snprintf(out, size, "%s/cni.sock", state ? state : "/run/dpdkeni");
+    else  /* as os.path.join(state, "cni.sock") in cni_client.py: an empty state dir means the current one */
+        snprintf(out, size, "%s%scni.sock", state, *state ? "/" : "");
 }
 
 /* A connected socket to a root server, or -1 (no server, or one we must not talk to). */

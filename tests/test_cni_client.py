@@ -175,3 +175,20 @@ def test_a_server_that_is_not_root_never_sees_the_call(open_room, client):
     assert received == "0", "the imposter got the request"
     assert proc.returncode == 0 and json.loads(proc.stdout)["supportedVersions"], proc
     assert b"not root" in proc.stderr
+
+
+@pytest.mark.parametrize("client", CLIENTS, ids=["c", "py"])
+def test_the_socket_defaults_to_the_state_dirs(tmp_path, client):
+    """No DPDKENI_CNI_SOCKET: the server is looked for at <DPDKENI_STATE_DIR>/cni.sock. (The C client runs as a
+    copy with no fallback beside it, so the in-process plugin cannot answer in its place.)"""
+    import shutil
+
+    if client == DPDKENI_CNI:
+        (tmp_path / "bin").mkdir()
+        client = shutil.copy(DPDKENI_CNI, tmp_path / "bin" / "dpdkeni-cni")
+    server = StandInServer(str(tmp_path / "cni.sock"), b'{"rc": 0, "stdout": "found\\n"}\n')
+    env = {k: v for k, v in _env("").items() if k != "DPDKENI_CNI_SOCKET"}
+    proc = subprocess.run([str(client)], input=b"{}", env={**env, "DPDKENI_STATE_DIR": str(tmp_path),
+                                                          "PATH": "/usr/bin:/bin"}, capture_output=True, timeout=10)
+    server.close()
+    assert proc.returncode == 0 and proc.stdout == b"found\n", proc
