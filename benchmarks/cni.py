@@ -31,6 +31,8 @@ import psutil
 
 from pyroute2 import IPRoute, netns
 
+from dpdkeni.ledger import Ledger
+
 HOST_DEVICE = "/usr/lib/cni/host-device"
 DPDKENI_CNI = shutil.which("dpdkeni-cni") or os.path.join(os.path.dirname(sys.executable), "dpdkeni-cni")
 
@@ -41,6 +43,8 @@ def _cpu() -> float:
 
 
 SERVED = "dpdkeni-cni+serve"
+PLUGINS = {"host-device": HOST_DEVICE, "dpdkeni-cni": DPDKENI_CNI, SERVED: DPDKENI_CNI}  # label -> binary run
+LEASED = {label: 0 for label in PLUGINS}  # ADDs after which dpdkeni's ledger held the NIC
 
 
 def _server_cpu(server: Optional[subprocess.Popen]) -> float:
@@ -65,8 +69,7 @@ def _invoke(binary: str, command: str, conf: dict, ns_path: str, cid: str,
     return took, cpu
 
 
-ORDERS = list(itertools.permutations([("host-device", HOST_DEVICE), ("dpdkeni-cni", DPDKENI_CNI),
-                                      ("dpdkeni-cni+serve", DPDKENI_CNI)]))
+ORDERS = list(itertools.permutations(PLUGINS.items()))  # (label, binary) in each of the six orders
 
 
 def _round(index: int, data_dir: str, samples: Dict[str, List[Tuple[float, float]]], server: subprocess.Popen,
@@ -77,7 +80,6 @@ def _round(index: int, data_dir: str, samples: Dict[str, List[Tuple[float, float
         ipr.link("add", ifname=nic, kind="veth", peer=peer)
     netns.create(ns)
     try:
-        runs = [("host-device", HOST_DEVICE), ("dpdkeni-cni", DPDKENI_CNI), (SERVED, DPDKENI_CNI)]
         # every order in turn, so each plugin follows each other one equally often (a rotation had the served
         # client follow the in-process one, whose 0.3 s of CPU the next call still feels, in 2 rounds of 3 and
         # host-device never)
@@ -88,6 +90,7 @@ def _round(index: int, data_dir: str, samples: Dict[str, List[Tuple[float, float
             cid = f"{tag}-{label.replace('+', '-')}"
             via = (server, socket_path) if label == SERVED else (None, socket_path + ".none")
             add = _invoke(binary, "ADD", conf, f"/run/netns/{ns}", cid, *via)
+            LEASED[label] += bool(Ledger().leases())  # dpdkeni's ledger holds the NIC: dpdkeni handled the ADD
             delete = _invoke(binary, "DEL", conf, f"/run/netns/{ns}", cid, *via)
             samples[label].append((add[0] + delete[0], add[1] + delete[1]))
     finally:
@@ -165,7 +168,7 @@ def main() -> int:
     rows = []
     for name, pairs in samples.items():
         wall, cpu = [w for w, _ in pairs], [c for _, c in pairs]
-        rows.append({"plugin": name, "runs": len(pairs), "p50_ms": round(statistics.median(wall) * 1e3, 1),
+        rows.append({"plugin": name, "binary": PLUGINS[name], "runs": len(pairs), "leased": LEASED[name], "p50_ms": round(statistics.median(wall) * 1e3, 1),
                      "p90_ms": round(_pct(wall, 0.9) * 1e3, 1), "ratio_p50": round(statistics.median(wall) / ref_wall, 2),
                      "cpu_p50_ms": round(statistics.median(cpu) * 1e3, 1),
                      "ratio_cpu_p50": round(statistics.median(cpu) / ref_cpu, 2)})

@@ -88,13 +88,12 @@ def generate(nics: Optional[Sequence[Nic]] = None, *, hugepages: str = "256M", p
     fs = sysfs or Sysfs()
     if cdi_version not in CDI_VERSIONS:
         raise InputError(f"unsupported cdiVersion {cdi_version!r}", f"use one of {', '.join(CDI_VERSIONS)}")
+    size, page = hp.parse_size(hugepages), hp.parse_size(pagesize)  # bad input first, before any lookup
     if nics is None:
         nics = [n for n in list_nics(all=True, sysfs=fs, active=lambda: set()) if n.driver == "vfio-pci"]
     if not nics:
         raise Error("no NIC is bound to vfio-pci, so there is nothing to describe",
                     "bind one first: dpdkeni bind NIC")
-    size = hp.parse_size(hugepages)
-    page = hp.parse_size(pagesize)
     spec = {
         "cdiVersion": cdi_version, "kind": KIND,
         "devices": [device(n, fs, prefix, resource) for n in nics],

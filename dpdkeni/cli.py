@@ -14,7 +14,7 @@ import pkgutil
 import sys
 from typing import List, NoReturn, Optional
 
-from . import __version__, commands
+from . import __version__, commands, statedir
 from .errors import Error
 
 log = logging.getLogger("dpdkeni")
@@ -53,6 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
                         format="dpdkeni: %(message)s", stream=sys.stderr)
     try:
+        statedir.verify()
         return int(args.func(args) or 0)
     except Error as exc:
         print(f"dpdkeni: error: {exc}", file=sys.stderr)

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import cnispec as spec
-from . import models
+from . import models, validate
 from .cnispec import CniError, Env, IpConfig, Result
 from .errors import Error, GuardError, InputError, NotFoundError
 
 log = logging.getLogger("dpdkeni.cni")
 
 DEFAULT_WAIT = 10.0
+MAX_WAIT = 3600.0  # a config's wait past an hour is a mistake, not a hot-plug
 MODES = models.MODES
 _DEVICE_KEYS = ("device", "hwaddr", "kernelpath", "pciBusID")
 
@@ -102,17 +103,25 @@ def _from_kernelpath(path: str) -> str:
 
 def _static_ips(conf: Mapping[str, Any]) -> List[str]:
     """Static ``addresses`` and the ``ips`` capability (``runtimeConfig.ips``, as Multus passes it)."""
-    import ipaddress
-
-    out = list(conf.get("addresses") or []) + list((conf.get("runtimeConfig") or {}).get("ips") or [])
-    for text in out:
-        try:
-            ipaddress.ip_interface(text)
-            if "/" not in text:
-                raise ValueError("no prefix length")
-        except (TypeError, ValueError) as exc:
-            raise _invalid(f"bad address {text!r}", f"a CIDR like 198.18.0.2/24 ({exc})") from exc
+    out = _listed(conf, "addresses") + _listed(conf.get("runtimeConfig") or {}, "ips")
+    _checked(validate.addresses, out)
     return [str(a) for a in out]
+
+
+def _listed(conf: Mapping[str, Any], key: str) -> List[Any]:
+    value = conf.get(key) or []
+    if not isinstance(value, list):
+        raise _invalid(f"{key} must be a list of CIDRs", repr(value)[:200])
+    return list(value)
+
+
+def _checked(check: Callable[[Any], Any], value: Any) -> Any:
+    """``check(value)`` (a :mod:`dpdkeni.validate` function, whose message names the value); its InputError is
+    error 7."""
+    try:
+        return check(value)
+    except InputError as exc:
+        raise _invalid(exc.message, exc.hint or "") from None
 
 
 def parse_netconf(conf: Mapping[str, Any]) -> NetConf:
@@ -125,25 +134,23 @@ def parse_netconf(conf: Mapping[str, Any]) -> NetConf:
         raise _invalid("ipam must be an object with a type", repr(ipam)[:200])
     try:
         wait = float(conf.get("wait", DEFAULT_WAIT))
-        mtu = int(conf["mtu"]) if conf.get("mtu") is not None else None
     except (TypeError, ValueError) as exc:
-        raise _invalid("wait must be a number of seconds and mtu an integer", str(exc)) from exc
-    routes = conf.get("routes") or []
-    if not isinstance(routes, list) or not all(isinstance(r, dict) and r.get("dst") for r in routes):
-        raise _invalid("routes must be a list of {\"dst\": CIDR, \"gw\": IP}", repr(routes)[:200])
+        raise _invalid("wait must be a number of seconds", str(exc)) from exc
+    if not 0 <= wait <= MAX_WAIT:
+        raise _invalid(f"wait must be from 0 to {MAX_WAIT:g} seconds", repr(conf.get("wait")))
+    mtu = _checked(validate.mtu, conf.get("mtu"))
+    routes = _checked(validate.routes, conf.get("routes") or [])
+    gateway = _checked(validate.gateway, conf.get("gateway"))
+    _checked(validate.hugepages, conf.get("hugepages"))
+    _checked(lambda d: validate.choice(d, "driver", models.USER_DRIVERS), conf.get("driver") or "vfio-pci")
     prev = conf.get("prevResult")
-    ifname = conf.get("ifname")
-    if ifname is not None and not _IFNAME.fullmatch(str(ifname)):
-        raise _invalid(f"bad ifname {ifname!r}", "an interface name: 1 to 15 characters, no '/', ':' or blanks")
+    ifname = _checked(validate.ifname, conf["ifname"]) if conf.get("ifname") is not None else None
     return NetConf(
         name=str(conf.get("name") or ""), version=conf["cniVersion"], nic_spec=nic_spec_from(conf), mode=mode,
-        wait=max(0.0, wait), addresses=_static_ips(conf), gateway=conf.get("gateway"), routes=list(routes),
+        wait=wait, addresses=_static_ips(conf), gateway=str(gateway) if gateway else None, routes=list(routes),
         mtu=mtu, hugepages=conf.get("hugepages"), driver=conf.get("driver") or "vfio-pci",
         noiommu=bool(conf.get("noiommu")), ipam=ipam,
         prev_result=Result.from_json(prev) if prev is not None else None, ifname=ifname)
-
-
-_IFNAME = re.compile(r"[^/:\s]{1,15}")
 
 
 # --- waiting for a NIC that is still being hot-plugged ------------------------------------------------------
@@ -159,6 +166,7 @@ def find_nic_waiting(nic_spec: str, timeout: float):
     except NotFoundError:
         if timeout <= 0:
             raise _not_there(nic_spec, timeout) from None
+    log.info("NIC %s is not here yet: waiting up to %g s", nic_spec, timeout)
     nic = _wait_events(nic_spec, timeout)
     if nic is None:
         raise _not_there(nic_spec, timeout)
@@ -220,38 +228,48 @@ def _wait_netlink(nic_spec: str, timeout: float):
 
 def records_dir() -> str:
     """Where the CNI records (and the netns pins) are: ``<state dir>/cni``."""
-    from .ledger import state_dir
+    from .statedir import path
 
-    return os.path.join(state_dir(), "cni")
+    return os.path.join(path(), "cni")
 
 
 def _record_path(name: str, container_id: str, ifname: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{container_id}-{ifname}")[:200]
-    return os.path.join(records_dir(), safe + ".json")
+    """The record of (network, container, ifname): a readable prefix, then a hash of all three, so two long
+    container ids that share a prefix never share a record (nor a netns pin: :func:`_pin_path`)."""
+    import hashlib
+
+    digest = hashlib.sha256("\0".join((name, container_id, ifname)).encode("utf-8", "surrogateescape")).hexdigest()
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name[:40]}-{ifname[:15]}")
+    return os.path.join(records_dir(), f"{readable}-{digest}.json")
 
 
 def save_record(path: str, record: Dict[str, Any]) -> None:
     """Write the record atomically (before the NIC moves, so a later DEL always knows what to release); no fsync,
     as for the ledger: the attachment it records does not outlive a power loss."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f)
-    os.rename(tmp, path)
+    from . import statedir
+
+    statedir.subdir(os.path.basename(os.path.dirname(path)))
+    statedir.write_atomic(path, json.dumps(record).encode(), fsync=False)
 
 
 def load_record(path: str) -> Optional[Dict[str, Any]]:
     """The record, or None when there is none (DEL after DEL)."""
+    from . import statedir
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with statedir.opened(path) as f:
+            record = json.load(f)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         raise CniError(spec.IO_FAILURE, f"CNI record {path} is unreadable", str(exc)) from exc
+    if not isinstance(record, dict):
+        raise CniError(spec.IO_FAILURE, f"CNI record {path} is unreadable", "not a JSON object")
+    return record
 
 
-def _drop_record(path: str) -> None:
+def drop_record(path: str) -> None:
+    """Remove the record (gone already is fine; unlink never follows a symlink)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -286,6 +304,7 @@ def build_result(conf: NetConf, env: Env, nic, ipam_result: Optional[Result]) ->
 
 def cmd_add(conf: NetConf, env: Env, raw: bytes) -> Dict[str, Any]:
     """Hand the NIC to ``CNI_NETNS``; returns the result document."""
+    check_add_env(env)
     nic = find_nic_waiting(conf.nic_spec, conf.wait)
     path = _record_path(conf.name, env.container_id, env.ifname)
     pin = _pin_path(path) if conf.mode == "netdev" else None
@@ -317,6 +336,25 @@ def cmd_add(conf: NetConf, env: Env, raw: bytes) -> Dict[str, Any]:
         raise
 
 
+def check_add_env(env: Env) -> None:
+    """CNI_IFNAME must be an interface name and CNI_NETNS a network namespace that is not the host's own (error 4,
+    before anything is done: no IPAM address taken, no record written); a netns that does not exist is left to
+    the attach (error 3)."""
+    from .netns import resolve_target
+
+    try:
+        validate.ifname(env.ifname)
+    except InputError as exc:
+        raise CniError(spec.INVALID_ENV, f"CNI_IFNAME: {exc.message}") from None
+    netns = env.netns
+    try:
+        resolve_target(netns)
+    except NotFoundError:
+        return
+    except InputError as exc:
+        raise CniError(spec.INVALID_ENV, f"CNI_NETNS: {exc.message}", exc.hint or "") from None
+
+
 def _undo_add(conf: NetConf, env: Env, raw: bytes, path: str, pin: Optional[str]) -> None:
     try:
         _ipam(conf, "DEL", raw, env)
@@ -324,11 +362,12 @@ def _undo_add(conf: NetConf, env: Env, raw: bytes, path: str, pin: Optional[str]
         log.warning("undoing IPAM after a failed ADD: %s", exc.msg)
     if pin is not None:
         unpin_netns(pin)
-    _drop_record(path)
+    drop_record(path)
 
 
 MS_BIND = 4096
 MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
 
 
 def _pin_path(record_path: str) -> str:
@@ -340,14 +379,20 @@ def pin_netns(netns: str, pin: str) -> None:
     it, outlives the pod's processes and its own netns file until DEL has moved the NIC home and unpinned it.
     Without it a NIC whose netns went first (containerd's StopPodSandbox after the netns file was deleted: the
     sandbox is killed before CNI DEL) dies with it (a veth) or lands in the host as devN (a PCI NIC)."""
+    from . import statedir
     from .nsexec import mount
 
+    statedir.ensure(os.path.dirname(pin))
     unpin_netns(pin)  # a pin left by an ADD that crashed under the same record name
-    os.close(os.open(pin, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    os.close(statedir.open_file(pin, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
     try:
         mount(netns, pin, "none", MS_BIND)
     except OSError as exc:
         os.unlink(pin)
+        import errno
+
+        if exc.errno == errno.ENOENT:  # the pod's netns is gone: error 3, as the attach would say
+            raise CniError(spec.UNKNOWN_CONTAINER, f"target {netns}: no such file") from exc
         raise CniError(spec.HANDOFF_FAILED, f"pinning {netns} at {pin}", exc.strerror or str(exc)) from exc
 
 
@@ -358,7 +403,7 @@ def unpin_netns(pin: str) -> None:
     from .nsexec import umount
 
     try:
-        umount(pin, MNT_DETACH)
+        umount(pin, MNT_DETACH | UMOUNT_NOFOLLOW)  # a symlink planted at the pin's name is not followed
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOENT):  # not a mount point / no file
             raise
@@ -462,7 +507,7 @@ def cmd_del(conf: NetConf, env: Env, raw: bytes) -> None:
             release_nic(record)
     finally:
         ipam()
-    _drop_record(path)
+    drop_record(path)
 
 
 def _in_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -505,8 +550,21 @@ def release_nic(record: Mapping[str, Any]) -> None:
     for key in _lease_keys(record):
         if ledger.get(key) is not None:
             ledger.remove(key)
-    if record.get("pin"):
-        unpin_netns(record["pin"])
+    pin = recorded_pin(record)
+    if pin is not None:
+        unpin_netns(pin)
+
+
+def recorded_pin(record: Mapping[str, Any]) -> Optional[str]:
+    """The netns pin of a record that has one: always the pin its own (network, container, ifname) name in the
+    records dir, whatever path the record holds (a path elsewhere is never unmounted or removed)."""
+    if not record.get("pin"):
+        return None
+    own = _pin_path(_record_path(str(record.get("network") or ""), str(record.get("container") or ""),
+                                 str(record.get("cni_ifname") or "")))
+    if record["pin"] != own:
+        log.warning("CNI record names the pin %r, not its own %s: using its own", record["pin"], own)
+    return own
 
 
 def _lease_keys(record: Mapping[str, Any]) -> Tuple[str, ...]:
@@ -630,7 +688,7 @@ def cmd_gc(conf: Mapping[str, Any], env: Env, raw: bytes) -> None:
         if ipam:
             stale = Env("DEL", record.get("container", ""), "", record.get("cni_ifname", ""), env.args, env.path)
             spec.delegate(ipam, "DEL", raw, stale)
-        _drop_record(path)
+        drop_record(path)
     if ipam:
         try:
             spec.delegate(ipam, "GC", raw, env)

@@ -22,12 +22,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 SOCKET_ENV = "DPDKENI_CNI_SOCKET"
 PASSED_ENV = ("CNI_", "DPDKENI_")  # what the plugin reads; PATH too (IPAM plugins are found through CNI_PATH)
 TRY_AGAIN_LATER = 11  # the CNI spec's error code for a transient failure
+IO_FAILURE = 5
 
 
 def socket_path(environ: Optional[Mapping[str, str]] = None) -> str:
     """Where the resident plugin listens."""
     env = os.environ if environ is None else environ
-    state = env.get("DPDKENI_STATE_DIR", "/run/dpdkeni")
+    state = env.get("DPDKENI_STATE_DIR") or "/run/dpdkeni"
     return env.get(SOCKET_ENV) or os.path.join(state, "cni.sock")
 
 
@@ -44,6 +45,7 @@ def decode_request(line: bytes) -> Tuple[Dict[str, str], bytes]:
 
 
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+MAX_REPLY = 16 << 20
 
 
 def peer_cred(sock: socket.socket) -> Tuple[int, int, int]:
@@ -52,24 +54,35 @@ def peer_cred(sock: socket.socket) -> Tuple[int, int, int]:
     return pid, uid, gid
 
 
+class NotRoot(Exception):
+    """The process listening on the socket is not root: it gets no configuration."""
+
+
 def _ask(path: str, request: bytes) -> Optional[Dict[str, Any]]:
-    """The server's reply, or None when no root server listens (then the caller runs the plugin itself): a
-    server of another user never sees the call."""
+    """The server's reply, or None when no server listens (then the caller runs the plugin itself); NotRoot when
+    the listener is not root (checked with SO_PEERCRED before anything is sent)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
             sock.connect(path)
         except OSError:
             return None
-        uid = peer_cred(sock)[1]
+        pid, uid, _ = peer_cred(sock)
         if uid != 0:
-            sys.stderr.write(f"dpdkeni-cni: {path} is served by uid {uid}, not root: not handing it the call\n")
-            return None
-        sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
-        with sock.makefile("rb") as f:
-            line = f.readline()
-        return json.loads(line) if line else {}
+            raise NotRoot(f"the process listening on {path} (pid {pid}) is uid {uid}, not root: "
+                          "not sending it the configuration")
+        try:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the server stopped reading (a refused request): its reply may still be there
+            pass
+        try:
+            with sock.makefile("rb") as f:
+                line = f.readline(MAX_REPLY)
+            reply = json.loads(line) if line else {}
+        except (OSError, ValueError):
+            return {}
+        return reply if isinstance(reply, dict) else {}
     finally:
         sock.close()
 
@@ -82,14 +95,19 @@ def _version(stdin: bytes) -> str:
 
 
 def run() -> None:
-    """Console-script entry point (``dpdkeni-cni``)."""
+    """Console-script entry point (``dpdkeni-cni-py``; the C ``dpdkeni-cni`` execs it when no server listens)."""
     stdin = sys.stdin.buffer.read()
-    reply = _ask(socket_path(), encode_request(os.environ, stdin))
+    try:
+        reply = _ask(socket_path(), encode_request(os.environ, stdin))
+    except NotRoot as exc:
+        reply = {"rc": 1, "stdout": json.dumps({"cniVersion": _version(stdin), "code": IO_FAILURE,
+                                                "msg": str(exc)}) + "\n"}
     if reply is None:
         from . import cni
         cni._light_pyroute2()
         sys.exit(cni.main(os.environ, io.BytesIO(stdin)))
-    if "rc" not in reply:  # the server went away in the middle of the call
+    if not isinstance(reply.get("rc"), int) or not isinstance(reply.get("stdout", ""), str):
+        # the server went away in the middle of the call
         reply = {"rc": 1, "stdout": json.dumps({"cniVersion": _version(stdin), "code": TRY_AGAIN_LATER,
                                                 "msg": "the dpdkeni cni server closed the connection"}) + "\n"}
     sys.stdout.write(reply.get("stdout", ""))

@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Any, Dict, List, Mapping, Set
 
-from . import cni
+from . import cni, statedir
 from . import cnispec as spec
 from .errors import Error
 
@@ -45,9 +45,10 @@ def _inhabited(pin: str) -> bool:
 
 
 def orphaned(record: Mapping[str, Any]) -> bool:
-    """Whether the pod of this netdev attachment is gone while its NIC sits in the pinned namespace."""
-    pin = record.get("pin")
-    if not pin or not os.path.exists(pin):
+    """Whether the pod of this netdev attachment is gone while its NIC sits in the pinned namespace (its own pin
+    only: :func:`dpdkeni.cni.recorded_pin`; a symlink there is no pin)."""
+    pin = cni.recorded_pin(record)
+    if not pin or not os.path.lexists(pin) or os.path.islink(pin):
         return False
     if record.get("netns") and _same_file(record["netns"], pin):
         return False  # the runtime still holds the pod's netns file: it will call DEL
@@ -63,14 +64,18 @@ def release_orphan(path: str, record: Mapping[str, Any]) -> None:
         env = spec.Env("DEL", record.get("container", ""), "", record.get("cni_ifname", ""),
                        dict(record.get("args") or {}), tuple(record.get("cni_path") or ()))
         spec.delegate(ipam, "DEL", raw, env)
-    os.unlink(path)
+    cni.drop_record(path)
 
 
 def sweep(suspects: Set[str]) -> List[str]:
     """One pass over the CNI records: release those orphaned now that were orphaned in the previous pass too
     (``suspects``, updated in place). Returns the records released."""
     directory = cni.records_dir()
-    entries = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    if not os.path.lexists(directory):
+        return []
+    statedir.check(statedir.path())  # StateDirError (logged by the server) for a symlinked or foreign dir
+    statedir.check(directory)
+    entries = sorted(os.listdir(directory))
     now: Dict[str, Dict[str, Any]] = {}
     for entry in entries:
         path = os.path.join(directory, entry)
@@ -89,7 +94,7 @@ def sweep(suspects: Set[str]) -> List[str]:
         try:
             release_orphan(path, record)
             released.append(path)
-        except (OSError, spec.CniError, Error) as exc:
+        except (OSError, ValueError, AttributeError, spec.CniError, Error) as exc:
             log.warning("releasing the orphaned %s failed: %s", record.get("nic"), exc)
     suspects.clear()
     suspects.update(p for p in now if p not in released)

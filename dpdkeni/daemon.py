@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from . import handoff, udev
+from . import handoff, statedir, udev, unixsock
 from .errors import Error, NotFoundError, StepError
 from .events import NicEvent, Watcher
 from .inventory import Nic
@@ -67,7 +67,7 @@ class Daemon:
     def __init__(self, policy: Policy, *, watcher: Optional[Watcher] = None, source: str = "auto",
                  state: Optional[str] = None) -> None:
         self.policy = policy
-        self.state = state or os.environ.get("DPDKENI_STATE_DIR", "/run/dpdkeni")
+        self.state = state or statedir.path()
         self.watcher = watcher or Watcher(source, existing=True)
         self.hook_events: List[Dict[str, str]] = []
         self.decisions: List[Dict[str, Any]] = []
@@ -81,8 +81,8 @@ class Daemon:
     # ----- lifecycle
     def start(self) -> None:
         """Open the socket, reconcile with the ledger, take the pending hook events, start watching."""
-        os.makedirs(self.state, mode=0o700, exist_ok=True)
-        os.chmod(self.state, 0o700)
+        statedir.ensure(self.state)
+        os.chmod(self.state, 0o700)  # the socket's datagrams are taken from root only; nobody else may list it
         self._open_socket()
         self._reconcile()
         self.watcher.start()
@@ -95,7 +95,7 @@ class Daemon:
 
     def _open_socket(self) -> None:
         path = udev.socket_path(self.state)
-        if os.path.exists(path):
+        if unixsock.is_socket(path):
             os.unlink(path)  # a stale socket of a daemon that died
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         old = os.umask(0o177)

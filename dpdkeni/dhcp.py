@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional
 
 import psutil
 
+from . import statedir
 from .errors import Error
 from .ledger import Lease, Ledger
 
@@ -41,14 +42,16 @@ def _log_path(ledger: Ledger, key: str) -> str:
     return os.path.join(ledger.directory, "dhcp-" + re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".log")
 
 
-def start(lease: Lease, target: Any, ifname: str, timeout: float = BOUND_TIMEOUT) -> Dict[str, Any]:
-    """Start the client for ``ifname`` in ``target``'s namespace and wait until it is bound.
+def start(lease: Lease, target: Any, ifname: str, timeout: Optional[float] = None) -> Dict[str, Any]:
+    """Start the client for ``ifname`` in ``target``'s namespace and wait until it is bound (``timeout``:
+    :data:`BOUND_TIMEOUT`, read at call time).
 
     Returns what stop needs (pid, start time). Raises Error (and leaves no process) when no lease came."""
+    timeout = BOUND_TIMEOUT if timeout is None else timeout
     ledger = Ledger()
-    os.makedirs(ledger.directory, exist_ok=True)
+    statedir.ensure(ledger.directory)
     rfd, wfd = os.pipe()
-    with open(_log_path(ledger, lease.key), "ab") as logf:
+    with statedir.opened(_log_path(ledger, lease.key), os.O_WRONLY | os.O_CREAT | os.O_APPEND, text=False) as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dpdkeni.dhcp", "--netns", target.path, "--ifname", ifname, "--key", lease.key,
              "--state-dir", ledger.directory, "--ready-fd", str(wfd)],

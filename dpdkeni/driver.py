@@ -21,7 +21,7 @@ from typing import Callable, List, Optional, Tuple
 
 import psutil
 
-from . import models
+from . import models, statedir
 from .errors import Error, InputError, StepError
 from .guards import check_handoff, refuse
 from .inventory import PCI_DEVICES, Nic, find_nic
@@ -237,6 +237,8 @@ def bind(nic: Nic | str, driver: str = "vfio-pci", *, noiommu: bool = False, for
     if original == driver:
         log.info("%s is already bound to %s", pci, driver)
         return result
+    if not fs.dry_run:
+        statedir.subdir("bound")  # a state dir that cannot keep the original state refuses before the unbind
     _ensure_driver_loaded(fs, driver)
     if need_noiommu and fs.read(NOIOMMU_PARAM) not in ("Y", "1"):
         log.warning("enabling vfio's unsafe no-IOMMU mode (no DMA isolation)")
@@ -267,9 +269,7 @@ def _record_path(pci: str) -> str:
 def _remember(result: BindResult) -> None:
     """Keep the original driver, name and MAC, so ``unbind`` can restore them (a vfio NIC has no netdev)."""
     try:
-        os.makedirs(os.path.dirname(_record_path(result.pci)), exist_ok=True)
-        with open(_record_path(result.pci), "w", encoding="utf-8") as f:
-            json.dump(result.to_dict(), f)
+        statedir.write_atomic(_record_path(result.pci), json.dumps(result.to_dict()).encode())
     except OSError as exc:
         log.warning("could not record the original state of %s: %s", result.pci, exc)
 
@@ -277,7 +277,7 @@ def _remember(result: BindResult) -> None:
 def remembered(pci: str) -> dict:
     """What a bind recorded about the NIC's original state ({} when nothing was recorded)."""
     try:
-        with open(_record_path(pci), encoding="utf-8") as f:
+        with statedir.opened(_record_path(pci)) as f:
             return json.load(f)
     except (OSError, ValueError):
         return {}

@@ -50,6 +50,20 @@ class StepError(Error):
         self.step = step
 
 
+class GuestFaultError(Error):
+    """The lab guest's kernel reported that it wedged or died (soft lockup, RCU stall, panic, BUG, Oops).
+
+    ``str()`` is one line (what happened, during what, the console line); ``excerpt`` holds the console lines
+    around it. Every lab call in progress or made later on that guest raises it; a fresh guest is needed.
+    """
+
+    def __init__(self, kind: str, line: str, doing: str = "", excerpt: str = "") -> None:
+        during = f" during {doing}" if doing else ""
+        super().__init__(f"lab: the guest kernel wedged ({kind}){during}: {line}",
+                         "the guest must be restarted; the console is kept in the lab cache as last-console.log")
+        self.kind, self.line, self.doing, self.excerpt = kind, line, doing, excerpt
+
+
 class SysfsError(Error):
     """A read or write under /sys (or the configured root) failed."""
 

@@ -147,6 +147,9 @@ class Forwarder:
                  spin_us: int = DEFAULT_SPIN_US) -> None:
         self.ports = list([ports] if isinstance(ports, str) else ports)
         self.mode, self.backend, self.burst, self.queues = mode, backend, burst, queues
+        if target is not None:
+            from .validate import target as check_target
+            check_target(target)  # '' is not "no target": it is a mistake
         self.cpu, self.target, self.pkt_size, self.flows = cpu, target, pkt_size, flows
         self.rate, self.count, self.zerocopy, self.spin_us = rate, count, zerocopy, spin_us
         self.tx_method = tx_method or DEFAULT_TX_METHOD

@@ -14,12 +14,13 @@ import os
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from . import models, netdev
+from . import models, netdev, validate
 from .errors import Error, GuardError, InputError, NotFoundError, os_error_message
 from .guards import check_handoff
 from .inventory import Nic, find_nic, has_routes
 from .ledger import Lease, Leases, Ledger
-from .netns import Target, resolve_target
+from .specs import classify
+from .netns import Target, refuse_host, resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +74,34 @@ def allow_unmanaged(nic: Nic) -> bool:
     return nic.pci is None and nic.model in models.virtual_kinds()
 
 
-def _validate(mode: str, ifname: str, addresses: Sequence[str], gateway: Optional[str], mtu: Optional[int],
-              dhcp: bool) -> None:
-    if mode not in MODES:
-        raise InputError(f"unknown mode {mode!r}", f"one of {', '.join(MODES)}")
-    netdev.check_ifname(ifname)
-    netdev.parse_addresses(addresses)
-    netdev.parse_gateway(gateway)
-    if mtu is not None and not 68 <= int(mtu) <= 65535:
-        raise InputError(f"bad MTU {mtu}: 68..65535")
+def check_spec(nic: Union[Nic, str]) -> None:
+    """InputError for a malformed NIC spec (PCI address, MAC, interface name, or a lease key ``if:NAME``)."""
+    if isinstance(nic, Nic):
+        return
+    if isinstance(nic, str) and nic.startswith("if:"):
+        validate.ifname(nic[3:])
+    else:
+        classify(nic if isinstance(nic, str) else "")
+
+
+def check_request(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev", *, ifname: str = "eth0",
+                  addresses: Sequence[str] = (), gateway: Optional[str] = None, mtu: Optional[int] = None,
+                  dhcp: bool = False, hugepages: Optional[str] = None, driver: str = "vfio-pci",
+                  noiommu: bool = False, force: bool = False, dry_run: bool = False,
+                  table: Optional[int] = None) -> None:
+    """Check every value of an :func:`attach` request (same arguments) by the one validator of its kind
+    (:mod:`dpdkeni.validate`), before anything is looked up or moved; ``attach --batch`` checks every item so."""
+    check_spec(nic)
+    if not isinstance(target, Target):
+        validate.target(target)
+    validate.choice(mode, "mode", MODES)
+    validate.ifname(ifname)
+    validate.addresses(addresses)
+    validate.gateway(gateway)
+    validate.mtu(mtu)
+    validate.table(table)
+    validate.hugepages(hugepages)
+    validate.choice(driver, "driver", models.USER_DRIVERS)
     if dhcp and addresses:
         raise InputError("--dhcp and --address exclude each other")
 
@@ -127,9 +147,11 @@ def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev
     """
     later = addresses if callable(addresses) else None
     addresses = [] if later else list(addresses)
-    _validate(mode, ifname, addresses, gateway, mtu, dhcp)
+    check_request(nic, target, mode, ifname=ifname, addresses=addresses, gateway=gateway, mtu=mtu, dhcp=dhcp,
+                  hugepages=hugepages, driver=driver, table=table)
     ledger = Ledger()
     tgt = target if isinstance(target, Target) else resolve_target(target)
+    refuse_host(tgt)  # also for a Target made by the caller (CNI's dpdk target, the daemon's)
     leases = ledger.leases()
     have = find_lease(nic, leases=leases)
     if have is not None:
@@ -261,7 +283,9 @@ def _original(nic: Nic, ipr: Any) -> Dict[str, Any]:
 
 def release(nic: Union[Nic, str], *, force: bool = False) -> Optional[Lease]:
     """Take a NIC back from its target: the host gets it under its original name, MTU, addresses and up/down
-    state. Returns the ended lease, or None when the NIC was not leased."""
+    state. Returns the ended lease, or None when the NIC was not leased (a malformed spec is an InputError: a
+    mistyped address must not read as "not leased")."""
+    check_spec(nic)
     ledger = Ledger()
     lease = find_lease(nic, ledger)
     if lease is None:

@@ -16,24 +16,15 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Dict, Iterator, List, Optional
 
-from . import nsexec
+from . import nsexec, statedir
+from .validate import SIZE_UNITS as _UNITS, size as parse_size  # noqa: F401 (parse_size: used by cdi, commands)
 from .errors import Error, InputError, os_error_message
-from .ledger import state_dir
 from .sysfs import Sysfs
 
 log = logging.getLogger(__name__)
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 SYSTEM = "sys/kernel/mm/hugepages"
 NODES = "sys/devices/system/node"
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``256M``, ``1G``, ``2048k``, ``2MiB`` or a plain byte count."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
-    if not m:
-        raise InputError(f"malformed size {text!r}", "use e.g. 256M, 1G or 2M")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
 def format_size(n: int) -> str:
@@ -102,8 +93,7 @@ def _check_pool(fs: Sysfs, page_bytes: int, node: Optional[int]) -> str:
 @contextlib.contextmanager
 def _pool_lock() -> Iterator[None]:
     """Serialize read-modify-write of the pools between dpdkeni processes."""
-    os.makedirs(state_dir(), exist_ok=True)
-    fd = os.open(os.path.join(state_dir(), "hugepages.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = statedir.open_file(os.path.join(statedir.ensure(), "hugepages.lock"), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

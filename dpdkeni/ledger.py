@@ -2,9 +2,10 @@
 
 One JSON file (``leases.json``) under the state dir (``DPDKENI_STATE_DIR``, default ``/run/dpdkeni``), changed only
 inside :meth:`Ledger.transaction`, which holds an exclusive ``flock`` on ``leases.lock`` and writes the file
-atomically (temp file + rename: a reader or a process killed mid-write sees the old file or the new one, never
-a part). No fsync: what the ledger describes (links in namespaces, driver bindings, hugepage reservations, device
-rules) does not outlive a power loss either, and on a state dir on disk each fsync cost ~2 ms of a CNI call. A step is recorded (``started``) before it runs
+atomically through :func:`statedir.write_atomic` (a 0600 ``mkstemp`` temp file + rename: a reader or a process
+killed mid-write sees the old file or the new one, never a part). No fsync: what the ledger describes (links in
+namespaces, driver bindings, hugepage reservations, device rules) does not outlive a power loss either, and on a
+state dir on disk each fsync cost ~2 ms of a CNI call. A step is recorded (``started``) before it runs
 and marked ``done`` after, so ``recover`` knows exactly how far a crashed process got.
 """
 from __future__ import annotations
@@ -14,25 +15,23 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from collections.abc import MutableMapping
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
+from . import statedir
 from .errors import Error, os_error_message
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR = "/run/dpdkeni"
+DEFAULT_STATE_DIR = statedir.DEFAULT
 LEASES_FILE = "leases.json"
 LOCK_FILE = "leases.lock"
 FORMAT_VERSION = 1
 
 
-def state_dir() -> str:
-    """The state directory, read at call time (``DPDKENI_STATE_DIR`` or ``/run/dpdkeni``)."""
-    return os.environ.get("DPDKENI_STATE_DIR", DEFAULT_STATE_DIR)
+state_dir = statedir.path  # where the modules that keep state look it up
 
 
 @dataclass
@@ -182,8 +181,8 @@ class Ledger:
     @contextlib.contextmanager
     def _locked(self, exclusive: bool) -> Iterator[None]:
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            fd = os.open(os.path.join(self.directory, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            statedir.ensure(self.directory)
+            fd = statedir.open_file(os.path.join(self.directory, LOCK_FILE), os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise os_error_message(exc, f"opening the ledger in {self.directory}") from exc
         try:
@@ -194,7 +193,7 @@ class Ledger:
 
     def _load(self) -> "Leases":
         try:
-            with open(self.path, "rb") as f:
+            with statedir.opened(self.path, text=False) as f:
                 body = f.read()
         except FileNotFoundError:
             return Leases({})
@@ -216,16 +215,10 @@ class Ledger:
         if not isinstance(leases, Leases):
             leases = Leases({k: _fresh(v.to_dict()) for k, v in leases.items()})
         parsed = leases.encode(_PARSED.get(self.path))
-        body = parsed.body
-        fd, tmp = tempfile.mkstemp(prefix=".leases.", dir=self.directory)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
-            os.rename(tmp, self.path)
+            statedir.write_atomic(self.path, parsed.body, fsync=False)
         except OSError as exc:
             _PARSED.pop(self.path, None)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise os_error_message(exc, f"writing the ledger {self.path}") from exc
         _PARSED[self.path] = parsed
 
@@ -239,6 +232,7 @@ class Ledger:
 
     def leases(self) -> "Leases":
         """A snapshot of all leases, by key (a mapping that converts a lease when it is looked at)."""
+        statedir.ensure(self.directory)
         if not os.path.exists(self.path):
             return Leases({})
         with self._locked(exclusive=False):
@@ -246,6 +240,7 @@ class Ledger:
 
     def get(self, key: str) -> Optional[Lease]:
         """The lease for a key, or None."""
+        statedir.ensure(self.directory)
         if not os.path.exists(self.path):
             return None
         with self._locked(exclusive=False):

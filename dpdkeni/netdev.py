@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import netns as nsmod
+from . import netns as nsmod, validate
 from .errors import Error, GuardError, InputError, NotFoundError, StepError
 from .ledger import Lease, Ledger, Step
 
@@ -87,36 +87,6 @@ def find_by_mac(ipr: IPRoute, mac: str) -> Optional[Any]:
 
 
 # --- checking input ----------------------------------------------------------------------------------------------
-
-def parse_addresses(addresses: Sequence[str]) -> List[ipaddress._BaseAddress]:
-    """CIDR strings -> interfaces; a bad one is an InputError."""
-    out = []
-    for text in addresses:
-        try:
-            if "/" not in str(text):
-                raise ValueError("no prefix length")
-            out.append(ipaddress.ip_interface(text))
-        except ValueError as exc:
-            raise InputError(f"bad address {text!r}: {exc}", "use CIDR, like 198.18.0.2/24") from None
-    return out
-
-
-def check_ifname(name: str) -> str:
-    """An interface name the kernel accepts (1-15 bytes, no '/', ':' or whitespace)."""
-    if not name or len(name.encode()) > 15 or any(c in name for c in "/: \t\n") or name in (".", ".."):
-        raise InputError(f"bad interface name {name!r}", "1-15 characters, no '/', ':' or spaces")
-    return name
-
-
-def parse_gateway(gateway: Optional[str]) -> Optional[ipaddress._BaseAddress]:
-    """The gateway address, or None."""
-    if gateway is None:
-        return None
-    try:
-        return ipaddress.ip_address(gateway)
-    except ValueError:
-        raise InputError(f"bad gateway {gateway!r}: not an IP address") from None
-
 
 def needs_onlink(gateway: ipaddress._BaseAddress, addresses: Sequence[Any]) -> bool:
     """Whether the gateway lies outside every subnet of the NIC (then the route needs ``onlink``)."""
@@ -218,7 +188,7 @@ def planned_steps(original: Dict[str, Any], target: "nsmod.Target", ifname: str,
     steps.append(Step("up"))
     if gateway is not None or table:
         steps.append(Step("routes", undo={"table": table}))
-    nets = parse_addresses(addresses)
+    nets = validate.addresses(addresses)
     if len([a for a in nets if a.version == 4]) > 1 or any(a.version == 6 for a in nets):
         steps.append(Step("announce"))
     return steps
@@ -256,7 +226,7 @@ def del_rules(ipr: IPRoute, addresses: Sequence[str], table: Optional[int]) -> N
     """Remove the rules :func:`add_routes` added (rules outlive the link they point at)."""
     if not table:
         return
-    for a in parse_addresses(addresses):
+    for a in validate.addresses(addresses):
         fam = socket.AF_INET6 if a.version == 6 else socket.AF_INET
         with contextlib.suppress(NetlinkError):
             ipr.rule("del", src=str(a.ip), src_len=a.max_prefixlen, table=table, priority=RULE_PRIORITY,
@@ -368,8 +338,8 @@ def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifnam
     """
     orig = lease.original
     later = addresses if callable(addresses) else None
-    nets = [] if later else parse_addresses(addresses)
-    gw = parse_gateway(gateway)
+    nets = [] if later else validate.addresses(addresses)
+    gw = validate.gateway(gateway)
     with contextlib.ExitStack() as stack:
         steps = Steps(ledger, lease, stack)
         if root is None:
@@ -408,7 +378,7 @@ def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifnam
         tidx = where["index"]
         if later is not None:  # the kernel's wait in the move is over: now the addresses are needed
             addresses = list(later())
-            nets = parse_addresses(addresses)
+            nets = validate.addresses(addresses)
         if nets:
             steps.run("addresses", lambda: add_addresses(tip, tidx, nets), record={"addresses": list(addresses)})
         # up after the addresses (arp_notify announces the first IPv4 one), before routes (the kernel refuses
@@ -499,7 +469,7 @@ def restore(root: IPRoute, name: str, orig: Dict[str, Any]) -> None:
     index = link["index"]
     if link.get_attr("IFLA_MTU") != orig["mtu"]:
         root.link("set", index=index, mtu=orig["mtu"])
-    add_addresses(root, index, parse_addresses(orig.get("addresses", [])))
+    add_addresses(root, index, validate.addresses(orig.get("addresses", [])))
     missing = [a for a in orig.get("altnames", []) if a not in _altnames(link)]
     if missing:
         try:

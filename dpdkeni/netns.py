@@ -12,7 +12,7 @@ import glob
 import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional, Set, Tuple
 
 import psutil
 from pyroute2 import netns as pr_netns
@@ -20,6 +20,7 @@ from pyroute2 import netns as pr_netns
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
+from . import validate
 from .errors import InputError, NotFoundError
 
 NETNS_DIR = "/run/netns"
@@ -70,23 +71,46 @@ def _pid_target(spec: str, pid: int) -> Target:
 
 
 def container_pid(cid: str, state_dirs: Optional[List[str]] = None) -> int:
-    """The init pid of container ``cid`` from the OCI runtime state (runc's ``state.json``, crun's
-    ``status``), or from a process whose cgroup path names the container."""
-    for base in state_dirs or RUNTIME_STATE_DIRS:
-        state = os.path.join(base, cid, "state.json")
-        if os.path.exists(state):
-            with open(state, encoding="utf-8") as f:
-                pid = json.load(f).get("init_process_pid")
-            if pid:
-                return int(pid)
-        status = os.path.join(base, cid, "status")
-        if os.path.exists(status):
-            with open(status, encoding="utf-8") as f:
-                data = json.load(f)
-            if data.get("pid"):
-                return int(data["pid"])
-    pid = _pid_from_engine_state(cid)
-    return pid if pid else _pid_from_cgroups(cid)
+    """The init pid of container ``cid`` (checked by :func:`dpdkeni.validate.container_id`) from the OCI runtime
+    state (runc's ``state.json``, crun's ``status``), containerd's or docker's state, or a process whose cgroup
+    path has a component naming that container's scope (``docker-ID.scope``, ``/docker/ID``, ...). A NotFoundError
+    says where it looked."""
+    cid = validate.container_id(cid)
+    bases = list(state_dirs or RUNTIME_STATE_DIRS)
+    for base in bases:
+        pid = _pid_from_runtime_state(os.path.join(base, cid))
+        if pid:
+            return pid
+    pid = _pid_from_engine_state(cid) or _pid_from_cgroups(cid)
+    if pid:
+        return pid
+    looked = bases + [os.path.join(d, "*") for d in CONTAINERD_TASK_DIRS] + list(DOCKER_CONTAINER_DIRS)
+    raise NotFoundError(f"container {cid!r} not found: looked for ID={cid} in {', '.join(looked)} and for a process "
+                        f"in a cgroup {' or '.join(CGROUP_SCOPES)}")
+
+
+def _read_json(path: str) -> Optional[dict]:
+    """A runtime's JSON state file (not following a symlink), or None when it is not there or not JSON: a
+    runtime writes these files, and one half written or of another format names no process."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, encoding="utf-8") as f:
+            data = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _pid_from_runtime_state(directory: str) -> Optional[int]:
+    """runc's ``state.json`` (``init_process_pid``) or crun's ``status`` (``pid``) in a container's directory."""
+    for name, key in (("state.json", "init_process_pid"), ("status", "pid")):
+        pid = (_read_json(os.path.join(directory, name)) or {}).get(key)
+        if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+            return pid
+    return None
 
 
 CONTAINERD_TASK_DIRS = ("/run/containerd/io.containerd.runtime.v2.task",)
@@ -98,63 +122,131 @@ def _pid_from_engine_state(cid: str) -> Optional[int]:
     accepts an unambiguous id prefix, so do we."""
     for base in CONTAINERD_TASK_DIRS:
         for path in glob.glob(os.path.join(glob.escape(base), "*", glob.escape(cid), "init.pid")):
-            with open(path, encoding="utf-8") as f:
-                text = f.read().strip()
-            if text.isdigit():
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read(32).strip()
+            except OSError:
+                continue
+            if text.isascii() and text.isdigit() and int(text) > 0:
                 return int(text)
     for base in DOCKER_CONTAINER_DIRS:
         found = glob.glob(os.path.join(glob.escape(base), glob.escape(cid) + "*", "config.v2.json"))
         if len(found) > 1:
             raise InputError(f"container id {cid!r} is ambiguous ({len(found)} docker containers match)")
         if found:
-            with open(found[0], encoding="utf-8") as f:
-                pid = (json.load(f).get("State") or {}).get("Pid")
-            if pid:
-                return int(pid)
+            pid = ((_read_json(found[0]) or {}).get("State") or {}).get("Pid")
+            if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+                return pid
     return None
 
 
-def _pid_from_cgroups(cid: str) -> int:
-    if len(cid) < 4:
-        raise InputError(f"container id {cid!r} is too short to look up by cgroup")
+# how the runtimes name a container's cgroup (ID: the container id), systemd driver then cgroupfs driver
+CGROUP_SCOPES = ("docker-ID.scope", "libpod-ID.scope", "crio-ID.scope", "cri-containerd-ID.scope",
+                 "docker/ID", "libpod_parent/libpod-ID", "kubepods*/ID")
+
+
+def names_container(cgroup_path: str, cid: str) -> bool:
+    """Whether a cgroup path (a line of /proc/PID/cgroup after the second ':') has a whole component that
+    names container ``cid``'s scope, as :data:`CGROUP_SCOPES` lists them. Never a substring: every process
+    has ``memory`` or ``pids`` in its cgroup file, and pid 1 sits in ``init.scope``."""
+    parts = [p for p in cgroup_path.strip().split("/") if p]
+    for i, part in enumerate(parts):
+        if part.endswith(".scope") and part[:-len(".scope")] in (f"{p}-{cid}" for p in
+                                                                 ("docker", "libpod", "crio", "cri-containerd")):
+            return True
+        parent = parts[i - 1] if i else ""
+        if part == cid and (parent == "docker" or any(p.startswith("kubepods") for p in parts[:i])):
+            return True
+        if part == f"libpod-{cid}" and parent == "libpod_parent":
+            return True
+    return False
+
+
+def _pid_from_cgroups(cid: str) -> Optional[int]:
+    """The lowest pid whose cgroup (any hierarchy) names container ``cid``'s scope (:func:`names_container`)."""
     for proc in psutil.process_iter(["pid"]):
         try:
             with open(f"/proc/{proc.pid}/cgroup", encoding="utf-8") as f:
-                if cid in f.read():
-                    return proc.pid
+                lines = f.read().splitlines()
         except OSError:
             continue
-    raise NotFoundError(f"container {cid!r} not found (no runtime state, no process in its cgroup)")
+        if any(names_container(line.split(":", 2)[-1], cid) for line in lines):
+            return proc.pid
+    return None
 
 
 def resolve_target(spec: str) -> Target:
-    """Resolve a target spec; a target that does not exist is a NotFoundError (exit 2)."""
-    if spec.startswith("pid:"):
-        text = spec[4:]
-        if not text.isdigit() or int(text) <= 0:
-            raise InputError(f"bad target {spec!r}: pid:N with N a process id")
-        return _pid_target(spec, int(text))
-    if spec.startswith("netns:"):
-        name = spec[6:]
-        if not name or "/" in name or name in (".", ".."):
-            raise InputError(f"bad target {spec!r}: netns:NAME with NAME in {NETNS_DIR}")
-        path = os.path.join(NETNS_DIR, name)
+    """Resolve a target spec (its form checked by :func:`dpdkeni.validate.target`); a target that does not exist
+    is a NotFoundError, the host's own network namespace an InputError (both exit 2)."""
+    kind, value = validate.target(spec)
+    if kind == "pid":
+        if int(value) == 1:
+            raise _host(spec, "pid 1")
+        tgt = _pid_target(spec, int(value))
+    elif kind == "netns":
+        path = os.path.join(NETNS_DIR, value)
         if not os.path.exists(path):
-            raise NotFoundError(f"target {spec}: no network namespace {name!r} in {NETNS_DIR}",
+            raise NotFoundError(f"target {spec}: no network namespace {value!r} in {NETNS_DIR}",
                                 "dpdkeni never creates one; make it first")
-        return Target(spec, path, _ns_id(path))
-    if spec.startswith("container:"):
-        cid = spec[10:]
-        if not cid:
-            raise InputError(f"bad target {spec!r}: container:ID")
-        return _pid_target(spec, container_pid(cid))
-    if spec.startswith("/"):
-        if not os.path.exists(spec):
-            raise NotFoundError(f"target {spec}: no such file")
-        if not is_netns_file(spec):
-            raise InputError(f"target {spec} is not a network namespace file (nsfs)")
-        return Target(spec, spec, _ns_id(spec))
-    raise InputError(f"bad target {spec!r}: expected pid:N, netns:NAME, container:ID or a path to a netns file")
+        tgt = Target(spec, path, _ns_id(path))
+    elif kind == "container":
+        tgt = _pid_target(spec, container_pid(value))
+    else:
+        tgt = _path_target(spec)
+    refuse_host(tgt)
+    return tgt
+
+
+def _path_target(spec: str) -> Target:
+    if _proc_pid(spec) == 1:
+        raise _host(spec, "pid 1")
+    try:
+        os.stat(spec)
+    except FileNotFoundError:
+        raise NotFoundError(f"target {spec}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"target {spec} cannot be opened: {exc.strerror}") from None
+    if not is_netns_file(spec):
+        raise InputError(f"target {spec} is not a network namespace file (nsfs)")
+    return Target(spec, spec, _ns_id(spec))
+
+
+def _proc_pid(path: str) -> Optional[int]:
+    """N for ``/proc/N/ns/net`` or ``/proc/N/task/T/ns/net`` (normalized: ``/proc/./1//ns/net`` too)."""
+    parts = os.path.normpath(path).split("/")
+    if len(parts) >= 5 and parts[1] == "proc" and parts[2].isascii() and parts[2].isdigit():
+        return int(parts[2])
+    return None
+
+
+def _host(spec: str, why: str) -> InputError:
+    return InputError(f"target {spec} is the host's own network namespace ({why}): a NIC is never handed to it",
+                      "give the container's pid:N, netns:NAME, container:ID or netns path")
+
+
+def host_namespaces() -> Set[Tuple[int, int]]:
+    """(st_dev, st_ino) of the host's network namespace: pid 1's, and this process's own (dpdkeni runs in the
+    host's namespace; a sandbox may hide pid 1's). The thread group leader's, not this thread's: a thread may be
+    inside a container's namespace for a moment (:func:`entered`)."""
+    found = set()
+    for path in (ROOT_NETNS, f"/proc/{os.getpid()}/ns/net"):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def refuse_host(target: Target) -> None:
+    """InputError when ``target`` is the host's own network namespace (:func:`host_namespaces`): a NIC handed
+    there would be renamed and addressed on the host itself."""
+    try:
+        st = os.stat(target.path)
+    except OSError:
+        return  # gone or out of reach: opening it fails later with its own message
+    if (st.st_dev, st.st_ino) in host_namespaces():
+        raise _host(target.spec, f"the namespace of pid 1 and of dpdkeni, {target.ns_id}")
 
 
 NS_GET_NSTYPE = 0xB703

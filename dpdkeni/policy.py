@@ -19,7 +19,6 @@ The first rule whose every ``match`` key holds takes the NIC. An error names the
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 import json
 import os
 import re
@@ -33,7 +32,7 @@ try:
 except ImportError:  # Python < 3.11: JSON policies only
     tomllib = None  # type: ignore[assignment]
 
-from . import models, specs
+from . import models, specs, validate
 from .errors import InputError, StepError
 from .inventory import Nic
 
@@ -41,8 +40,6 @@ MATCH_KEYS = ("model", "mac", "pci", "ifname")
 RULE_KEYS = ("name", "match", "mode", "target", "target_command", "ifname", "addresses", "gateway", "mtu",
              "hugepages", "dhcp", "driver", "noiommu", "table")
 MODES = models.MODES
-_TARGET = re.compile(r"^(pid:\d+|netns:[^/\s]+|container:\S+|/\S+)$")
-_SIZE = re.compile(r"^\d+[KMG]?$", re.I)
 
 
 class PolicyError(InputError):
@@ -78,8 +75,12 @@ class Rule:
                                  timeout=timeout, check=True).stdout.strip().splitlines()
         except (OSError, subprocess.SubprocessError) as exc:
             raise StepError("target command", f"{self.target_command!r} failed: {exc}") from exc
-        if not out or not _TARGET.match(out[0].strip()):
-            raise StepError("target command", f"{self.target_command!r} printed no target: {out[:1]}")
+        if not out:
+            raise StepError("target command", f"{self.target_command!r} printed no target")
+        try:
+            validate.target(out[0].strip())
+        except InputError as exc:
+            raise StepError("target command", f"{self.target_command!r} printed no target: {exc}") from None
         return out[0].strip()
 
 
@@ -156,41 +157,27 @@ def _match(raw: Any) -> Dict[str, List[str]]:
     return out
 
 
+# rule key -> its validator in dpdkeni.validate (the same ones attach, --batch and the CNI plugin use)
+_CHECKS = {"ifname": validate.ifname, "addresses": lambda v: validate.addresses(_strings(v, "addresses")),
+           "gateway": validate.gateway, "mtu": validate.mtu, "table": validate.table,
+           "hugepages": validate.hugepages, "driver": lambda v: validate.choice(v, "driver", models.USER_DRIVERS)}
+
+
 def _settings(raw: Dict[str, Any]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
-    if "ifname" in raw:
-        try:
-            out["ifname"] = specs.validate_ifname(raw["ifname"] if isinstance(raw["ifname"], str) else "")
-        except InputError as exc:
-            raise ValueError(str(exc), "ifname") from exc
-    if "addresses" in raw:
-        addrs = _strings(raw["addresses"], "addresses")
-        for a in addrs:
+    for key, check in _CHECKS.items():
+        if key in raw:
             try:
-                ipaddress.ip_interface(a)
-            except ValueError:
-                raise ValueError(f"address {a!r} is not an address/prefix like 198.18.0.2/24", "addresses")
-        out["addresses"] = addrs
-    if "gateway" in raw:
-        try:
-            out["gateway"] = str(ipaddress.ip_address(raw["gateway"]))
-        except ValueError:
-            raise ValueError(f"gateway {raw['gateway']!r} is not an IP address", "gateway")
-    if "mtu" in raw:
-        if not isinstance(raw["mtu"], int) or isinstance(raw["mtu"], bool) or not 68 <= raw["mtu"] <= 65535:
-            raise ValueError(f"mtu {raw['mtu']!r} must be an integer from 68 to 65535", "mtu")
-        out["mtu"] = raw["mtu"]
-    if "hugepages" in raw:
-        if not isinstance(raw["hugepages"], str) or not _SIZE.match(raw["hugepages"]):
-            raise ValueError(f"hugepages {raw['hugepages']!r} must be a size like 256M", "hugepages")
-        out["hugepages"] = raw["hugepages"]
+                check(raw[key])
+            except InputError as exc:
+                raise ValueError(str(exc), key) from exc
+            out[key] = _strings(raw[key], key) if key == "addresses" else raw[key]
+    if "gateway" in out:
+        out["gateway"] = str(validate.gateway(out["gateway"]))
     for key in ("dhcp", "noiommu"):
         if key in raw:
             if not isinstance(raw[key], bool):
                 raise ValueError(f"{key} must be true or false", key)
-            out[key] = raw[key]
-    for key in ("driver", "table"):
-        if key in raw:
             out[key] = raw[key]
     return out
 
@@ -207,8 +194,11 @@ def _rule(raw: Any, index: int) -> Rule:
     target, command = raw.get("target"), raw.get("target_command")
     if (target is None) == (command is None):
         raise ValueError("give exactly one of target or target_command", "target")
-    if target is not None and (not isinstance(target, str) or not _TARGET.match(target)):
-        raise ValueError(f"target {target!r} must be pid:N, netns:NAME, container:ID or a netns path", "target")
+    if target is not None:
+        try:
+            validate.target(target)
+        except InputError as exc:
+            raise ValueError(str(exc), "target") from exc
     if command is not None and (not isinstance(command, str) or not command.strip()):
         raise ValueError("target_command must be a command line", "target_command")
     return Rule(name=str(raw.get("name") or f"rule {index + 1}"), match=_match(raw.get("match")), mode=mode,

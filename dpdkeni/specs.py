@@ -5,11 +5,11 @@ import re
 from typing import Tuple
 
 from .errors import InputError
+from .validate import ifname as validate_ifname
 
 _PCI_FULL = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{2}):([0-1][0-9a-fA-F])\.([0-7])$")
 _PCI_SHORT = re.compile(r"^([0-9a-fA-F]{2}):([0-1][0-9a-fA-F])\.([0-7])$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")
-_IFNAME_BAD = re.compile(r"[\s/:]")
 
 
 def normalize_pci(text: str) -> str:
@@ -28,13 +28,6 @@ def normalize_mac(text: str) -> str:
     if not _MAC.match(text):
         raise InputError(f"malformed MAC address {text!r}: expected six hex pairs, like 52:54:00:12:34:56")
     return text.lower().replace("-", ":")
-
-
-def validate_ifname(text: str) -> str:
-    """A Linux interface name: 1-15 bytes, no whitespace, '/' or ':'."""
-    if not text or len(text.encode()) > 15 or _IFNAME_BAD.search(text) or text in (".", ".."):
-        raise InputError(f"invalid interface name {text!r}: 1-15 characters, no spaces, '/' or ':'")
-    return text
 
 
 def classify(spec: str) -> Tuple[str, str]:

@@ -11,6 +11,7 @@ name, and a rule on the device's ``add`` starts ``dpdkeni bind`` for it outside 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -28,7 +29,7 @@ _KEEP_PREFIXES = ("ACTION", "DEVPATH", "SUBSYSTEM", "INTERFACE", "IFINDEX", "SEQ
 
 
 def _state_dir() -> str:
-    return os.environ.get("DPDKENI_STATE_DIR", "/run/dpdkeni")
+    return os.environ.get("DPDKENI_STATE_DIR") or "/run/dpdkeni"
 
 
 def socket_path(state: Optional[str] = None) -> str:
@@ -46,15 +47,36 @@ def event_from_env(env: Mapping[str, str]) -> Dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(_KEEP_PREFIXES)}
 
 
+def _private_dir(path: str, parent_fd: Optional[int] = None) -> int:
+    """An fd on directory ``path`` (made 0700 if missing), opened without following a symlink and refused
+    unless root's (or this user's) and not writable by group or others: what the hook writes there is read
+    by root. (``dpdkeni.statedir`` holds the same rule; this file imports nothing of dpdkeni.)"""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700, dir_fd=parent_fd)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    st = os.fstat(fd)
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        os.close(fd)
+        raise PermissionError(f"{path} is not a private directory (uid {st.st_uid}, mode {st.st_mode & 0o7777:04o})")
+    return fd
+
+
 def _queue(event: Dict[str, str], state: Optional[str]) -> str:
-    qdir = queue_dir(state)
-    os.makedirs(qdir, mode=0o700, exist_ok=True)
+    sfd = _private_dir(state or _state_dir())
+    try:
+        qfd = _private_dir(QUEUE_DIR, sfd)
+    finally:
+        os.close(sfd)
     name = f"{int(event.get('SEQNUM') or 0):012d}-{time.time_ns()}-{os.getpid()}.json"
-    tmp = os.path.join(qdir, "." + name)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(event, f, sort_keys=True)
-    os.rename(tmp, os.path.join(qdir, name))  # the daemon never sees half a file
-    return os.path.join(qdir, name)
+    try:
+        fd = os.open("." + name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=qfd)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(event, f, sort_keys=True)
+        os.rename("." + name, name, src_dir_fd=qfd, dst_dir_fd=qfd)  # the daemon never sees half a file
+    finally:
+        os.close(qfd)
+    return os.path.join(queue_dir(state), name)
 
 
 def hand_over(event: Dict[str, str], state: Optional[str] = None, timeout: float = 0.2) -> Tuple[str, str]:
@@ -78,7 +100,7 @@ def read_queue(state: Optional[str] = None) -> List[Dict[str, str]]:
     for name in sorted(n for n in _listdir(qdir) if n.endswith(".json") and not n.startswith(".")):
         path = os.path.join(qdir, name)
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), encoding="utf-8") as f:
                 out.append(json.load(f))
         except (OSError, ValueError):
             pass

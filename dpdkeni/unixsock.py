@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import threading
 from typing import Callable, Optional
 
-from .errors import Error
+from . import validate
+from .errors import Error, InputError
 
 
 def answers(path: str) -> bool:
@@ -21,12 +23,27 @@ def answers(path: str) -> bool:
         probe.close()
 
 
+def is_socket(path: str) -> bool:
+    """True when ``path`` is a socket, False when nothing is there; anything else there (a file, a directory, a
+    symlink) is an InputError: a server never replaces what is not its own kind."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode):
+        raise InputError(f"{path} exists and is not a socket: not replacing it",
+                         "give a path where nothing is, or remove what is there yourself")
+    return True
+
+
 def listen(path: str, busy: str, hint: Optional[str] = None, backlog: int = 16,
            accept_timeout: float = 0.2) -> socket.socket:
     """A listening socket at ``path`` (mode 0600, its directory made 0700 if missing). A socket left by a server
-    that died is replaced; one that answers is an Error saying ``busy``. ``accept`` times out after
-    ``accept_timeout`` so a serve loop can check its stop flag."""
-    if os.path.exists(path):
+    that died is replaced; one that answers is an Error saying ``busy``; anything else at ``path`` (a file, a
+    directory, a symlink) is an InputError and stays as it is. ``accept`` times out after ``accept_timeout`` so a
+    serve loop can check its stop flag."""
+    validate.socket_path(path)
+    if is_socket(path):
         if answers(path):
             raise Error(busy, hint)
         os.unlink(path)

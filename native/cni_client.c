@@ -1,13 +1,14 @@
 /* dpdkeni-cni: the binary a container runtime executes for every pod network call.
  *
  * It starts in about a millisecond: it connects to the resident plugin (`dpdkeni cni serve`, socket
- * $DPDKENI_CNI_SOCKET or ${DPDKENI_STATE_DIR:-/run/dpdkeni}/cni.sock), checks with SO_PEERCRED that the server
- * runs as root, and hands it the call in the protocol of dpdkeni/cni_client.py: one request line
+ * $DPDKENI_CNI_SOCKET or ${DPDKENI_STATE_DIR:-/run/dpdkeni}/cni.sock, an empty variable meaning the default),
+ * checks with SO_PEERCRED that the listener runs as root, and hands it the call in the protocol of
+ * dpdkeni/cni_client.py: one request line
  *   {"env": {CNI_*, DPDKENI_* and PATH}, "stdin": base64 of the configuration}
- * then one reply line {"rc": N, "stdout": "..."}; it prints stdout and exits with rc.
- * When no server answers (or the one listening is not root, whom the call is never shown) it execs the
- * in-process Python plugin, `dpdkeni-cni-py` beside this binary, with stdin untouched.
- * A server that closes the connection before replying gives the CNI error 11 (try again later).
+ * then one reply line {"rc": N, "stdout": "..."} (read up to 16 MiB); it prints stdout and exits with rc.
+ * A listener that is not root is sent nothing: CNI error 5, worded as cni_client.py words it.
+ * When no server answers it execs the in-process Python plugin, `dpdkeni-cni-py` beside this binary, with stdin
+ * untouched. A server that closes the connection before a whole reply gives the CNI error 11 (try again later).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,6 +25,8 @@ extern char **environ;
 
 #define FALLBACK "dpdkeni-cni-py"
 #define TRY_AGAIN_LATER 11
+#define IO_FAILURE 5
+#define MAX_REPLY (16 << 20) /* as MAX_REPLY in cni_client.py */
 
 struct buf {
     char *data;
@@ -94,15 +97,18 @@ static void socket_path(char *out, size_t size)
 {
     const char *sock = getenv("DPDKENI_CNI_SOCKET");
     const char *state = getenv("DPDKENI_STATE_DIR");
-    if (!state)
+    if (!state || !*state)  /* as cni_client.py and statedir.path: unset or empty means the default */
         state = "/run/dpdkeni";
     if (sock && *sock)
         snprintf(out, size, "%s", sock);
-    else  /* as os.path.join(state, "cni.sock") in cni_client.py: an empty state dir means the current one */
-        snprintf(out, size, "%s%scni.sock", state, *state ? "/" : "");
+    else
+        snprintf(out, size, "%s/cni.sock", state);
 }
 
-/* A connected socket to a root server, or -1 (no server, or one we must not talk to). */
+/* Why the listener may not have the call (SO_PEERCRED: not root), in cni_client.py's words; "" when it may. */
+static char refusal[PATH_MAX + 160];
+
+/* A connected socket, or -1 when no server answers; sets `refusal` when the listener is not root. */
 static int connect_server(void)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
@@ -120,12 +126,12 @@ static int connect_server(void)
     }
     struct ucred cred;
     socklen_t len = sizeof(cred);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.uid != 0) {
-        fprintf(stderr, "dpdkeni-cni: %s is served by uid %d, not root: not handing it the call\n", path,
-                len == sizeof(cred) ? (int)cred.uid : -1);
-        close(fd);
-        return -1;
-    }
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+        snprintf(refusal, sizeof(refusal), "the process listening on %s cannot be identified (SO_PEERCRED: %s): "
+                 "not sending it the configuration", path, strerror(errno));
+    else if (cred.uid != 0)
+        snprintf(refusal, sizeof(refusal), "the process listening on %s (pid %d) is uid %u, not root: "
+                 "not sending it the configuration", path, (int)cred.pid, (unsigned)cred.uid);
     return fd;
 }
 
@@ -152,12 +158,16 @@ static void exec_fallback(char **argv)
     exit(1);
 }
 
-/* Read until EOF, or (line != 0) until the first newline: the reply is one line, as cni_client.py reads it. */
-static int read_all(int fd, struct buf *b, int line)
+/* Read until EOF, or (line != 0) until the first newline or `limit` bytes: the reply is one line, as
+ * cni_client.py reads it (readline(MAX_REPLY)). */
+static int read_all(int fd, struct buf *b, int line, size_t limit)
 {
     char chunk[65536];
     while (!line || !b->len || !memchr(b->data, '\n', b->len)) {
-        ssize_t n = read(fd, chunk, sizeof(chunk));
+        if (limit && b->len >= limit)
+            return 0;
+        size_t want = limit && limit - b->len < sizeof(chunk) ? limit - b->len : sizeof(chunk);
+        ssize_t n = read(fd, chunk, want);
         if (n == 0)
             return 0;
         if (n < 0) {
@@ -292,6 +302,38 @@ static int config_version(const struct buf *config, char *out, size_t size)
     return 0;
 }
 
+/* A CNI error document on stdout, as cni_client.py prints one: {"cniVersion", "code", "msg"}; returns 1. */
+static int cni_error(const struct buf *config, int code, const char *msg)
+{
+    char version[64];
+    struct buf doc = {0};
+    config_version(config, version, sizeof(version));
+    buf_str(&doc, "{\"cniVersion\": ");
+    buf_json(&doc, version, strlen(version));
+    char num[32];
+    snprintf(num, sizeof(num), ", \"code\": %d, \"msg\": ", code);
+    buf_str(&doc, num);
+    buf_json(&doc, msg, strlen(msg));
+    buf_str(&doc, "}\n");
+    fwrite(doc.data, 1, doc.len, stdout);
+    fflush(stdout);
+    free(doc.data);
+    return 1;
+}
+
+/* The reply's exit status: an integer (as cni_client.py's isinstance(rc, int)), or -1 in *ok = 0. */
+static int reply_rc(const char *at, int *ok)
+{
+    const char *p = at;
+    if (*p == '-')
+        p++;
+    *ok = *p >= '0' && *p <= '9';
+    while (*p >= '0' && *p <= '9')
+        p++;
+    *ok = *ok && (*p == ',' || *p == '}' || *p == ' ' || *p == '\n');
+    return *ok ? atoi(at) : -1;
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -299,25 +341,25 @@ int main(int argc, char **argv)
     if (fd < 0)
         exec_fallback(argv);
     struct buf config = {0}, req = {0}, reply = {0}, out = {0};
-    if (read_all(STDIN_FILENO, &config, 0) < 0) {
+    if (read_all(STDIN_FILENO, &config, 0, 0) < 0) {
         fprintf(stderr, "dpdkeni-cni: reading the configuration: %s\n", strerror(errno));
         return 1;
     }
-    request(&req, &config);
-    if (send_all(fd, req.data, req.len) == 0)
-        shutdown(fd, SHUT_WR);
-    read_all(fd, &reply, 1);
-    close(fd);
-    const char *rc = reply.data ? json_key(reply.data, "rc") : NULL;
-    const char *stdout_at = reply.data ? json_key(reply.data, "stdout") : NULL;
-    if (!rc || !stdout_at || !json_string(stdout_at, &out)) {
-        char version[64];
-        config_version(&config, version, sizeof(version));
-        printf("{\"cniVersion\": \"%s\", \"code\": %d, \"msg\": \"the dpdkeni cni server closed the connection\"}\n",
-               version, TRY_AGAIN_LATER);
-        return 1;
+    if (refusal[0]) {  /* checked before anything is sent: the listener never sees the configuration */
+        close(fd);
+        return cni_error(&config, IO_FAILURE, refusal);
     }
+    request(&req, &config);
+    if (send_all(fd, req.data, req.len) == 0)  /* a refused request: the server's reply may still be there */
+        shutdown(fd, SHUT_WR);
+    read_all(fd, &reply, 1, MAX_REPLY);
+    close(fd);
+    const char *rc_at = reply.data ? json_key(reply.data, "rc") : NULL;
+    const char *stdout_at = reply.data ? json_key(reply.data, "stdout") : NULL;
+    int ok = 0, rc = rc_at ? reply_rc(rc_at, &ok) : -1;
+    if (!ok || (stdout_at && !json_string(stdout_at, &out)))  /* no stdout is an empty one, as in cni_client.py */
+        return cni_error(&config, TRY_AGAIN_LATER, "the dpdkeni cni server closed the connection");
     fwrite(out.data ? out.data : "", 1, out.len, stdout);
     fflush(stdout);
-    return atoi(rc);
+    return rc;
 }

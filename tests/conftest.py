@@ -14,6 +14,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from sysfs_tree import SysfsTree  # noqa: E402
+# no silent skips: a skip not on tests/skip-allowlist.toml (or one that must run here) fails the run
+from skipguard import (pytest_collectreport, pytest_runtest_logreport, pytest_sessionfinish,  # noqa: E402,F401
+                       pytest_terminal_summary)
 
 _counter = itertools.count()
 
@@ -236,3 +239,73 @@ def link_prefix() -> Iterator[str]:
                     ipr.link("del", index=link["index"])
                 except Exception:
                     pass
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+_NOBODY_CLIENT = r"""
+import json, socket, sys
+kind, path = sys.argv[1], sys.argv[2]
+data = sys.stdin.buffer.read()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM)
+s.settimeout(20)
+try:
+    if kind == "stream":
+        s.connect(path)
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    else:
+        s.sendto(data, path)
+        reply = b""
+except OSError as exc:
+    print(json.dumps({"errno": exc.errno, "reply": None}))
+else:
+    print(json.dumps({"errno": 0, "reply": reply.decode(errors="replace")}))
+"""
+
+
+def as_nobody(kind: str, path: str, data: bytes) -> dict:
+    """Send ``data`` to the unix socket ``path`` (``kind`` stream: connect, send, read the reply to EOF; dgram:
+    one datagram) from a real unprivileged process (uid/gid 65534, no groups): ``{"errno", "reply"}``."""
+    import json
+    out = subprocess.run([*NOBODY, "/usr/bin/python3", "-I", "-c", _NOBODY_CLIENT, kind, path], input=data,
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[str]:
+    """A directory any user may traverse (0755, under /tmp): only a socket's own mode guards what is in it."""
+    import tempfile
+    path = tempfile.mkdtemp(prefix="dpdkeni-open-", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[str]:
+    """A directory the unprivileged user (65534) can write, e.g. to listen on a socket in it (pytest's tmp_path
+    is root's 0700)."""
+    import tempfile
+    path = tempfile.mkdtemp(prefix="dk17-")
+    os.chmod(path, 0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_stopped(proc: subprocess.Popen, timeout: float = 60.0) -> bool:
+    """Wait (bounded) until ``proc`` is stopped (state T: it sent itself SIGSTOP); False if it ended instead."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return True
+        time.sleep(0.02)
+    return False

@@ -1,8 +1,10 @@
 import json
+import os
 
 import pytest
 
 import dpdkeni
+import hostfacts
 
 
 @pytest.mark.parametrize("spec,word", [
@@ -29,17 +31,40 @@ def test_show_json(cli):
     assert out.returncode == 0 and json.loads(out.stdout)["ifname"] == "lo"
 
 
+def host_expectations():
+    """What doctor must say about this host, found here from the host itself: name -> (status, detail start)."""
+    vfio = [n for n, ok in (("vfio-pci driver", os.path.isdir("/sys/bus/pci/drivers/vfio-pci")),
+                            ("/dev/vfio/vfio", os.path.exists("/dev/vfio/vfio"))) if not ok]
+    groups = os.listdir("/sys/kernel/iommu_groups") if os.path.isdir("/sys/kernel/iommu_groups") else []
+    v1, v2 = hostfacts.cgroup_v1_devices(), hostfacts.cgroup_v2()
+    layout = "hybrid" if v1 and v2 else "v2" if v2 else "v1" if v1 else "none"
+    return {
+        "vfio": ("fail", "missing: " + ", ".join(vfio)) if vfio else ("ok", "vfio-pci driver"),
+        "iommu": ("ok", f"{len(groups)} IOMMU groups") if groups else
+        ("warn" if os.path.exists("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode") else "fail", "no IOMMU"),
+        "udevd": ("ok", "running") if os.path.exists("/run/udev/control") else ("warn", "not running"),
+        "cgroup": ("ok" if layout != "none" else "fail", f"layout {layout}" + (f", v2 at {v2}" if v2 else "")),
+        "devices controller": ("ok", "cgroup v1 devices" if v1 else "cgroup v2") if v1 or v2 else ("fail", "no"),
+        "capabilities": ("ok", "CAP_NET_ADMIN and CAP_SYS_ADMIN") if os.geteuid() == 0 else ("fail", ""),
+    }
+
+
 def test_doctor_json(cli):
     out = cli("doctor", "--json")
     assert out.returncode == 0, out.stderr
     checks = {c["name"]: c for c in json.loads(out.stdout)}
-    assert {"vfio", "iommu", "udevd", "cgroup", "devices controller", "capabilities"} <= set(checks)
+    for name, (status, detail) in host_expectations().items():
+        assert checks[name]["status"] == status and checks[name]["detail"].startswith(detail), checks[name]
+        assert (checks[name]["hint"] is None) == (status == "ok"), checks[name]
     assert all(c["status"] in ("ok", "warn", "fail") for c in checks.values())
 
 
 def test_doctor_text(cli):
     out = cli("doctor")
-    assert out.returncode == 0 and "[" in out.stdout and "udevd" in out.stdout
+    assert out.returncode == 0
+    lines = {line[7:27].strip(): line for line in out.stdout.splitlines() if line.startswith("[")}
+    for name, (status, detail) in host_expectations().items():
+        assert lines[name].startswith(f"[{status:^4}] {name:<20} {detail}"), lines[name]
 
 
 def test_module_and_version(cli):

@@ -52,7 +52,10 @@ class StandInServer:
                 data += chunk
             self.request = data
             if self.reply is not None:
-                conn.sendall(self.reply)
+                try:
+                    conn.sendall(self.reply)
+                except OSError:  # a client that stopped reading (a reply over its cap)
+                    return
                 # the connection stays open until the client hangs up: a client must stop at the reply's
                 # newline (as dpdkeni.cni_client does), not wait for the server to close
                 poller = select.poll()
@@ -122,18 +125,6 @@ def test_a_symlinked_binary_still_finds_its_fallback(tmp_path):
     assert proc.returncode == 0 and json.loads(proc.stdout)["cniVersion"] == "1.0.0", proc
 
 
-@pytest.fixture
-def open_room():
-    """A directory anyone may create a socket in (pytest's tmp dirs are root's only)."""
-    import shutil
-    import tempfile
-
-    room = tempfile.mkdtemp(prefix="dkroom")
-    os.chmod(room, 0o777)
-    yield room
-    shutil.rmtree(room, ignore_errors=True)
-
-
 IMPOSTER = r"""
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -158,10 +149,10 @@ print(len(data), flush=True)
 
 @needs_root
 @pytest.mark.parametrize("client", CLIENTS, ids=["c", "py"])
-def test_a_server_that_is_not_root_never_sees_the_call(open_room, client):
+def test_a_server_that_is_not_root_never_sees_the_call(nobody_dir, client):
     """Someone (uid 65534) listens on the socket path: SO_PEERCRED says it is not root, so the client sends it
-    nothing and runs the plugin itself."""
-    path = os.path.join(open_room, "cni.sock")
+    nothing and answers CNI error 5, both clients in the same words (the plugin is not run in its place)."""
+    path = os.path.join(nobody_dir, "cni.sock")
     imposter = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
                                  "-I", "-S", "-c", IMPOSTER, path], stdout=subprocess.PIPE, text=True)
     try:
@@ -173,8 +164,11 @@ def test_a_server_that_is_not_root_never_sees_the_call(open_room, client):
         imposter.kill()
         imposter.wait()
     assert received == "0", "the imposter got the request"
-    assert proc.returncode == 0 and json.loads(proc.stdout)["supportedVersions"], proc
-    assert b"not root" in proc.stderr
+    assert proc.returncode == 1, proc
+    assert json.loads(proc.stdout) == {
+        "cniVersion": "1.0.0", "code": 5,
+        "msg": f"the process listening on {path} (pid {imposter.pid}) is uid 65534, not root: "
+               "not sending it the configuration"}, proc
 
 
 @pytest.mark.parametrize("client", CLIENTS, ids=["c", "py"])
@@ -192,3 +186,48 @@ def test_the_socket_defaults_to_the_state_dirs(tmp_path, client):
                                                           "PATH": "/usr/bin:/bin"}, capture_output=True, timeout=10)
     server.close()
     assert proc.returncode == 0 and proc.stdout == b"found\n", proc
+
+
+@pytest.mark.parametrize("client", CLIENTS, ids=["c", "py"])
+def test_an_empty_state_dir_variable_means_the_default_not_the_working_directory(tmp_path, client):
+    """DPDKENI_STATE_DIR="" is the default state dir (as statedir.path), never a relative ``cni.sock``: a listener
+    in the client's working directory is not asked. (The C client runs as a copy with no fallback beside it, so
+    it ends in its own error instead of the in-process plugin.)"""
+    import shutil
+
+    if client == DPDKENI_CNI:
+        (tmp_path / "bin").mkdir()
+        client = shutil.copy(DPDKENI_CNI, tmp_path / "bin" / "dpdkeni-cni")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "cni.sock"))
+    listener.listen(1)
+    try:
+        env = {k: v for k, v in _env("").items() if k != "DPDKENI_CNI_SOCKET"}
+        proc = subprocess.run([str(client)], input=b'{"cniVersion": "1.0.0"}', cwd=tmp_path,
+                              env={**env, "DPDKENI_STATE_DIR": "", "PATH": "/usr/bin:/bin"}, capture_output=True,
+                              timeout=20)
+        asked = select.select([listener], [], [], 0)[0]
+    finally:
+        listener.close()
+    assert not asked, "the client connected to ./cni.sock"
+    assert proc.stdout, proc
+
+
+@pytest.mark.parametrize("client", CLIENTS, ids=["c", "py"])
+@pytest.mark.parametrize("reply, rc, stdout", [
+    (b'{"rc": 2}\n', 2, b""),  # no stdout: an empty one
+    (b'{"rc": "0", "stdout": "x"}\n', None, None),  # rc not an integer
+    (b'{"rc": 0, "stdout": 7}\n', None, None),  # stdout not a string
+    (b'{"rc": 0, "stdout": "' + b"x" * (16 << 20) + b'"}\n', None, None),  # over the 16 MiB reply cap
+], ids=["no-stdout", "rc-string", "stdout-number", "over-cap"])
+def test_both_clients_judge_a_reply_alike(tmp_path, client, reply, rc, stdout):
+    """A reply the Python client would not relay is error 11 from both; one without stdout relays its status."""
+    path = str(tmp_path / "cni.sock")
+    server = StandInServer(path, reply)
+    proc = subprocess.run([client], input=b'{"cniVersion": "1.0.0"}', env=_env(path), capture_output=True,
+                          timeout=30)
+    server.close()
+    if rc is None:
+        assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 11, proc.stdout[:200]
+    else:
+        assert (proc.returncode, proc.stdout) == (rc, stdout), proc

@@ -51,9 +51,9 @@ def test_unsupported_version_is_error_1(version):
 
 
 @needs_root
-def test_device_that_never_appears_is_error_11_after_the_wait():
+def test_device_that_never_appears_is_error_11_after_the_wait(netns_factory):
     conf = {**NAD_CONF, "device": unique("dkgone"), "wait": 0.3}
-    doc = _error(run_cni("ADD", conf, netns="/proc/self/ns/net"), cnispec.TRY_AGAIN_LATER)
+    doc = _error(run_cni("ADD", conf, netns=f"/run/netns/{netns_factory()}"), cnispec.TRY_AGAIN_LATER)
     assert conf["device"] in doc["msg"] and "0.3 s" in doc["msg"]
 
 
@@ -62,6 +62,9 @@ def test_bad_config_is_error_7():
                  cnispec.INVALID_CONFIG)
     assert "exactly one" in doc["msg"] and "device, hwaddr" in doc["details"]
     _error(run_cni("ADD", {**NAD_CONF, "mode": "sriov"}, netns="/proc/self/ns/net"), cnispec.INVALID_CONFIG)
+    doc = _error(run_cni("ADD", {**NAD_CONF, "gateway": "198.18.0.0/24"}, netns="/proc/self/ns/net"),
+                 cnispec.INVALID_CONFIG)
+    assert doc["msg"] == "bad gateway '198.18.0.0/24': not an IP address", doc
 
 
 def test_version_replies_with_supported_versions():
@@ -216,7 +219,7 @@ def test_light_pyroute2_loads_only_what_the_plugin_uses():
     assert out.stdout.split() == ["light"]
 
 
-def test_dpdk_mode_waits_for_ipam_before_binding(tmp_path, state_dir, monkeypatch):
+def test_dpdk_mode_waits_for_ipam_before_binding(tmp_path, state_dir, monkeypatch, netns_factory):
     """Netdev mode runs IPAM during the move and undoes the move when IPAM fails; a DPDK bind is not undone that
     way, so in dpdk mode a failing IPAM plugin (host-local with a range outside its subnet) stops ADD before the
     handoff starts, and leaves no record."""
@@ -232,8 +235,8 @@ def test_dpdk_mode_waits_for_ipam_before_binding(tmp_path, state_dir, monkeypatc
     conf = {"cniVersion": "1.0.0", "name": "d", "type": "dpdkeni-cni", "pciBusID": "0000:00:1f.6", "mode": "dpdk",
             "ipam": {"type": "host-local", "subnet": "198.18.69.0/24", "rangeStart": "198.18.70.5",
                      "dataDir": str(tmp_path / "ipam")}}
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "net1",
-           "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"]}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": f"/run/netns/{netns_factory()}",
+           "CNI_IFNAME": "net1", "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"]}  # not the host's own netns
     out = io.StringIO()
     assert cni.main(env, io.BytesIO(json.dumps(conf).encode()), out) == 1
     assert json.loads(out.getvalue())["msg"].startswith("host-local"), out.getvalue()

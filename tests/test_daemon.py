@@ -244,3 +244,32 @@ def test_daemon_waits_for_a_target_that_is_not_there_yet(state_dir, stand_in_mod
             for left in ipr.link_lookup(ifname=prefix + "a") + ipr.link_lookup(ifname=prefix + "b"):
                 ipr.link("del", index=left)
                 break
+
+
+def test_daemon_drops_a_non_root_senders_datagram(open_dir, monkeypatch, caplog):
+    """A real uid 65534 process: the 0700 state dir, and then the 0600 socket alone, refuse its datagram; with both
+    opened up to it, the daemon reads the sender's credentials (SCM_CREDENTIALS) and drops it. Root's gets in."""
+    import errno
+    from conftest import as_nobody
+    state = os.path.join(open_dir, "state")
+    monkeypatch.setenv("DPDKENI_STATE_DIR", state)
+    daemon = Daemon(parse(NO_MATCH_POLICY, "test.toml"), watcher=Watcher(source="kernel"), state=state)
+    th = threading.Thread(target=daemon.serve, daemon=True)
+    th.start()
+    try:
+        sock = udev.socket_path(state)
+        wait_until(lambda: os.path.exists(sock), "daemon socket")
+        forged = json.dumps({**VIRTIO_NET_ADD, "SEQNUM": "6666"}).encode()
+        assert as_nobody("dgram", sock, forged) == {"errno": errno.EACCES, "reply": None}
+        os.chmod(state, 0o755)  # the socket's own mode (0600) still refuses it
+        assert as_nobody("dgram", sock, forged) == {"errno": errno.EACCES, "reply": None}
+        os.chmod(sock, 0o666)
+        with caplog.at_level(logging.WARNING, logger="dpdkeni.daemon"):
+            assert as_nobody("dgram", sock, forged) == {"errno": 0, "reply": ""}  # sent...
+            assert run_hook(state).returncode == 0                                    # then root's
+            wait_until(lambda: daemon.hook_events, "root's hook event in the daemon")
+        assert [e["SEQNUM"] for e in daemon.hook_events] == ["2291"]                  # ... and dropped
+        assert "hook message from uid 65534 ignored (root only)" in caplog.text
+    finally:
+        daemon.stop.set()
+        th.join(10)

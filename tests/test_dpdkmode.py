@@ -2,6 +2,7 @@
 tests/vm/test_dpdk.py::test_attach_dpdk_and_release runs it for real), with real hugepages, a real hugetlbfs mount in a
 stand-in container, real v1 and v2 device cgroups and real device nodes (/dev/zero and /dev/full stand in for
 /dev/vfio/vfio and the group node)."""
+import contextlib
 import errno
 import fcntl
 import os
@@ -9,6 +10,7 @@ import stat
 
 import pytest
 
+import hostfacts
 from conftest import unique
 from dpdkeni import devcgroup as dc, dpdkmode, hugepages as hp
 from dpdkeni.errors import StepError
@@ -23,10 +25,22 @@ from test_hugepages import LOCK, M2
 BDF = "0000:00:04.0"
 
 
-@pytest.fixture
-def world(sysfs_tree, state_dir, container_factory, monkeypatch):
-    if not (os.path.exists(f"{V1}/devices.allow") and V2):
+LAYOUTS = ["hybrid", "v2"]
+
+
+@contextlib.contextmanager
+def make_world(layout, sysfs_tree, container_factory, monkeypatch):
+    """(kernel, container, cgroups) for one layout: ``hybrid`` puts the container in a v1 devices cgroup and a v2
+    cgroup (cgroups = [v1, v2]); ``v2`` only in a v2 cgroup (cgroups = [v2]), with the v1 devices controller
+    hidden from the library, as on a pure v2 host (Debian 12's default)."""
+    if layout == "hybrid" and not (hostfacts.cgroup_v1_devices() and V2):
         pytest.skip("needs the v1 devices controller and a v2 hierarchy")
+    if layout == "v2" and not V2:
+        pytest.skip("needs a v2 hierarchy")
+    if layout == "v2":
+        real = dc._mountpoint
+        monkeypatch.setattr(dc, "_mountpoint", lambda fstype, option=None: None if option == "devices"
+                            else real(fstype, option))
     k = SimKernel(sysfs_tree)
     k.add_nic(BDF, "virtio-net", ifname="enp0s4", mac="52:54:00:00:00:04", iommu_group=7)
     os.mknod(sysfs_tree.p("dev/vfio/vfio"), stat.S_IFCHR | 0o666, os.makedev(1, 5))
@@ -34,14 +48,15 @@ def world(sysfs_tree, state_dir, container_factory, monkeypatch):
     monkeypatch.setattr(dpdkmode, "sysfs_for", lambda root: k.sysfs())  # undo through the same simulation
     c = container_factory()
     assert c.run("mount", "-t", "tmpfs", "tmpfs", "/dev").returncode == 0
-    cgs = [f"{V1}/{unique('dkdm')}", f"{V2}/{unique('dkdm')}"]
+    cgs = ([f"{V1}/{unique('dkdm')}"] if layout == "hybrid" else []) + [f"{V2}/{unique('dkdm')}"]
     for cg in cgs:
         os.mkdir(cg)
-    with open(f"{cgs[0]}/devices.deny", "w") as f:
-        f.write("a")
-    with open(f"{cgs[0]}/devices.allow", "w") as f:
-        f.write("c 1:3 rwm")
-    runtime_program(cgs[1], [dc.rule_for(NULL)])
+    if layout == "hybrid":
+        with open(f"{cgs[0]}/devices.deny", "w") as f:
+            f.write("a")
+        with open(f"{cgs[0]}/devices.allow", "w") as f:
+            f.write("c 1:3 rwm")
+    runtime_program(cgs[-1], [dc.rule_for(NULL)])
     for cg in cgs:
         with open(f"{cg}/cgroup.procs", "w") as f:
             f.write(str(c.pid))
@@ -52,7 +67,7 @@ def world(sysfs_tree, state_dir, container_factory, monkeypatch):
     finally:
         lock.close()
         c.kill()
-        fd = os.open(cgs[1], os.O_RDONLY)
+        fd = os.open(cgs[-1], os.O_RDONLY)
         for pid in dc.query(fd)[1]:
             pfd = dc.prog_fd(pid)
             dc.detach(fd, pfd)
@@ -60,6 +75,23 @@ def world(sysfs_tree, state_dir, container_factory, monkeypatch):
         os.close(fd)
         for cg in cgs:
             os.rmdir(cg)
+
+
+@pytest.fixture(params=LAYOUTS)
+def world(request, sysfs_tree, state_dir, container_factory, monkeypatch):
+    with make_world(request.param, sysfs_tree, container_factory, monkeypatch) as w:
+        yield w
+
+
+@pytest.fixture
+def hybrid_world(sysfs_tree, state_dir, container_factory, monkeypatch):
+    with make_world("hybrid", sysfs_tree, container_factory, monkeypatch) as w:
+        yield w
+
+
+def layers(cgs):
+    """The cgroups to probe one layer at a time: [[v1], [v2]] in the hybrid layout, [[v2]] in the v2 one."""
+    return [[cg] for cg in cgs]
 
 
 def lease_for(target):
@@ -110,7 +142,7 @@ def check_attached(k, c, cgs, ledger, before):
 
 def test_failed_step_undoes_the_ones_before(world):
     k, c, cgs = world
-    runtime_program(cgs[1], [dc.rule_for(NULL)], extra=dc.insn(0x85, imm=15))  # a second program: refused
+    runtime_program(cgs[-1], [dc.rule_for(NULL)], extra=dc.insn(0x85, imm=15))  # a program with a call: refused
     target = resolve_target(c.target)
     lease, ledger = lease_for(target)
     before = hp._pool(Sysfs(), M2, None).total
@@ -120,7 +152,8 @@ def test_failed_step_undoes_the_ones_before(world):
     assert k.driver(BDF) == "virtio-pci" and os.path.exists(k.tree.p("sys/class/net/enp0s4"))
     assert hp._pool(Sysfs(), M2, None).total == before
     assert not [m for m in hp.mounts(c.pid) if m["path"] == "/dev/hugepages"]
-    assert probe(cgs[:1], ZERO) == {ZERO: errno.EPERM}  # v1: nothing left allowed
+    for layer in layers(cgs):
+        assert probe(layer, ZERO) == {ZERO: errno.EPERM}, layer  # nothing left allowed, in each layer
 
 
 def test_recover_undoes_a_half_done_attach(world):
@@ -180,13 +213,13 @@ def test_two_nics_in_one_container_share_one_hugetlbfs(world):
         assert k.driver(BDF) == "virtio-pci" and k.driver(BDF2) == "vfio-pci"
         # /dev/vfio/vfio (/dev/zero here) is shared: the second NIC keeps it, in v1 and in v2; the first
         # NIC's group (/dev/full) is gone
-        for cg in (cgs[:1], cgs[1:]):
+        for cg in layers(cgs):
             assert probe(cg, ZERO, RANDOM, FULL) == {ZERO: 0, RANDOM: 0, FULL: errno.EPERM}, cg
         assert c.run("ls", "/dev/vfio").stdout.split() == ["8", "vfio"]  # the shared node stays too
         dpdkmode.release_dpdk(ledger.get(BDF2), ledger)
         assert hugetlbfs_in(c) == [] and hp._pool(Sysfs(), M2, None).total == before
         assert c.run("ls", "/dev/vfio").stdout.strip() == ""
-        for cg in (cgs[:1], cgs[1:]):
+        for cg in layers(cgs):
             assert probe(cg, NULL, ZERO, RANDOM) == {NULL: 0, ZERO: errno.EPERM, RANDOM: errno.EPERM}, cg
     finally:
         for key in (BDF, BDF2):
@@ -210,9 +243,9 @@ def test_a_hugetlbfs_in_use_is_not_remounted_and_the_attach_is_undone(world):
     assert hugetlbfs_in(c) == [] and hp._pool(Sysfs(), M2, None).total == before
 
 
-def test_recover_denies_the_v1_lines_of_an_interrupted_devcgroup_step(world):
+def test_recover_denies_the_v1_lines_of_an_interrupted_devcgroup_step(hybrid_world):
     """A crash after the first v1 line was written: the plan recorded before writing says what to deny."""
-    k, c, cgs, target, lease, ledger, before, nic = begin(world)
+    k, c, cgs, target, lease, ledger, before, nic = begin(hybrid_world)
     rules = [dc.rule_for(ZERO), dc.rule_for(FULL)]
     planned = dc.plan(c.pid, rules)
     assert planned["v1"]["added"] == ["c 1:5 rw", "c 1:7 rw"]

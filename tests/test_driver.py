@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+import hostfacts
+
 from dpdkeni import driver
 from dpdkeni.errors import Error, GuardError, StepError
 from dpdkeni.inventory import find_nic
@@ -153,16 +155,22 @@ def test_unknown_driver_is_bad_input(sim, cli):
     assert out.returncode == 2 and "invalid choice" in out.stderr
 
 
-def _eth0_state():
-    dev = "/sys/bus/pci/devices/0000:00:03.0"
+def _nic_state(pci):
+    dev = f"/sys/bus/pci/devices/{pci}"
     return (os.readlink(f"{dev}/driver") if os.path.exists(f"{dev}/driver") else None,
             open(f"{dev}/driver_override").read() if os.path.exists(f"{dev}/driver_override") else None)
 
 
-@pytest.mark.skipif(not os.path.exists("/sys/class/net/eth0"), reason="no eth0 here")
-def test_host_eth0_is_refused_in_dry_run(cli):
-    before = _eth0_state()
-    out = cli("bind", "eth0", "--dry-run")
+def test_host_route_nic_is_refused_in_dry_run(cli):
+    """The host's own NIC (the one its default route leaves by, found at run time) is refused as active."""
+    found = hostfacts.route_nic()
+    if found is None:
+        pytest.skip("no PCI NIC carries the default route here")
+    ifname, pci = found
+    before = _nic_state(pci)
+    assert before[0] is not None
+    out = cli("bind", ifname, "--dry-run")
     assert out.returncode == 3, out.stderr
-    assert "active" in out.stderr and out.stdout == "" and len(out.stderr.strip().splitlines()) == 1
-    assert _eth0_state() == before
+    assert f"{pci} ({ifname}) is active" in out.stderr and out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert _nic_state(pci) == before

@@ -1,5 +1,5 @@
 """The native forwarder on real veth pairs in namespaces made by each test (both backends; AF_XDP is skipped
-with the exact reason where it cannot run). Rates are bounded (``rate=``/``count=``) so counts agree exactly on a
+only where the host's facts say it cannot run: tests/hostfacts.af_xdp). Rates are bounded (``rate=``/``count=``) so counts agree exactly on a
 loaded 2-core machine; nothing asserts on time."""
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import psutil
 import pytest
 from pyroute2 import netns
 
+import hostfacts
 from conftest import needs_root, unique
 from dpdkeni.errors import InputError, NotFoundError
 from dpdkeni.fastpath import Forwarder, have_af_xdp
@@ -28,28 +29,24 @@ pytestmark = needs_root
 BACKENDS = ["af_packet", "af_xdp"]
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
-_xdp_reason = {}
 
 
 def xdp_unavailable() -> str:
-    """Why AF_XDP cannot run here ('' when it can), found once by opening it on a scratch veth pair."""
-    if "r" not in _xdp_reason:
-        if not have_af_xdp():
-            _xdp_reason["r"] = "this build has no AF_XDP (libxdp-dev/libbpf-dev missing at build time)"
-        else:
-            with Topo("direct", unique("dkx")) as t:
-                try:
-                    Forwarder(["b0"], mode="rxonly", backend="af_xdp", target=t.target("b")).open().close()
-                    _xdp_reason["r"] = ""
-                except Exception as exc:  # the exact reason goes into the skip
-                    _xdp_reason["r"] = f"AF_XDP cannot run here: {exc}"
-    return _xdp_reason["r"]
+    """Why AF_XDP is not expected to work here ('' when it must), from the host's facts (kernel, libxdp/libbpf,
+    root), never from the code under test: where AF_XDP must work and does not, the test fails."""
+    if hostfacts.af_xdp():
+        return ""
+    return (f"AF_XDP is not expected here: kernel {'.'.join(map(str, hostfacts.kernel_version()))}, "
+            f"libxdp/libbpf {'present' if hostfacts.libxdp() else 'missing'}, "
+            f"veth XDP {'yes' if hostfacts.veth_xdp() else 'no'}, root {hostfacts.root()}")
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> str:
-    if request.param == "af_xdp" and xdp_unavailable():
-        pytest.skip(xdp_unavailable())
+    if request.param == "af_xdp":
+        if xdp_unavailable():
+            pytest.skip(xdp_unavailable())
+        assert have_af_xdp(), "libxdp/libbpf are installed but the native module was built without AF_XDP"
     return request.param
 
 
@@ -74,6 +71,14 @@ def send_count(topo: Topo, role: str, ifname: str, count: int, backend: str = "a
                     count=count)
     src.run()
     return src
+
+
+def all_counted(received: int, dropped: int, sent: int) -> None:
+    """Every frame is accounted for (received, or dropped where the kernel counted it: PACKET_STATISTICS /
+    XDP_STATISTICS) and the loss is bounded: at most a tenth, which only a machine too loaded to keep up with
+    these rates drops (the receive rings buffer 0.5 s of a stalled reader)."""
+    assert received + dropped == sent, (received, dropped, sent)
+    assert dropped <= sent // 10, f"{dropped} of {sent} frames dropped"
 
 
 def settled(fwd: Forwarder, total: Callable[[], int], want: int) -> None:
@@ -101,8 +106,8 @@ def test_txonly_to_rxonly_counts_agree(direct, backend):
     p = got.ports[0]
     assert got.backend == backend
     # every frame the sender's kernel took is counted at the sink: received, or dropped by the sink's ring
-    # (which only a machine too loaded to sustain 20 kpps does)
-    assert p.rx_packets + p.rx_dropped == 20000 and p.rx_packets > 0
+    # (which only a machine too loaded to sustain 20 kpps does, and not for more than a tenth of them)
+    all_counted(p.rx_packets, p.rx_dropped, 20000)
     assert p.rx_bytes == p.rx_packets * 64
 
 
@@ -196,9 +201,10 @@ def test_io_forwards_through_middle_namespace(backend):
     sink_p = got.ports[0]
     assert middle.backend == backend
     # every frame is accounted for hop by hop (drops only where a loaded machine cannot keep up)
-    assert a1.rx_packets + a1.rx_dropped == 10000
-    assert b1.tx_packets + b1.tx_dropped == a1.rx_packets and b1.tx_packets > 0
-    assert sink_p.rx_packets + sink_p.rx_dropped == b1.tx_packets
+    all_counted(a1.rx_packets, a1.rx_dropped, 10000)
+    all_counted(b1.tx_packets, b1.tx_dropped, a1.rx_packets)
+    all_counted(sink_p.rx_packets, sink_p.rx_dropped, b1.tx_packets)
+    assert sink_p.rx_packets >= 8000  # a loss bound end to end
     assert a1.tx_packets == 0 and b1.rx_packets == 0          # nothing came back the other way
 
 
@@ -213,11 +219,22 @@ def test_auto_picks_af_xdp_or_says_why(direct):
         fwd.close()
 
 
+def xdp_prog(topo: Topo, role: str, ifname: str):
+    """The id of the XDP program attached to ifname in the topology's namespace (the kernel's view), or None."""
+    import json
+    out = subprocess.run(["ip", "-n", topo.ns[role], "-j", "-d", "link", "show", "dev", ifname],
+                         capture_output=True, text=True, check=True).stdout
+    xdp = json.loads(out)[0].get("xdp")
+    return xdp.get("prog", {}).get("id") if xdp else None
+
+
 def test_auto_falls_back_with_reason_when_xdp_is_taken(direct):
     if xdp_unavailable():
         pytest.skip(xdp_unavailable())
     first = Forwarder(["b0"], mode="rxonly", backend="af_xdp", target=direct.target("b")).open()
     try:
+        theirs = xdp_prog(direct, "b", "b0")
+        assert theirs is not None
         second = Forwarder(["b0"], mode="rxonly", backend="auto", target=direct.target("b")).open()
         try:
             assert second.backend_used == "af_packet"
@@ -225,8 +242,33 @@ def test_auto_falls_back_with_reason_when_xdp_is_taken(direct):
             assert "another XDP program is attached" in second.fallback_reason
         finally:
             second.close()
+        assert xdp_prog(direct, "b", "b0") == theirs  # the program it found there is left alone
     finally:
         first.close()
+    assert xdp_prog(direct, "b", "b0") is None
+
+
+def test_af_xdp_leaves_no_program_on_a_port_it_found_without_one():
+    """AF_XDP attaches its program to each port and takes it away again: after a run, and after an open that
+    failed on the second port (which had another program) once the first port had ours."""
+    if xdp_unavailable():
+        pytest.skip(xdp_unavailable())
+    with Topo("fwd", unique("dkf")) as t:
+        fwd = Forwarder(["a1", "b1"], mode="io", backend="af_xdp", target=t.target("m")).open()
+        try:
+            assert xdp_prog(t, "m", "a1") is not None and xdp_prog(t, "m", "b1") is not None
+        finally:
+            fwd.close()
+        assert (xdp_prog(t, "m", "a1"), xdp_prog(t, "m", "b1")) == (None, None)
+        holder = Forwarder(["b1"], mode="rxonly", backend="af_xdp", target=t.target("m")).open()
+        try:
+            theirs = xdp_prog(t, "m", "b1")
+            with pytest.raises(Exception, match="another XDP program is attached"):
+                Forwarder(["a1", "b1"], mode="io", backend="af_xdp", target=t.target("m")).open()
+            assert xdp_prog(t, "m", "a1") is None      # ours, attached to a1 before b1 failed, is gone
+            assert xdp_prog(t, "m", "b1") == theirs     # the one it found on b1 stays
+        finally:
+            holder.close()
 
 
 def test_live_counters_and_stop_from_another_thread(direct):
@@ -245,7 +287,8 @@ def test_live_counters_and_stop_from_another_thread(direct):
         sink.stop()                                                       # from this thread
         runner.join(30)
     p = result["s"].ports[0]
-    assert not runner.is_alive() and p.rx_packets + p.rx_dropped == 3000 and p.rx_packets > 0
+    assert not runner.is_alive()
+    all_counted(p.rx_packets, p.rx_dropped, 3000)
 
 
 # -- bad input -------------------------------------------------------------------------------------------------
@@ -410,7 +453,7 @@ def test_fanout_queues_share_the_port(direct):
         got = sink.wait()
     assert "fanout hash" in got.details[0]
     p = got.ports[0]
-    assert p.rx_packets + p.rx_dropped == 4000 and p.rx_packets > 0
+    all_counted(p.rx_packets, p.rx_dropped, 4000)
 
 
 def test_runs_inside_a_container_target(container_factory, netns_factory):
@@ -436,6 +479,6 @@ def test_runs_inside_a_container_target(container_factory, netns_factory):
         sink.stop()
         got = sink.wait()
     p = got.ports[0]
-    assert p.rx_packets + p.rx_dropped == 500 and p.rx_packets > 0
+    all_counted(p.rx_packets, p.rx_dropped, 500)
     with pytest.raises(NotFoundError, match=f"no interface {inside}"):      # not in the caller's netns
         Forwarder([inside], mode="rxonly", backend="af_packet").open()

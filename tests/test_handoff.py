@@ -2,6 +2,8 @@
 net+mount namespaces, peers are named netns. Addresses from 198.18.0.0/15 only."""
 import json
 import os
+import select
+import socket
 import subprocess
 import time
 
@@ -9,6 +11,7 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+import hostfacts
 from conftest import needs_root, unique
 from dpdkeni import handoff, netdev
 from dpdkeni.errors import GuardError, InputError, NotFoundError, StepError
@@ -43,6 +46,31 @@ def prepare_nic(name, mtu=1400, up=True, altname=None, addresses=()):
             ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
         if up:
             ipr.link("set", index=idx, state="up")
+
+
+def capture(ns, ifname):
+    """A non-blocking AF_PACKET socket receiving every frame that arrives on ``ifname`` in ``ns``."""
+    from pyroute2 import netns as pynetns
+    pynetns.pushns(ns)
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        s.bind((ifname, 0))
+    finally:
+        pynetns.popns()
+    s.setblocking(False)
+    return s
+
+
+def drain(sock):
+    """The incoming frames queued on a capture socket (outgoing copies left out)."""
+    out = []
+    while True:
+        try:
+            data, addr = sock.recvfrom(65535)
+        except BlockingIOError:
+            return out
+        if addr[2] != 4:  # PACKET_OUTGOING
+            out.append(data)
 
 
 def peer_ns(netns_factory, veth_factory, cidr):
@@ -116,13 +144,18 @@ def test_unmanaged_model_refused_without_models_file(state_dir, veth_factory, co
     assert host_state(nic) is not None and Ledger().leases() == {}
 
 
-def test_guard_on_host_eth0_dry_run(env, container_factory, cli):
-    before = subprocess.run(["ip", "-j", "addr", "show", "eth0"], capture_output=True, text=True).stdout
+def test_guard_on_host_route_nic_dry_run(env, container_factory, cli):
+    """The NIC the host's default route leaves by (found at run time) is refused as active."""
+    found = hostfacts.route_nic()
+    if found is None:
+        pytest.skip("no PCI NIC carries the default route here")
+    ifname, pci = found
+    before = subprocess.run(["ip", "-j", "addr", "show", ifname], capture_output=True, text=True).stdout
     c = container_factory()
-    r = cli("attach", "eth0", "--to", c.target, "--dry-run")
+    r = cli("attach", ifname, "--to", c.target, "--dry-run")
     assert r.returncode == 3, r.stderr
-    assert "active" in r.stderr and "Traceback" not in r.stderr and r.stdout == ""
-    assert subprocess.run(["ip", "-j", "addr", "show", "eth0"], capture_output=True, text=True).stdout == before
+    assert f"{pci} ({ifname}) is active" in r.stderr and "Traceback" not in r.stderr and r.stdout == ""
+    assert subprocess.run(["ip", "-j", "addr", "show", ifname], capture_output=True, text=True).stdout == before
     assert Ledger().leases() == {}
 
 
@@ -231,12 +264,16 @@ def test_two_nics_replies_leave_by_their_own_nic(env, netns_factory, veth_factor
     def tx_packets(ns, dev):
         return json.loads(in_ns(ns, "ip", "-j", "-s", "link", "show", dev).stdout)[0]["stats64"]["rx"]["packets"]
 
-    before = (tx_packets(ns0, p0), tx_packets(ns1, p1))
-    r = in_ns(ns1, "ping", "-c", "5", "-i", "0.2", "-W", "2", "-I", "198.19.50.5", "198.18.21.2", check=False)
+    wrong = capture(ns0, p0)  # every frame arriving at peer 0 from now on
+    try:
+        before = tx_packets(ns1, p1)
+        r = in_ns(ns1, "ping", "-c", "5", "-i", "0.2", "-W", "2", "-I", "198.19.50.5", "198.18.21.2", check=False)
+        replies_via_eth0 = [f for f in drain(wrong) if f[12:14] == b"\x08\x00" and f[30:34] == bytes([198, 19, 50, 5])]
+    finally:
+        wrong.close()
+    assert len(replies_via_eth0) == 0  # not one reply out through eth0 to peer 0
     assert r.returncode == 0, r.stdout + r.stderr
-    after = (tx_packets(ns0, p0), tx_packets(ns1, p1))
-    assert after[1] - before[1] >= 5  # replies came back to peer 1
-    assert after[0] - before[0] < 5  # and not out through eth0 to peer 0
+    assert tx_packets(ns1, p1) - before >= 5  # the replies came back to peer 1
     handoff.release(nic1)
     assert "from 198.18.21.2" not in c.run("ip", "rule").stdout
     handoff.release(nic0)
@@ -401,3 +438,38 @@ def test_a_route_alone_makes_an_up_link_active_and_a_down_link_is_read_without_r
         assert list(ipr.get_routes(family=2, oif=idx)) == [], "the kernel flushed the route at down"
         handoff._original(nic, ipr)
         assert not nic.active
+
+
+def test_a_watcher_sees_no_intermediate_name_on_the_host(env, veth_factory, container_factory):
+    """Attach moves and renames in one step, release returns under the original name in one step: a Watcher
+    running meanwhile sees the NIC leave the host under its own name and come back under it, and nothing else
+    (no temporary name, no rename on the host)."""
+    from dpdkeni.events import Watcher
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400)
+    mac = host_state(nic)["mac"]
+    c = container_factory()
+
+    def until(w, action):
+        events, deadline = [], time.monotonic() + 20
+        while not any(e.action == action for e in events) and time.monotonic() < deadline:
+            events += w.poll(deadline - time.monotonic())
+        return [(e.action, e.nic.ifname) for e in events]
+
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=nic)[0]
+    with Watcher(models=lambda n: n.model == "veth" and (n.mac or "").lower() == mac.lower()) as w, \
+            IPRoute() as monitor:
+        monitor.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)  # other suites make links too
+        monitor.bind()  # every link message of the host's namespace, renames included, however brief
+        handoff.attach(nic, c.target, ifname="eth0", addresses=["198.18.73.2/24"])
+        assert until(w, "removed") == [("removed", nic)]
+        handoff.release(nic)
+        assert until(w, "added") == [("added", nic)]
+        assert w.poll(0.5) == []
+        names = []  # every message was queued before release returned (the kernel sends them in the call)
+        while select.select([monitor], [], [], 0.2)[0]:
+            names += [m.get_attr("IFLA_IFNAME") for m in monitor.get() if m["event"] == "RTM_NEWLINK"
+                      and (m.get_attr("IFLA_ADDRESS") or "").lower() == mac.lower()]
+    assert set(names) == {nic}, names
+    assert host_state(nic)["mtu"] == 1400

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import needs_root, unique
+from conftest import needs_root, unique, wait_stopped
 from dpdkeni import handoff, netdev
 from dpdkeni.ledger import Ledger
 from test_handoff import host_state, prepare_nic
@@ -22,8 +22,19 @@ def env(state_dir, stand_in_models):
     return state_dir
 
 
-def test_every_attach_step_is_listed():
-    assert set(netdev.ATTACH_STEPS) >= {"altnames", "move", "addresses", "up", "routes", "announce"}
+def test_every_attach_step_is_listed(env, veth_factory, container_factory):
+    """The steps a real attach records in the ledger (all of them: altnames, addresses, a gateway, a table) are
+    netdev.ATTACH_STEPS in order, so the crash test below kills after every step there is."""
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400, altname=unique("dkalt"))
+    c = container_factory()
+    lease = handoff.attach(nic, c.target, addresses=["198.18.40.2/24", "2001:db8::2/64"], gateway="198.18.99.1",
+                           table=140)
+    try:
+        done = [(s.name, s.state) for s in Ledger().get(lease.key).steps]
+    finally:
+        handoff.release(nic)
+    assert done == [(s, "done") for s in netdev.ATTACH_STEPS if s != "dhcp"]
 
 
 @pytest.mark.parametrize("step", [s for s in netdev.ATTACH_STEPS if s != "dhcp"])
@@ -102,3 +113,49 @@ def test_two_processes_race_for_one_nic(env, veth_factory, container_factory, cl
         assert "eth0" not in (c1, c2)[1 - winner].run("ip", "link").stdout
         handoff.release(nic)
         assert host_state(nic) == before
+
+
+_STOPPED_ATTACH = r"""
+import os, signal, sys
+from dpdkeni import netdev
+from dpdkeni.cli import main
+netdev._test_hook = lambda step: os.kill(os.getpid(), signal.SIGSTOP) if step == "addresses" else None
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_recover_leaves_an_attach_alone_while_its_owner_lives(env, veth_factory, container_factory, cli):
+    """An attach whose process still lives (stopped half-way, after 'addresses') is not recover's to undo: it
+    says busy and changes nothing. Once the owner is dead, recover rolls it back."""
+    import os
+    import signal
+    import time
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1400)
+    before = host_state(nic)
+    c = container_factory()
+    proc = subprocess.Popen([sys.executable, "-c", _STOPPED_ATTACH, "attach", nic, "--to", c.target,
+                             "--address", "198.18.74.2/24"])
+    try:
+        assert wait_stopped(proc), "the attach ended without stopping after 'addresses'"
+        lease = Ledger().get(f"if:{nic}")
+        assert lease.state == "attaching" and lease.owner_pid == proc.pid, lease
+        r = cli("recover", "--json")
+        assert r.returncode == 0, r.stderr
+        assert [(a["key"], a["action"]) for a in json.loads(r.stdout)] == [(f"if:{nic}", "busy")]
+        assert Ledger().get(f"if:{nic}") == lease                       # untouched
+        assert "198.18.74.2/24" in c.run("ip", "addr", "show", "eth0").stdout
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    # the owner's pid now names another process (started after the lease): by its start time, not the owner
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        Ledger().update(f"if:{nic}", owner_pid=other.pid, created=time.time() - 60)  # a lease a minute old
+        r = cli("recover", "--json")
+        assert [(a["key"], a["action"]) for a in json.loads(r.stdout)] == [(f"if:{nic}", "rolled-back")]
+        assert other.poll() is None  # and it is left alone
+    finally:
+        other.kill()
+        other.wait(30)
+    assert host_state(nic) == before and Ledger().leases() == {}

@@ -1,20 +1,21 @@
 """DHCP on a handed-over NIC against dnsmasq (Debian's dnsmasq-base) in a peer namespace: the offered address,
 default route and MTU arrive, the lease is renewed while attached, released on release, no process is left."""
 import os
-import shutil
 import subprocess
 import time
 
 import psutil
 import pytest
 
+import hostfacts
 from conftest import needs_root
 from dpdkeni import dhcp, handoff
 from dpdkeni.errors import StepError
 from dpdkeni.ledger import Ledger
 from test_handoff import host_state, in_ns, peer_ns, prepare_nic
 
-pytestmark = [needs_root, pytest.mark.skipif(not shutil.which("dnsmasq"), reason="dnsmasq not installed")]
+DNSMASQ = hostfacts.command("dnsmasq")  # /usr/sbin is not on every PATH
+pytestmark = [needs_root, pytest.mark.skipif(DNSMASQ is None, reason="dnsmasq not installed")]
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def dnsmasq(netns_factory, veth_factory, tmp_path):
     nic, ns, peer = peer_ns(netns_factory, veth_factory, "198.18.60.1/24")
     leases = tmp_path / "dnsmasq.leases"
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
+        ["ip", "netns", "exec", ns, DNSMASQ, "--no-daemon", "--conf-file=/dev/null", "--port=0",
          f"--interface={peer}", "--bind-interfaces", "--dhcp-range=198.18.60.10,198.18.60.20,255.255.255.0,2m",
          "--dhcp-option=option:router,198.18.60.1", "--dhcp-option=option:dns-server,198.18.60.53",
          "--dhcp-option=option:mtu,1400", "--dhcp-option=option:T1,3", "--dhcp-option=option:T2,100",
@@ -80,10 +81,9 @@ def test_dhcp_without_server_fails_cleanly(env, veth_factory, container_factory,
     before = host_state(nic)
     c = container_factory()
     monkeypatch.setattr(dhcp, "BOUND_TIMEOUT", 3.0)
-    monkeypatch.setattr(dhcp.start, "__defaults__", (3.0,))
     with pytest.raises(StepError) as err:
         handoff.attach(nic, c.target, dhcp=True)
-    assert err.value.step == "dhcp" and "no DHCP lease" in str(err.value)
+    assert err.value.step == "dhcp" and "no DHCP lease for eth0 within 3 s" in str(err.value)
     assert host_state(nic) == before and Ledger().leases() == {}
     assert not [p for p in psutil.process_iter(["cmdline"]) if "dpdkeni.dhcp" in (p.info["cmdline"] or [])
                 and nic in " ".join(p.info["cmdline"] or [])]
@@ -120,3 +120,36 @@ def test_sigkill_after_dhcp_step_then_recover(env, dnsmasq, container_factory, c
     assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     assert host_state(nic) == before and Ledger().leases() == {}
     assert wait_for(lambda: before["mac"] not in leasefile.read_text())
+
+
+def _clients_of(state_dir):
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if "dpdkeni.dhcp" in (p.info["cmdline"] or [])
+            and state_dir in (p.info["cmdline"] or [])]
+
+
+def test_recover_keeps_a_live_client(env, dnsmasq, container_factory):
+    """recover on an attached DHCP lease whose client lives (its pid and start time match the ledger) keeps that
+    client: no restart, no second client."""
+    nic, _ = dnsmasq
+    c = container_factory()
+    lease = handoff.attach(nic, c.target, dhcp=True)
+    info = Ledger().get(lease.key).step("dhcp").undo
+    assert handoff.recover() == [{"key": lease.key, "action": "kept", "detail": f"attached to {c.target}"}]
+    assert Ledger().get(lease.key).step("dhcp").undo == info
+    assert _clients_of(env) == [info["pid"]]
+    handoff.release(nic)
+    assert _clients_of(env) == []
+
+
+def test_client_exits_when_its_nic_is_gone(env, dnsmasq, container_factory):
+    """The NIC disappears from under its client (deleted in the container): the client notices and exits."""
+    nic, _ = dnsmasq
+    c = container_factory()
+    lease = handoff.attach(nic, c.target, dhcp=True)
+    pid = Ledger().get(lease.key).step("dhcp").undo["pid"]
+    assert psutil.pid_exists(pid)
+    assert c.run("ip", "link", "del", "eth0").returncode == 0
+    assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE), \
+        "the client outlived its NIC"
+    with open(dhcp._log_path(Ledger(), lease.key)) as f:
+        assert "eth0 is gone; stopping" in f.read()

@@ -1,4 +1,6 @@
 """Inventory over synthetic sysfs trees laid out like the kernel's (see sysfs_tree.py)."""
+import os
+
 import pytest
 
 from dpdkeni.errors import InputError, NotFoundError
@@ -86,8 +88,30 @@ def test_mac_prefers_pci_device_over_virtual_sharing_it(tree):
     assert find_nic("52:54:00:00:00:10", sysfs=Sysfs(tree.root)).pci == "0000:01:00.0"
 
 
+def tree_contents(root):
+    """Every entry under root: path -> (kind, content or link target, mode, mtime_ns)."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(d, name)
+            st = os.lstat(p)
+            if os.path.islink(p):
+                out[p] = ("link", os.readlink(p), st.st_mode, st.st_mtime_ns)
+            elif os.path.isdir(p):
+                out[p] = ("dir", sorted(os.listdir(p)), st.st_mode, st.st_mtime_ns)
+            else:
+                with open(p, "rb") as f:
+                    out[p] = ("file", f.read(), st.st_mode, st.st_mtime_ns)
+    return out
+
+
 def test_nothing_written(tree):
+    """Listing and finding change nothing in the tree: every file's content, mode and mtime, every link and
+    directory are as they were (not only that the Sysfs write method was not called)."""
+    before = tree_contents(tree.root)
     fs = Sysfs(tree.root)
     list_nics(all=True, sysfs=fs)
     find_nic("eth0", sysfs=fs)
+    after = tree_contents(tree.root)
+    assert [p for p in set(before) | set(after) if before.get(p) != after.get(p)] == []
     assert fs.writes == []

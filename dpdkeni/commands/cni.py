@@ -8,6 +8,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import sys
     from ..cni_server import CniServer
+    if args.socket is not None:
+        from ..validate import socket_path
+        socket_path(args.socket)  # '' would mean the default socket
     server = CniServer(args.socket)
     server.open()
     for sig in (signal.SIGINT, signal.SIGTERM):

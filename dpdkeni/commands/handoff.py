@@ -48,6 +48,7 @@ def read_batch(path: str) -> List[Dict[str, Any]]:
     of :data:`BATCH_KEYS`; ``nic`` and ``to`` are required. Every item is checked before anything is done."""
     import json
 
+    from .. import handoff
     from ..errors import InputError
     try:
         if path == "-":
@@ -82,6 +83,10 @@ def read_batch(path: str) -> List[Dict[str, Any]]:
         req = {BATCH_KEYS[k][0]: v for k, v in item.items() if v is not None}
         if isinstance(req.get("addresses"), str):
             req["addresses"] = [req["addresses"]]
+        try:
+            handoff.check_request(**req)
+        except InputError as exc:
+            raise InputError(f"--batch item {n}: {exc.message}", exc.hint) from None
         requests.append(req)
     nics = [r["nic"] for r in requests]
     twice = sorted({x for x in nics if nics.count(x) > 1})

@@ -52,6 +52,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     lab = Lab(progress=_progress)
     server = ControlServer(lab, args.socket)
     server.open()  # before booting: a second lab on the same socket is refused at once
+    lab.on_fault = lambda fault: server.stop.set()   # a wedged guest serves nobody: stop, say why, exit 1
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: server.stop.set())
@@ -65,6 +66,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         server.close()
         lab.stop()
+    if lab.fault is not None:
+        raise lab.fault
     _progress("lab down")
     return 0
 

@@ -5,7 +5,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import Error
 from .jsonline import JsonLineClient
@@ -42,22 +42,42 @@ class Result:
         return json.loads(self.stdout)
 
 
+# how long the agent may take to answer each kind of request that carries no limit of its own (it answers these
+# at once unless the guest is starved); requests with a ``limit`` get that plus REPLY_GRACE
+OP_TIMEOUTS = {"ping": 5.0, "spawn": 30.0, "poll": 15.0, "read": 30.0, "write": 30.0}
+REPLY_GRACE = 15.0
+
+
 class AgentClient(JsonLineClient):
-    """Requests to the guest agent; replies matched by id (several requests may be in flight)."""
+    """Requests to the guest agent; replies matched by id (several requests may be in flight).
+
+    ``context()`` (the lab's console tail) is added to a "no reply" error, so a hang names its last output.
+    """
 
     error = AgentError
     name = "guest agent"
 
-    def __init__(self, path: str, timeout: float = 30.0) -> None:
+    def __init__(self, path: str, timeout: float = 30.0, context: Callable[[], str] = lambda: "") -> None:
         super().__init__(path, timeout)
+        self.context = context
         self.start_reader()
 
-    def call(self, op: str, timeout: float = 60.0, **kw: Any) -> Dict[str, Any]:
-        """One request; returns the reply or raises AgentError (error reply, no reply in time)."""
-        reply = self.request({"op": op, **kw}, op, timeout)
+    def call(self, op: str, timeout: Optional[float] = None, **kw: Any) -> Dict[str, Any]:
+        """One request; returns the reply or raises AgentError (error reply, no reply in time).
+
+        ``timeout`` defaults to the request's ``limit`` plus a grace, or to the op's own bound."""
+        if timeout is None:
+            timeout = kw["limit"] + REPLY_GRACE if "limit" in kw else OP_TIMEOUTS.get(op, 60.0)
+        what = f"{op} `{' '.join(kw['argv'])}`" if "argv" in kw else op
+        reply = self.request({"op": op, **kw}, what, timeout)
         if "error" in reply:
-            raise AgentError(f"guest agent {op}: {reply['error']}")
+            raise AgentError(f"guest agent {what}: {reply['error']}")
         return reply
+
+    def no_reply(self, what: str, timeout: float) -> Error:
+        tail = self.context().strip()
+        last = f"; the guest console's last lines:\n{tail}" if tail else ""
+        return AgentError(f"guest agent: no reply to {what} within {timeout:.0f}s{last}")
 
     def wait_ready(self, timeout: float, alive=lambda: True) -> Dict[str, Any]:
         """Ping until the agent answers (it starts after the guest's init); ``alive()`` False aborts."""
@@ -75,9 +95,9 @@ class AgentClient(JsonLineClient):
     def run(self, argv: Sequence[str], timeout: float = 120.0, input: str = "",
             env: Optional[Dict[str, str]] = None) -> Result:
         """Run a command in the guest and wait for it."""
-        reply = self.call("run", timeout=timeout + 10, argv=list(argv), limit=timeout, input=input,
-                          env=env or {})
+        reply = self.call("run", argv=list(argv), limit=timeout, input=input, env=env or {})
         if reply.get("timeout"):
-            raise AgentError(f"guest: {' '.join(argv)} did not finish within {timeout:.0f}s: "
-                             f"{reply.get('stderr', '')[-2000:]}")
+            out = (reply.get("stdout", "")[-1000:] + "\n" + reply.get("stderr", "")[-1000:]).strip()
+            raise AgentError(f"guest: {' '.join(argv)} did not finish within {timeout:.0f}s (killed); "
+                             f"its last output: {out or '(none)'}")
         return Result(list(argv), reply["rc"], reply["stdout"], reply["stderr"])

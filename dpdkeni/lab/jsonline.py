@@ -6,7 +6,7 @@ import json
 import socket
 import threading
 import time
-from typing import Any, Dict, Type
+from typing import Any, Dict, Optional, Type
 
 from ..errors import Error
 
@@ -40,6 +40,8 @@ class JsonLineClient:
         self.replies: Dict[int, Dict[str, Any]] = {}
         self.cond = threading.Condition()
         self.closed = False
+        self.failure: Optional[Error] = None
+        self.pending: Dict[int, str] = {}
         self.wlock = threading.Lock()
 
     def start_reader(self) -> None:
@@ -67,17 +69,46 @@ class JsonLineClient:
     def on_message(self, msg: Dict[str, Any]) -> None:
         """A message that is not a reply (called with the lock held)."""
 
-    def request(self, msg: Dict[str, Any], what: str, timeout: float) -> Dict[str, Any]:
-        """Send ``msg`` with a fresh id and return the reply with that id."""
-        rid = msg["id"] = next(self.ids)
-        with self.wlock:
-            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+    def fail(self, failure: Error) -> None:
+        """Make every request in flight, and every later one, raise ``failure`` at once (the peer is known
+        to be gone: e.g. the guest's kernel wedged)."""
         with self.cond:
-            if not self.cond.wait_for(lambda: rid in self.replies or self.closed, timeout):
-                raise self.error(f"{self.name}: no reply to {what} within {timeout:.0f}s")
-            if rid not in self.replies:
-                raise self.error(f"{self.name}: connection closed during {what}")
-            return self.replies.pop(rid)
+            self.failure = failure
+            self.closed = True
+            self.cond.notify_all()
+
+    def doing(self) -> str:
+        """What the requests in flight are (``"run ['runc', ...]"``), oldest first; empty when idle."""
+        with self.cond:
+            return "; ".join(self.pending.values())
+
+    def no_reply(self, what: str, timeout: float) -> Error:
+        """The error for a request that got no reply in time (subclasses add what they know)."""
+        return self.error(f"{self.name}: no reply to {what} within {timeout:.0f}s")
+
+    def request(self, msg: Dict[str, Any], what: str, timeout: float, track: bool = True) -> Dict[str, Any]:
+        """Send ``msg`` with a fresh id and return the reply with that id (``track=False``: not listed by
+        :meth:`doing`, for the lab's own liveness pings)."""
+        if self.failure is not None:
+            raise self.failure
+        rid = msg["id"] = next(self.ids)
+        with self.cond:
+            if track:
+                self.pending[rid] = what
+        try:
+            with self.wlock:
+                self.sock.sendall(json.dumps(msg).encode() + b"\n")
+            with self.cond:
+                if not self.cond.wait_for(lambda: rid in self.replies or self.closed, timeout):
+                    raise self.no_reply(what, timeout)
+                if rid not in self.replies:
+                    if self.failure is not None:
+                        raise self.failure
+                    raise self.error(f"{self.name}: connection closed during {what}")
+                return self.replies.pop(rid)
+        finally:
+            with self.cond:
+                self.pending.pop(rid, None)
 
     def close(self) -> None:
         """Close the connection."""

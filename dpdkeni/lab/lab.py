@@ -21,10 +21,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence
 
-from ..errors import Error, InputError
+from ..errors import Error, GuestFaultError, InputError
 from .agent import AgentClient, Result
+from .console import ConsoleWatch
+from .heartbeat import Heartbeat
 from .image import Image, cache_root, ensure_image
-from .qemu import Qemu, accel
+from .qemu import CpuSetup, Qemu, accel
 from .qmp import QMP
 
 log = logging.getLogger(__name__)
@@ -81,16 +83,22 @@ class Lab:
     """A QEMU guest with hot-plug slots, a QMP monitor and an agent. Use as a context manager."""
 
     def __init__(self, progress: Optional[Callable[[str], None]] = None, share: Optional[str] = None,
-                 root_ports: int = 8, memory: str = "2048", cpus: int = 2, boot_timeout: float = 300.0) -> None:
+                 root_ports: int = 8, memory: str = "2048", cpu: Optional[CpuSetup] = None,
+                 boot_timeout: float = 300.0) -> None:
         self.progress = progress or log.info
         self.share = share or default_share()
-        self.root_ports, self.memory, self.cpus = root_ports, memory, cpus
+        self.root_ports, self.memory = root_ports, memory
+        self.cpu = cpu or CpuSetup()
         self.boot_timeout = boot_timeout
         self.image: Optional[Image] = None
         self.qemu: Optional[Qemu] = None
         self.qmp: Optional[QMP] = None
         self.agent: Optional[AgentClient] = None
         self.workdir: Optional[str] = None
+        self.watch: Optional[ConsoleWatch] = None
+        self.heartbeat: Optional[Heartbeat] = None
+        self.fault: Optional[GuestFaultError] = None
+        self.on_fault: Optional[Callable[[GuestFaultError], None]] = None   # told once, after calls are failed
         self.nics: Dict[str, PluggedNic] = {}
         self.pids: Dict[int, int] = {}
         self.containers: Dict[int, int] = {}
@@ -102,7 +110,7 @@ class Lab:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is not None and self.qemu is not None:
+        if exc is not None and self.qemu is not None and not isinstance(exc, GuestFaultError):
             self.progress("lab: failed; guest console (last lines):\n" + self.console_tail())
         self.stop()
 
@@ -110,16 +118,24 @@ class Lab:
         """Build or reuse the image, boot QEMU, connect QMP and the agent; raises with the console on failure."""
         self.image = ensure_image(self.progress)
         self.workdir = tempfile.mkdtemp(prefix="dpdkeni-lab-")
-        self.qemu = Qemu(self.image, self.workdir, self.share, self.root_ports, self.memory, self.cpus)
+        self.qemu = Qemu(self.image, self.workdir, self.share, self.root_ports, self.memory, self.cpu)
+        self.fault = None
         atexit.register(self.stop)
         started = time.monotonic()
         self.progress(f"lab: booting the guest (kernel {self.image.kernel_release}, "
-                      f"{accel().upper()}; 10-60 s)")
+                      f"{accel().upper()} {self.cpu.describe()}; 10-60 s)")
         try:
             self.qemu.start()
+            self.watch = ConsoleWatch(self.qemu.console_path, self._on_fault, pending=self.doing).start()
             self.qmp = QMP(self.qemu.qmp_path)
-            self.agent = AgentClient(self.qemu.agent_path)
+            self.agent = AgentClient(self.qemu.agent_path, context=lambda: self.console_tail(8))
+            if self.fault is not None:      # wedged before the agent connected
+                raise self.fault
             self.agent.wait_ready(self.boot_timeout, alive=self.qemu.alive)
+            self.heartbeat = Heartbeat(self.agent, self._on_silence, context=lambda: self.console_tail(30)).start()
+        except GuestFaultError:
+            self.stop()
+            raise
         except Error as exc:
             detail = self.qemu.stderr().strip()[-1500:]
             tail = self.console_tail()
@@ -128,8 +144,40 @@ class Lab:
         self.boot_seconds = time.monotonic() - started
         self.progress(f"lab: guest up in {self.boot_seconds:.1f}s")
 
+    def _on_fault(self, fault: GuestFaultError) -> None:
+        """The console watcher found a wedged kernel, or the heartbeat a silent guest: every call in flight and
+        every later one fails with it."""
+        if self.fault is not None:
+            return
+        fault.hint = f"the guest must be restarted; its console is kept in {self.console_keep_path()}"
+        self.fault = fault
+        for conn in (self.agent, self.qmp):
+            if conn is not None:
+                conn.fail(fault)
+        if self.on_fault is not None:
+            self.on_fault(fault)
+
+    def _on_silence(self, fault: GuestFaultError) -> None:
+        """The heartbeat got no answer: the console's own words win when it has any by now."""
+        if self.watch is not None and self.watch.check():
+            return
+        self._on_fault(fault)
+
+    def doing(self) -> str:
+        """What the lab is waiting for in the guest right now (the requests in flight), or ``""``."""
+        return "; ".join(filter(None, (c.doing() for c in (self.agent, self.qmp) if c is not None)))
+
+    def healthy(self) -> bool:
+        """True while QEMU runs, the agent is connected and the console has shown no kernel fault."""
+        return (self.qemu is not None and self.qemu.alive() and self.fault is None and self.agent is not None
+                and not self.agent.closed)
+
     def stop(self) -> None:
         """Stop QEMU (idempotent) and keep the console log under the cache dir."""
+        for watcher in (self.watch, self.heartbeat):
+            if watcher is not None:
+                watcher.stop()
+        self.watch = self.heartbeat = None
         if self.qemu is not None:
             self.qemu.stop(self.qmp)
             self._keep_console()
@@ -142,11 +190,16 @@ class Lab:
             self.workdir = None
         atexit.unregister(self.stop)
 
+    @staticmethod
+    def console_keep_path() -> str:
+        """Where :meth:`stop` keeps the last guest's serial console."""
+        return os.path.join(cache_root(), "last-console.log")
+
     def _keep_console(self) -> None:
         text = self.qemu.console()
         if text:
             os.makedirs(cache_root(), exist_ok=True)
-            with open(os.path.join(cache_root(), "last-console.log"), "w") as f:
+            with open(self.console_keep_path(), "w") as f:
                 f.write(text)
 
     def console_tail(self, lines: int = 60) -> str:
@@ -208,11 +261,16 @@ class Lab:
         """Start the runc container ``name`` in the guest: the guest's root (read-only) as its root filesystem,
         its own namespaces (an empty netns), ``args`` as its process. Returns its init pid; ``runc delete
         --force NAME`` (or :meth:`runc_delete`) ends it. The same name again is a new instance."""
+        bundle = self.runc_bundle(name, args)
+        self.sh(f"runc run -d -b {bundle} {name} >/tmp/{name}.log 2>&1 </dev/null", check=True)
+        return int(self.run(["runc", "state", name], check=True).json()["pid"])
+
+    def runc_bundle(self, name: str, args: Sequence[str] = ("sleep", "3600")) -> str:
+        """Write the OCI bundle of :meth:`runc_container` (``/run/bundles/NAME``) and return its path."""
         bundle = f"/run/bundles/{name}"
         self.sh("mkdir -p /run/tproot && (mountpoint -q /run/tproot || mount --bind / /run/tproot)", check=True)
         self.python(_RUNC_BUNDLE.format(bundle=bundle, args=list(args), name=name))
-        self.sh(f"runc run -d -b {bundle} {name} >/tmp/{name}.log 2>&1 </dev/null", check=True)
-        return int(self.run(["runc", "state", name], check=True).json()["pid"])
+        return bundle
 
     def runc_delete(self, name: str) -> None:
         """Stop and remove runc container ``name`` (no error when it is not there)."""

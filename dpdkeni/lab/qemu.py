@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+from dataclasses import dataclass
 from typing import List, Optional
 
 from ..errors import Error
@@ -37,6 +38,36 @@ def accel() -> str:
     return os.environ.get("DPDKENI_LAB_ACCEL", "tcg")
 
 
+@dataclass(frozen=True)
+class CpuSetup:
+    """How QEMU runs the guest's CPUs under TCG (ignored under another accelerator, which uses ``-cpu host``).
+
+    The defaults are what ``benchmarks/lab_lockup.py`` measured as never livelocking at the least cost (the
+    table is in DESIGN.md, "The lab"): multi-threaded TCG with two vCPUs livelocked the guest kernel while it
+    patched its own text (static keys, ``int3``) as runc attached a cgroup device program.
+    """
+
+    thread: str = "single"   # TCG: one host thread runs every vCPU ("single") or one thread each ("multi")
+    model: str = "max"       # -cpu
+    cpus: int = 2            # -smp
+
+    def __post_init__(self) -> None:
+        if self.thread not in ("single", "multi"):
+            raise Error(f"lab: TCG thread mode {self.thread!r} is neither 'single' nor 'multi'")
+        if not 1 <= self.cpus <= 8:
+            raise Error(f"lab: {self.cpus} vCPUs is outside 1..8")
+
+    def describe(self) -> str:
+        """``thread=single -cpu max -smp 2``."""
+        return f"thread={self.thread} -cpu {self.model} -smp {self.cpus}"
+
+    def argv(self, mode: str) -> List[str]:
+        """The QEMU arguments for accelerator ``mode``."""
+        if mode != "tcg":
+            return ["-accel", mode, "-cpu", "host", "-smp", str(self.cpus)]
+        return ["-accel", f"tcg,thread={self.thread}", "-cpu", self.model, "-smp", str(self.cpus)]
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -46,9 +77,9 @@ class Qemu:
     """One QEMU process for one lab boot; sockets and the console log live in ``workdir``."""
 
     def __init__(self, image: Image, workdir: str, share: str, root_ports: int = 8, memory: str = "2048",
-                 cpus: int = 2, extra_args: Optional[List[str]] = None) -> None:
+                 cpu: Optional[CpuSetup] = None, extra_args: Optional[List[str]] = None) -> None:
         self.image, self.workdir, self.share = image, workdir, share
-        self.root_ports, self.memory, self.cpus = root_ports, memory, cpus
+        self.root_ports, self.memory, self.cpu = root_ports, memory, cpu or CpuSetup()
         self.extra_args = extra_args or []
         self.proc: Optional[subprocess.Popen] = None
         self.qmp_path = os.path.join(workdir, "qmp.sock")
@@ -58,14 +89,12 @@ class Qemu:
 
     def argv(self) -> List[str]:
         """The QEMU command line."""
-        mode = accel()
-        cpu = ["-accel", "tcg,thread=multi", "-cpu", "max"] if mode == "tcg" else ["-accel", mode, "-cpu", "host"]
         ports = []
         for i in range(1, self.root_ports + 1):
             ports += ["-device", f"pcie-root-port,id=rp{i},bus=pcie.0,chassis={i},slot={i}"]
         return [
             QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-machine", "q35,kernel-irqchip=split", *cpu, "-smp", str(self.cpus), "-m", self.memory,
+            "-machine", "q35,kernel-irqchip=split", *self.cpu.argv(accel()), "-m", self.memory,
             "-device", "intel-iommu,intremap=on,caching-mode=on,device-iotlb=on",
             "-kernel", self.image.vmlinux, "-initrd", self.image.initramfs,
             "-append", " ".join(KERNEL_ARGS),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 import pytest
 
@@ -40,9 +40,40 @@ def lab_possible() -> None:
         pytest.skip(reason)
 
 
+class LabBox:
+    """The session's guest, booted on first use and booted afresh when the previous one wedged or died, so a
+    wedged guest costs at most the test that was running (its console is in that test's report)."""
+
+    booted = 0   # guests booted by every LabBox of this run (for the summary line)
+
+    def __init__(self, progress: Callable[[str], None]) -> None:
+        self.progress = progress
+        self.current: Optional[Lab] = None
+        self.boots = 0
+
+    def get(self) -> Lab:
+        if self.current is not None and not self.current.healthy():
+            why = self.current.fault.message if self.current.fault else "QEMU or its agent is gone"
+            self.progress(f"lab: the previous guest is unusable ({why}); booting a fresh one")
+            self.current.stop()
+            self.current = None
+        if self.current is None:
+            lab = Lab(progress=self.progress)
+            lab.start()
+            self.current = lab
+            self.boots += 1
+            LabBox.booted += 1
+        return self.current
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+            self.current = None
+
+
 @pytest.fixture(scope="session")
-def lab(pytestconfig) -> Iterator[Lab]:
-    """The booted lab guest (built or reused image), shared by the whole session."""
+def lab_box(pytestconfig) -> Iterator[LabBox]:
+    """The holder of the session's guest (see :class:`LabBox`)."""
     reason = _lab_unavailable()
     if reason:
         pytest.skip(reason)
@@ -53,12 +84,17 @@ def lab(pytestconfig) -> Iterator[Lab]:
         with capture.global_and_fixture_disabled():
             reporter.write_line(msg) if reporter else print(msg, flush=True)
 
-    the_lab = Lab(progress=progress)
-    the_lab.start()
+    box = LabBox(progress)
     try:
-        yield the_lab
+        yield box
     finally:
-        the_lab.stop()
+        box.close()
+
+
+@pytest.fixture
+def lab(lab_box: LabBox) -> Lab:
+    """The booted lab guest (built or reused image), shared by the session while it stays healthy."""
+    return lab_box.get()
 
 
 def new_mac() -> str:
@@ -84,6 +120,8 @@ def plugged(lab: Lab) -> Iterator[Callable[..., PluggedNic]]:
         return nic
 
     yield plug
+    if not lab.healthy():   # a wedged guest is thrown away whole: nothing to unplug
+        return
     for nic_id in mine:
         if nic_id in lab.nics:
             lab.unplug(nic_id)
@@ -96,6 +134,8 @@ def pytest_runtest_makereport(item, call):
     the_lab = item.funcargs.get("lab") if hasattr(item, "funcargs") else None
     if report.failed and isinstance(the_lab, Lab) and the_lab.qemu is not None:
         report.sections.append(("guest serial console (last 80 lines)", the_lab.console_tail(80)))
+    elif report.failed and isinstance(the_lab, Lab) and the_lab.fault is not None:
+        report.sections.append(("guest serial console (around the fault)", the_lab.fault.excerpt))
 
 
 @pytest.fixture
@@ -109,5 +149,33 @@ def guest_containers(lab: Lab) -> Iterator[Callable[[], int]]:
         return pid
 
     yield make
+    if not lab.healthy():
+        return
     for pid in mine:
         lab.kill(lab.containers[pid], signal=9)
+
+
+_lab_seconds: List[float] = []
+_run_started: List[float] = []
+
+
+def pytest_sessionstart(session) -> None:
+    import time as _time
+    _run_started.append(_time.monotonic())
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Add up the time of the lab's tests (setup, call and teardown: boots included) for the summary."""
+    if "vm" in report.keywords:
+        _lab_seconds.append(report.duration)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line: how much of the run the lab took, and how many guests it booted."""
+    if not _lab_seconds:
+        return
+    import time as _time
+    total = _time.monotonic() - _run_started[0] if _run_started else 0.0
+    lab = sum(_lab_seconds)
+    terminalreporter.write_line(f"lab: {lab:.0f} s of the run's {total:.0f} s ({100 * lab / max(total, 1):.0f} %) "
+                                f"in lab tests; guests booted: {LabBox.booted}")

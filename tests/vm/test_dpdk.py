@@ -5,8 +5,6 @@ import json
 
 import pytest
 
-pytest.importorskip("dpdkeni.lab", reason="the QEMU lab (dpdkeni.lab) is not in this build")
-
 
 @pytest.fixture
 def guest_container(lab):
