@@ -59,7 +59,10 @@ def test_add_waits_for_the_hotplug_and_del_survives_the_netns_going(lab, plugged
     assert MAC not in _links(lab)
     # the pin goes too (as if the state dir's mounts were lost): now the namespace dies and the kernel gives the
     # NIC back to the root namespace, not under its own name
-    lab.run(["umount", f"{STATE}/cni/vmnet-vmpod1-net1.netns"])
+    pin = lab.python(f"import os; os.environ['DPDKENI_STATE_DIR'] = {STATE!r}; from dpdkeni import cni; "
+                     "print(cni._pin_path(cni._record_path('vmnet', 'vmpod1', 'net1')))").stdout.strip()
+    assert pin.startswith(f"{STATE}/cni/vmnet-net1-") and pin.endswith(".netns"), pin  # the record's hashed name
+    assert lab.run(["umount", pin]).rc == 0
     deadline = time.monotonic() + 30
     while MAC not in _links(lab) and time.monotonic() < deadline:
         time.sleep(0.2)
