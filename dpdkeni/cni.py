@@ -4,7 +4,8 @@ as a DPDK port, through :func:`dpdkeni.handoff.attach` / :func:`~dpdkeni.handoff
 It reads host-device's keys (``device``, ``hwaddr``, ``kernelpath``, ``pciBusID``, ``runtimeConfig.deviceID``)
 so a NetworkAttachmentDefinition written for host-device works with only ``type`` changed, and adds:
 ``mode`` (``netdev``/``dpdk``), ``hugepages``, ``driver``, ``noiommu``, ``mtu``, ``wait`` (seconds to wait for a
-NIC still being hot-plugged), static ``addresses``/``gateway``/``routes`` (also without ``ipam``).
+NIC still being hot-plugged), static ``addresses``/``gateway``/``routes`` (also without ``ipam``), ``ifname`` (the
+NIC's name in the pod instead of ``CNI_IFNAME``: containerd names a pod's networks eth0, eth1, ...).
 
 What host-device gets wrong and this plugin does not: the NIC's host name, MTU and link state come back from the
 ledger (not from the link alias, which udev or a netns teardown loses); altnames are dropped before renaming; a
@@ -54,6 +55,11 @@ class NetConf:
     noiommu: bool = False
     ipam: Optional[Dict[str, Any]] = None
     prev_result: Optional[Result] = None
+    ifname: Optional[str] = None  # the NIC's name in the pod instead of CNI_IFNAME
+
+    def name_in_pod(self, env: Env) -> str:
+        """What the NIC is called inside the pod: ``ifname`` when configured, else ``CNI_IFNAME``."""
+        return self.ifname or env.ifname
 
 
 def _invalid(msg: str, details: str = "") -> CniError:
@@ -138,12 +144,13 @@ def parse_netconf(conf: Mapping[str, Any]) -> NetConf:
     _checked(validate.hugepages, conf.get("hugepages"))
     _checked(lambda d: validate.choice(d, "driver", models.USER_DRIVERS), conf.get("driver") or "vfio-pci")
     prev = conf.get("prevResult")
+    ifname = _checked(validate.ifname, conf["ifname"]) if conf.get("ifname") is not None else None
     return NetConf(
         name=str(conf.get("name") or ""), version=conf["cniVersion"], nic_spec=nic_spec_from(conf), mode=mode,
         wait=wait, addresses=_static_ips(conf), gateway=str(gateway) if gateway else None, routes=list(routes),
         mtu=mtu, hugepages=conf.get("hugepages"), driver=conf.get("driver") or "vfio-pci",
         noiommu=bool(conf.get("noiommu")), ipam=ipam,
-        prev_result=Result.from_json(prev) if prev is not None else None)
+        prev_result=Result.from_json(prev) if prev is not None else None, ifname=ifname)
 
 
 # --- waiting for a NIC that is still being hot-plugged ------------------------------------------------------
@@ -219,7 +226,8 @@ def _wait_netlink(nic_spec: str, timeout: float):
 # --- the CNI record: which NIC this (network, container, ifname) holds --------------------------------------
 
 
-def _records_dir() -> str:
+def records_dir() -> str:
+    """Where the CNI records (and the netns pins) are: ``<state dir>/cni``."""
     from .statedir import path
 
     return os.path.join(path(), "cni")
@@ -227,20 +235,21 @@ def _records_dir() -> str:
 
 def _record_path(name: str, container_id: str, ifname: str) -> str:
     """The record of (network, container, ifname): a readable prefix, then a hash of all three, so two long
-    container ids that share a prefix never share a record."""
+    container ids that share a prefix never share a record (nor a netns pin: :func:`_pin_path`)."""
     import hashlib
 
     digest = hashlib.sha256("\0".join((name, container_id, ifname)).encode("utf-8", "surrogateescape")).hexdigest()
     readable = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name[:40]}-{ifname[:15]}")
-    return os.path.join(_records_dir(), f"{readable}-{digest}.json")
+    return os.path.join(records_dir(), f"{readable}-{digest}.json")
 
 
 def save_record(path: str, record: Dict[str, Any]) -> None:
-    """Write the record atomically (before the NIC moves, so a later DEL always knows what to release)."""
+    """Write the record atomically (before the NIC moves, so a later DEL always knows what to release); no fsync,
+    as for the ledger: the attachment it records does not outlive a power loss."""
     from . import statedir
 
     statedir.subdir(os.path.basename(os.path.dirname(path)))
-    statedir.write_atomic(path, json.dumps(record).encode())
+    statedir.write_atomic(path, json.dumps(record).encode(), fsync=False)
 
 
 def load_record(path: str) -> Optional[Dict[str, Any]]:
@@ -259,7 +268,8 @@ def load_record(path: str) -> Optional[Dict[str, Any]]:
     return record
 
 
-def _drop_record(path: str) -> None:
+def drop_record(path: str) -> None:
+    """Remove the record (gone already is fine; unlink never follows a symlink)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -277,8 +287,8 @@ def _ipam(conf: NetConf, command: str, raw: bytes, env: Env) -> Optional[Dict[st
 
 def build_result(conf: NetConf, env: Env, nic, ipam_result: Optional[Result]) -> Result:
     """The ADD result: our interface (index 0), IPAM's addresses and routes then the static ones."""
-    result = Result(interfaces=[{"name": env.ifname, "mac": nic.mac, "sandbox": env.netns, "mtu": conf.mtu,
-                                 "pciID": nic.pci}])
+    result = Result(interfaces=[{"name": conf.name_in_pod(env), "mac": nic.mac, "sandbox": env.netns,
+                                 "mtu": conf.mtu, "pciID": nic.pci}])
     if conf.mode == "dpdk":
         result.interfaces[0].pop("sandbox")  # a DPDK port is no netdev in the pod's namespace
     if ipam_result is not None:
@@ -297,18 +307,33 @@ def cmd_add(conf: NetConf, env: Env, raw: bytes) -> Dict[str, Any]:
     check_add_env(env)
     nic = find_nic_waiting(conf.nic_spec, conf.wait)
     path = _record_path(conf.name, env.container_id, env.ifname)
-    ipam_doc = _ipam(conf, "ADD", raw, env)
+    pin = _pin_path(path) if conf.mode == "netdev" else None
+    ipam = _in_thread(lambda: _ipam(conf, "ADD", raw, env))  # the IPAM plugin runs while the kernel moves the NIC
+    got: Dict[str, Result] = {}
+
+    def result() -> Result:
+        if "result" not in got:
+            doc = ipam()
+            got["result"] = build_result(conf, env, nic, Result.from_json(doc) if doc is not None else None)
+        return got["result"]
+
     try:
-        ipam_result = Result.from_json(ipam_doc) if ipam_doc is not None else None
-        result = build_result(conf, env, nic, ipam_result)
         save_record(path, {"nic": nic.pci or nic.ifname, "mac": nic.mac, "pci": nic.pci, "ifname": nic.ifname,
                            "netns": env.netns, "mode": conf.mode, "container": env.container_id,
-                           "cni_ifname": env.ifname, "network": conf.name})
-        _attach(conf, env, nic, result)
+                           "cni_ifname": env.ifname, "network": conf.name, "pin": pin,
+                           # what an IPAM DEL needs when the runtime never calls ours (cni_sweep)
+                           "conf": raw.decode("utf-8", "replace"), "cni_path": list(env.path), "args": env.args})
+        if pin is not None:
+            pin_netns(env.netns, pin)
+        _attach(conf, env, nic, result, pin or env.netns)
+        return result().to_json(conf.version)
     except BaseException:
-        _undo_add(conf, env, raw, path)
+        try:
+            ipam()  # IPAM ADD has finished (its error, if it is what failed, is already on its way up)
+        except BaseException:  # noqa: B036
+            pass
+        _undo_add(conf, env, raw, path, pin)
         raise
-    return result.to_json(conf.version)
 
 
 def check_add_env(env: Env) -> None:
@@ -330,24 +355,77 @@ def check_add_env(env: Env) -> None:
         raise CniError(spec.INVALID_ENV, f"CNI_NETNS: {exc.message}", exc.hint or "") from None
 
 
-def _undo_add(conf: NetConf, env: Env, raw: bytes, path: str) -> None:
+def _undo_add(conf: NetConf, env: Env, raw: bytes, path: str, pin: Optional[str]) -> None:
     try:
         _ipam(conf, "DEL", raw, env)
     except CniError as exc:
         log.warning("undoing IPAM after a failed ADD: %s", exc.msg)
-    _drop_record(path)
+    if pin is not None:
+        unpin_netns(pin)
+    drop_record(path)
 
 
-def _attach(conf: NetConf, env: Env, nic, result: Result) -> None:
+MS_BIND = 4096
+MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+
+
+def _pin_path(record_path: str) -> str:
+    return record_path[:-len(".json")] + ".netns"
+
+
+def pin_netns(netns: str, pin: str) -> None:
+    """Bind-mount the pod's netns file at ``pin`` (as ``ip netns add`` does), so the namespace, with the NIC in
+    it, outlives the pod's processes and its own netns file until DEL has moved the NIC home and unpinned it.
+    Without it a NIC whose netns went first (containerd's StopPodSandbox after the netns file was deleted: the
+    sandbox is killed before CNI DEL) dies with it (a veth) or lands in the host as devN (a PCI NIC)."""
+    from . import statedir
+    from .nsexec import mount
+
+    statedir.ensure(os.path.dirname(pin))
+    unpin_netns(pin)  # a pin left by an ADD that crashed under the same record name
+    os.close(statedir.open_file(pin, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    try:
+        mount(netns, pin, "none", MS_BIND)
+    except OSError as exc:
+        os.unlink(pin)
+        import errno
+
+        if exc.errno == errno.ENOENT:  # the pod's netns is gone: error 3, as the attach would say
+            raise CniError(spec.UNKNOWN_CONTAINER, f"target {netns}: no such file") from exc
+        raise CniError(spec.HANDOFF_FAILED, f"pinning {netns} at {pin}", exc.strerror or str(exc)) from exc
+
+
+def unpin_netns(pin: str) -> None:
+    """Undo :func:`pin_netns` (nothing pinned is fine): the namespace goes when nothing else holds it."""
+    import errno
+
+    from .nsexec import umount
+
+    try:
+        umount(pin, MNT_DETACH | UMOUNT_NOFOLLOW)  # a symlink planted at the pin's name is not followed
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):  # not a mount point / no file
+            raise
+    try:
+        os.unlink(pin)
+    except FileNotFoundError:
+        pass
+
+
+def _attach(conf: NetConf, env: Env, nic, result: Callable[[], Result], netns: str) -> None:
+    """Hand the NIC over; ``result`` waits for IPAM, so the netdev handoff calls it after the move."""
     from . import handoff
 
-    addresses = [ip.address for ip in result.ips] if conf.mode == "netdev" else []
-    target = dpdk_target(env.netns) if conf.mode == "dpdk" else env.netns
-    handoff.attach(nic, target, conf.mode, ifname=env.ifname, addresses=addresses, mtu=conf.mtu,
+    if conf.mode == "dpdk":
+        result()  # IPAM first: only the netdev handoff undoes itself when the addresses fail after the move
+    addresses: Any = (lambda: [ip.address for ip in result().ips]) if conf.mode == "netdev" else []
+    target = dpdk_target(env.netns) if conf.mode == "dpdk" else netns
+    handoff.attach(nic, target, conf.mode, ifname=conf.name_in_pod(env), addresses=addresses, mtu=conf.mtu,
                    hugepages=conf.hugepages, driver=conf.driver, noiommu=conf.noiommu)
-    if conf.mode == "netdev" and result.routes:
+    if conf.mode == "netdev" and result().routes:
         try:
-            add_routes(env.netns, env.ifname, result.routes)
+            add_routes(env.netns, conf.name_in_pod(env), result().routes)
         except BaseException:
             handoff.release(nic)
             raise
@@ -423,15 +501,43 @@ def cmd_del(conf: NetConf, env: Env, raw: bytes) -> None:
     netns already gone), as the spec asks."""
     path = _record_path(conf.name, env.container_id, env.ifname)
     record = load_record(path)
-    if record is not None:
-        release_nic(record)
-    _ipam(conf, "DEL", raw, env)
-    _drop_record(path)
+    ipam = _in_thread(lambda: _ipam(conf, "DEL", raw, env))  # the IPAM plugin runs while the NIC moves home
+    try:
+        if record is not None:
+            release_nic(record)
+    finally:
+        ipam()
+    drop_record(path)
+
+
+def _in_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """Start ``fn`` in a thread; the returned function waits for it and returns its result or raises its error
+    (a delegated plugin is a process of its own: its start-up overlaps the kernel's wait in a move)."""
+    import threading
+
+    out: Dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = fn()
+        except BaseException as exc:  # handed to the waiter
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def wait() -> Any:
+        thread.join()
+        if "error" in out:
+            raise out["error"]
+        return out.get("result")
+
+    return wait
 
 
 def release_nic(record: Mapping[str, Any]) -> None:
-    """Release what the ledger holds for the recorded NIC; a NIC that vanished with its netns (a veth) only
-    frees its lease."""
+    """Release what the ledger holds for the recorded NIC (out of the pinned netns, when the pod's is gone), then
+    unpin the netns; a NIC that vanished anyway only frees its lease."""
     from . import handoff
     from .ledger import Ledger
 
@@ -444,6 +550,21 @@ def release_nic(record: Mapping[str, Any]) -> None:
     for key in _lease_keys(record):
         if ledger.get(key) is not None:
             ledger.remove(key)
+    pin = recorded_pin(record)
+    if pin is not None:
+        unpin_netns(pin)
+
+
+def recorded_pin(record: Mapping[str, Any]) -> Optional[str]:
+    """The netns pin of a record that has one: always the pin its own (network, container, ifname) name in the
+    records dir, whatever path the record holds (a path elsewhere is never unmounted or removed)."""
+    if not record.get("pin"):
+        return None
+    own = _pin_path(_record_path(str(record.get("network") or ""), str(record.get("container") or ""),
+                                 str(record.get("cni_ifname") or "")))
+    if record["pin"] != own:
+        log.warning("CNI record names the pin %r, not its own %s: using its own", record["pin"], own)
+    return own
 
 
 def _lease_keys(record: Mapping[str, Any]) -> Tuple[str, ...]:
@@ -469,9 +590,9 @@ def cmd_check(conf: NetConf, env: Env, raw: bytes) -> None:
 
     if not is_netns_file(env.netns):
         raise CniError(spec.CHECK_FAILED, f"CNI_NETNS {env.netns} is not a network namespace")
-    problems = check_netns(env.netns, env.ifname, conf.prev_result)
+    problems = check_netns(env.netns, conf.name_in_pod(env), conf.prev_result)
     if problems:
-        raise CniError(spec.CHECK_FAILED, f"{env.ifname} in {env.netns} differs from prevResult",
+        raise CniError(spec.CHECK_FAILED, f"{conf.name_in_pod(env)} in {env.netns} differs from prevResult",
                        "; ".join(problems))
 
 
@@ -555,7 +676,7 @@ def cmd_gc(conf: Mapping[str, Any], env: Env, raw: bytes) -> None:
     1.1 know no GC), then pass GC on to IPAM where it knows it."""
     valid = {(a.get("containerID"), a.get("ifname")) for a in conf.get("cni.dev/valid-attachments") or []}
     ipam = (conf.get("ipam") or {}).get("type")
-    directory = _records_dir()
+    directory = records_dir()
     for entry in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         path = os.path.join(directory, entry)
         record = load_record(path) if entry.endswith(".json") else None
@@ -567,7 +688,7 @@ def cmd_gc(conf: Mapping[str, Any], env: Env, raw: bytes) -> None:
         if ipam:
             stale = Env("DEL", record.get("container", ""), "", record.get("cni_ifname", ""), env.args, env.path)
             spec.delegate(ipam, "DEL", raw, stale)
-        _drop_record(path)
+        drop_record(path)
     if ipam:
         try:
             spec.delegate(ipam, "GC", raw, env)
@@ -644,6 +765,21 @@ def main(environ: Optional[Mapping[str, str]] = None, stdin: Any = None, stdout:
         out.write("\n")
         out.flush()
     return status
+
+
+def warm_up() -> None:
+    """Import and open once what ADD and DEL use, so that the resident server's first call does not pay for it
+    (about 100 ms here: the pod that happens to come first should start as fast as the others)."""
+    import ipaddress  # noqa: F401
+    import subprocess  # noqa: F401
+
+    import psutil  # noqa: F401
+    from pyroute2 import IPRoute
+
+    from . import events, handoff, inventory, netdev  # noqa: F401
+
+    with IPRoute() as ipr:
+        ipr.link_lookup(ifname="lo")
 
 
 def _light_pyroute2() -> None:

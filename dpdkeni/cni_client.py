@@ -1,4 +1,5 @@
-"""The ``dpdkeni-cni`` binary: a thin client of the resident plugin when one runs, the whole plugin otherwise.
+"""``dpdkeni-cni-py``: the Python twin of the C ``dpdkeni-cni`` (native/cni_client.c), which execs it when no
+server answers: a thin client of the resident plugin when one runs, the whole plugin otherwise.
 
 A runtime starts a CNI plugin for every pod network it adds or deletes; starting Python and importing pyroute2
 costs most of a call. With ``dpdkeni cni serve`` running (as Multus runs its thick daemon), this client, which
@@ -47,6 +48,12 @@ _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_REPLY = 16 << 20
 
 
+def peer_cred(sock: socket.socket) -> Tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a connected unix socket (SO_PEERCRED)."""
+    pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+    return pid, uid, gid
+
+
 class NotRoot(Exception):
     """The process listening on the socket is not root: it gets no configuration."""
 
@@ -60,7 +67,7 @@ def _ask(path: str, request: bytes) -> Optional[Dict[str, Any]]:
             sock.connect(path)
         except OSError:
             return None
-        pid, uid, _ = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+        pid, uid, _ = peer_cred(sock)
         if uid != 0:
             raise NotRoot(f"the process listening on {path} (pid {pid}) is uid {uid}, not root: "
                           "not sending it the configuration")
@@ -88,7 +95,7 @@ def _version(stdin: bytes) -> str:
 
 
 def run() -> None:
-    """Console-script entry point (``dpdkeni-cni``)."""
+    """Console-script entry point (``dpdkeni-cni-py``; the C ``dpdkeni-cni`` execs it when no server listens)."""
     stdin = sys.stdin.buffer.read()
     try:
         reply = _ask(socket_path(), encode_request(os.environ, stdin))

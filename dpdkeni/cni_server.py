@@ -2,9 +2,12 @@
 
 The process has imported everything once, so a call costs the work itself. A unix stream socket (0600 in the
 state dir, root peers only, by SO_PEERCRED); each connection carries one call (one request line, one reply
-line ``{"rc", "stdout"}``) and gets its own thread: a call that waits for a hot-plugged NIC does not hold up
-the others. Namespaces are entered per thread (setns changes only the calling thread) and the ledger takes its
-own lock, as with separate processes.
+line ``{"rc", "stdout"}``; a request line over 1 MiB is refused with error 6, one not sent within 10 s is
+dropped) and gets its own thread: a call that waits for a hot-plugged NIC does not hold up the others.
+Namespaces are entered per thread (setns changes only the calling thread) and the ledger takes its own lock, as
+with separate processes. The C client (``dpdkeni-cni``) and the Python one (``dpdkeni-cni-py``)
+speak the same protocol. A sweeper thread brings home the NICs of pods that went without a DEL
+(:mod:`dpdkeni.cni_sweep`).
 """
 from __future__ import annotations
 
@@ -13,16 +16,15 @@ import json
 import logging
 import os
 import socket
-import struct
 import threading
+import time
 from typing import Optional
 
-from . import cni, statedir, unixsock
-from .cni_client import decode_request, socket_path
+from . import cni, cni_sweep, statedir, unixsock
+from .cni_client import decode_request, peer_cred, socket_path
 
 log = logging.getLogger(__name__)
 
-_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_REQUEST = 1 << 20  # bytes of one request line: a CNI configuration is a few KiB
 READ_TIMEOUT = 10.0  # seconds a caller has to send its request line
 
@@ -42,6 +44,7 @@ class CniServer:
             statedir.ensure()
         self._sock = unixsock.listen(self.path, f"a dpdkeni cni server already listens on {self.path}",
                                      backlog=64)
+        cni.warm_up()
         log.info("cni server listening on %s", self.path)
 
     def serve(self) -> None:
@@ -49,11 +52,23 @@ class CniServer:
         if self._sock is None:
             self.open()
         sock, self._sock = self._sock, None
+        sweeper = threading.Thread(target=self._sweep, daemon=True)
+        sweeper.start()
         unixsock.serve(sock, self.path, self.stop, self._call)
+        sweeper.join()
+
+    def _sweep(self) -> None:
+        """Every second, bring home the NICs of pods that went without a DEL (see :mod:`dpdkeni.cni_sweep`)."""
+        suspects: set = set()
+        while not self.stop.wait(cni_sweep.EVERY):
+            try:
+                cni_sweep.sweep(suspects)
+            except Exception:  # the sweeper must not die; the next pass retries
+                log.exception("cni sweep failed")
 
     def _call(self, conn: socket.socket) -> None:
         with conn:
-            pid, uid, _ = _CRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+            pid, uid, _ = peer_cred(conn)
             if uid != 0:
                 log.warning("cni call from pid %d uid %d refused (root only)", pid, uid)
                 return
@@ -76,10 +91,11 @@ class CniServer:
                 self._reply(conn, pid, 1, _refusal("malformed request line"))
                 return
             out = io.StringIO()
+            start = time.monotonic()
             rc = cni.main(environ, io.BytesIO(stdin), out)
             self.calls += 1
-            log.info("%s %s %s -> %d", environ.get("CNI_COMMAND"), environ.get("CNI_CONTAINERID"),
-                     environ.get("CNI_IFNAME"), rc)
+            log.info("%s %s %s -> %d (%.1f ms)", environ.get("CNI_COMMAND"), environ.get("CNI_CONTAINERID"),
+                     environ.get("CNI_IFNAME"), rc, (time.monotonic() - start) * 1e3)
             self._reply(conn, pid, rc, out.getvalue())
 
     @staticmethod

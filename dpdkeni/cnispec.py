@@ -11,7 +11,7 @@ import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from .errors import CniError
 
@@ -199,22 +199,35 @@ def delegate(name: str, command: str, raw_config: bytes, env: Env,
 
     An IPAM plugin that predates 1.1.0 (Debian 12's host-local stops at 1.0.0) gets the configuration as 1.0.0:
     1.1.0 added nothing to what IPAM returns, so its 1.0.0 result reads the same."""
-    try:
-        return _run_delegate(name, command, raw_config, env, environ)
-    except CniError as exc:
-        if exc.code != INCOMPATIBLE_VERSION or b'"1.1.0"' not in raw_config:
-            raise
-        conf = json.loads(raw_config)
-        if conf.get("cniVersion") != "1.1.0":
-            raise
-        log.info("%s does not know CNI 1.1.0: delegating %s as 1.0.0", name, command)
-        conf["cniVersion"] = "1.0.0"
-        return _run_delegate(name, command, json.dumps(conf).encode(), env, environ)
-
-
-def _run_delegate(name: str, command: str, raw_config: bytes, env: Env,
-                  environ: Optional[Mapping[str, str]]) -> Optional[Dict[str, Any]]:
     binary = find_plugin(name, env.path)
+    as_1_0 = _as_1_0(raw_config)
+    if as_1_0 is not None and binary in _BEFORE_1_1:
+        return _run_delegate(binary, name, command, as_1_0, env, environ)
+    try:
+        return _run_delegate(binary, name, command, raw_config, env, environ)
+    except CniError as exc:
+        if exc.code != INCOMPATIBLE_VERSION or as_1_0 is None:
+            raise
+    log.info("%s does not know CNI 1.1.0: delegating %s as 1.0.0", name, command)
+    _BEFORE_1_1.add(binary)  # a resident server asks it as 1.0.0 from now on: one run per call, not two
+    return _run_delegate(binary, name, command, as_1_0, env, environ)
+
+
+_BEFORE_1_1: Set[str] = set()  # plugins that answered a 1.1.0 configuration with "incompatible version"
+
+
+def _as_1_0(raw_config: bytes) -> Optional[bytes]:
+    """The configuration as cniVersion 1.0.0 when it is 1.1.0, else None."""
+    if b'"1.1.0"' not in raw_config:
+        return None
+    conf = json.loads(raw_config)
+    if not isinstance(conf, dict) or conf.get("cniVersion") != "1.1.0":
+        return None
+    return json.dumps({**conf, "cniVersion": "1.0.0"}).encode()
+
+
+def _run_delegate(binary: str, name: str, command: str, raw_config: bytes, env: Env,
+                  environ: Optional[Mapping[str, str]]) -> Optional[Dict[str, Any]]:
     child_env = dict(os.environ if environ is None else environ)
     child_env.update({"CNI_COMMAND": command, "CNI_CONTAINERID": env.container_id, "CNI_NETNS": env.netns,
                       "CNI_IFNAME": env.ifname, "CNI_PATH": os.pathsep.join(env.path),

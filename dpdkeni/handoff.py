@@ -136,18 +136,20 @@ def _auto_table(leases: Mapping[str, Lease], target: Target, key: str, table: Op
 
 @boundary
 def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev", *, ifname: str = "eth0",
-           addresses: Sequence[str] = (), gateway: Optional[str] = None, mtu: Optional[int] = None,
+           addresses: netdev.Addresses = (), gateway: Optional[str] = None, mtu: Optional[int] = None,
            dhcp: bool = False, hugepages: Optional[str] = None, driver: str = "vfio-pci", noiommu: bool = False,
            force: bool = False, dry_run: bool = False, table: Optional[int] = None) -> Lease:
     """Hand ``nic`` to ``target`` as a kernel interface (mode "netdev") or a DPDK port (mode "dpdk").
 
     ``table``: route table for this NIC's routes with a rule from each address (None: automatic, only when
     another NIC is leased into the same namespace; 0: never). With ``dry_run`` nothing changes and the returned
-    lease (state ``planned``) holds the plan in ``params["plan"]``.
+    lease (state ``planned``) holds the plan in ``params["plan"]``. ``addresses`` may be a function returning
+    them, called once the NIC is in the target (netdev mode): the CNI plugin's IPAM plugin runs meanwhile.
     """
+    later = addresses if callable(addresses) else None
+    addresses = [] if callable(addresses) else list(addresses)
     check_request(nic, target, mode, ifname=ifname, addresses=addresses, gateway=gateway, mtu=mtu, dhcp=dhcp,
                   hugepages=hugepages, driver=driver, table=table)
-    addresses = list(addresses)
     ledger = Ledger()
     tgt = target if isinstance(target, Target) else resolve_target(target)
     refuse_host(tgt)  # also for a Target made by the caller (CNI's dpdk target, the daemon's)
@@ -183,7 +185,7 @@ def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev
             return existing
         try:
             if mode == "netdev":
-                return netdev.attach_netdev(lease, ledger, tgt, ifname=ifname, addresses=addresses,
+                return netdev.attach_netdev(lease, ledger, tgt, ifname=ifname, addresses=later or addresses,
                                             gateway=gateway, mtu=mtu, table=params["table"], dhcp=dhcp,
                                             root=root)
             _dpdkmode().attach_dpdk(nic, tgt, lease, ledger, hugepages=hugepages, driver=driver,
@@ -277,7 +279,9 @@ def _original(nic: Nic, ipr: Any) -> Dict[str, Any]:
     if not nic.ifname:
         return base
     base.update(netdev.snapshot(ipr, ifname=nic.ifname))
-    nic.active = bool(base["addresses"]) or has_routes(ipr, base["index"])
+    # a link that is down carries no routes (the kernel flushes them at down and refuses new ones): no dumps for
+    # the usual hot-plugged or stand-in NIC, two fewer netlink round trips on a pod's start
+    nic.active = bool(base["addresses"]) or (base["up"] and has_routes(ipr, base["index"]))
     return base
 
 

@@ -22,7 +22,7 @@ import os
 import signal
 import socket
 import struct
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -331,17 +331,23 @@ def index_in(ns_fd: int, ifname: str) -> Optional[int]:
             return None
 
 
+Addresses = Union[Sequence[str], Callable[[], Sequence[str]]]  # a function: called once the NIC moved
+
+
 def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifname: str,
-                  addresses: Sequence[str], gateway: Optional[str], mtu: Optional[int], table: Optional[int],
+                  addresses: Addresses, gateway: Optional[str], mtu: Optional[int], table: Optional[int],
                   dhcp: bool, root: Optional[IPRoute] = None) -> Lease:
     """Hand the NIC of ``lease`` (in the root namespace, as ``lease.original``) to ``target``.
 
-    ``root``: a netlink socket in the root namespace to use (default: one of its own). Returns the lease as
-    stored, state ``attached``, with ``params["index"]`` the link's index inside the target. On failure every
-    step done is undone and StepError names the failed one.
+    ``root``: a netlink socket in the root namespace to use (default: one of its own). ``addresses`` may be a
+    function, called right after the move (whatever it raises undoes the move). Returns the lease as stored,
+    state ``attached``, with ``params["index"]`` the link's index inside the target. On failure every step done
+    is undone and StepError names the failed one.
     """
     orig = lease.original
-    nets = validate.addresses(addresses)
+    later = addresses if callable(addresses) else None
+    addresses = [] if callable(addresses) else list(addresses)   # the list from here on (filled later if late)
+    nets = [] if later else validate.addresses(addresses)
     gw = validate.gateway(gateway)
     with contextlib.ExitStack() as stack:
         steps = Steps(ledger, lease, stack)
@@ -379,6 +385,9 @@ def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifnam
         steps.run("move", do_move, undo=lambda: return_home(lease, tip, where["index"], root=root),
                   record={"ns_id": target.ns_id, "ifname": ifname})
         tidx = where["index"]
+        if later is not None:  # the kernel's wait in the move is over: now the addresses are needed
+            addresses = list(later())
+            nets = validate.addresses(addresses)
         if nets:
             steps.run("addresses", lambda: add_addresses(tip, tidx, nets), record={"addresses": list(addresses)})
         # up after the addresses (arp_notify announces the first IPv4 one), before routes (the kernel refuses
@@ -393,7 +402,7 @@ def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifnam
             from . import dhcp as dhcpmod
             steps.run("dhcp", lambda: dhcpmod.start(lease, target, ifname),
                       undo=lambda: dhcpmod.stop(ledger.get(lease.key) or lease))
-        done = steps.finish(state="attached", params={"index": tidx})
+        done = steps.finish(state="attached", params={"index": tidx, "addresses": list(addresses)})
         stack.pop_all()
         return done
 

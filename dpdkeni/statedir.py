@@ -88,18 +88,21 @@ def opened(file: str, flags: int = os.O_RDONLY, mode: int = 0o600, text: bool = 
         yield f
 
 
-def write_atomic(file: str, data: bytes, sync_dir: bool = False) -> None:
+def write_atomic(file: str, data: bytes, sync_dir: bool = False, fsync: bool = True) -> None:
     """Replace ``file`` with ``data``: a 0600 temp file of a unique name next to it (``mkstemp``), fsync,
-    rename; ``sync_dir`` also fsyncs the directory (the rename survives a crash)."""
+    rename; ``sync_dir`` also fsyncs the directory (the rename survives a crash). ``fsync=False`` skips both
+    fsyncs (state that does not outlive a power loss: the rename alone keeps a reader or a killed writer from
+    seeing part of a file)."""
     directory = os.path.dirname(file) or "."
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(file) + ".", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.rename(tmp, file)
-        if sync_dir:
+        if sync_dir and fsync:
             dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 os.fsync(dfd)

@@ -9,7 +9,7 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = sorted(os.path.join("native", f) for f in os.listdir(HERE) if f.endswith(".c"))
+SOURCES = sorted(os.path.join("native", f) for f in os.listdir(HERE) if f.endswith(".c") and f != "cni_client.c")
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-std=gnu11"] + os.environ.get("DPDKENI_CFLAGS", "").split()
 LDFLAGS = os.environ.get("DPDKENI_LDFLAGS", "").split()
 HAVE_XDP = os.path.exists("/usr/include/xdp/xsk.h") and os.path.exists("/usr/include/bpf/libbpf.h") \

@@ -48,3 +48,22 @@ def run_cni(command: str, conf: Any, *, binary: str = DPDKENI_CNI, netns: Option
 def with_prev(conf: Dict[str, Any], result: Dict[str, Any]) -> Dict[str, Any]:
     """The configuration a runtime sends to CHECK and DEL: the ADD result as ``prevResult``."""
     return {**conf, "prevResult": result}
+
+
+def link_state(name: str, netns_path: Optional[str] = None) -> Optional[tuple]:
+    """(mac, mtu, up, addresses) of link ``name`` in the host or in the netns file ``netns_path``, or None."""
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=netns_path, flags=0) if netns_path else IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return None
+        link = ipr.get_links(found[0])[0]
+        addrs = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=found[0])}
+        return link.get_attr("IFLA_ADDRESS"), link.get_attr("IFLA_MTU"), bool(link["flags"] & 1), addrs
+
+
+def mounts_under(path: str) -> list:
+    """The mount points below ``path`` (a CNI attachment's netns pin is one)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(path.rstrip("/") + "/")]

@@ -40,12 +40,21 @@ def sysfs_tree(tmp_path) -> SysfsTree:
 
 
 @pytest.fixture
-def state_dir(tmp_path, monkeypatch) -> str:
+def state_dir(tmp_path, monkeypatch) -> Iterator[str]:
     """A private dpdkeni state dir (ledger), set in the environment for the library and subprocesses."""
     path = str(tmp_path / "state")
     os.makedirs(path)
     monkeypatch.setenv("DPDKENI_STATE_DIR", path)
-    return path
+    yield path
+    unmount_under(path)  # netns pins of CNI attachments a test left (each holds a namespace and its links)
+
+
+def unmount_under(path: str) -> None:
+    """Lazily unmount every mount point below ``path``, deepest first."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(path.rstrip("/") + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -200,6 +209,23 @@ def stand_in_models(tmp_path, monkeypatch) -> str:
 
 
 @pytest.fixture
+def cni_server(tmp_path, state_dir, stand_in_models) -> Iterator[tuple]:
+    """``dpdkeni cni serve`` on a socket of its own, with this test's state dir and models (``-v``: a log line
+    per call on its stderr); yields (socket path, Popen); stopped by pid after."""
+    import signal
+    sock = str(tmp_path / "cni.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", "-v", "cni", "serve", "--socket", sock],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        assert "cni server listening" in first, first
+        yield sock, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
 def link_prefix() -> Iterator[str]:
     """A link-name prefix unique to this test; every link named with it is deleted at teardown, even when the
     test fails (for tests whose code under test makes or renames links itself)."""
@@ -259,6 +285,17 @@ def open_dir() -> Iterator[str]:
     import tempfile
     path = tempfile.mkdtemp(prefix="dpdkeni-open-", dir="/tmp")
     os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[str]:
+    """A directory the unprivileged user (65534) can write, e.g. to listen on a socket in it (pytest's tmp_path
+    is root's 0700)."""
+    import tempfile
+    path = tempfile.mkdtemp(prefix="dk17-")
+    os.chmod(path, 0o777)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -10,7 +10,7 @@ import pytest
 from pyroute2 import IPRoute, netns as pynetns
 
 from conftest import needs_root, unique
-from cnirun import DEBIAN_CNI_DIR, DPDKENI_CNI, HOST_DEVICE, run_cni, with_prev
+from cnirun import DEBIAN_CNI_DIR, DPDKENI_CNI, HOST_DEVICE, mounts_under as _mounts_under, run_cni, with_prev
 
 from dpdkeni import cnispec
 from dpdkeni.ledger import Ledger
@@ -94,19 +94,26 @@ def test_add_check_del_lifecycle_on_a_real_netns(tmp_path, state_dir, stand_in_m
     assert again.returncode == 0, again
 
 
-def test_del_with_the_netns_gone_frees_ledger_and_ipam(tmp_path, state_dir, stand_in_models, stand_in):
+def test_del_with_the_netns_gone_brings_the_nic_home_and_frees_ledger_and_ipam(tmp_path, state_dir,
+                                                                                stand_in_models, stand_in):
+    """The pod's netns file is deleted before DEL (a veth would die with its namespace): ADD pinned the
+    namespace under the state dir, so DEL still brings the NIC home under its own name, then unpins it."""
     ns = unique("dkns")
     pynetns.create(ns)
+    mac, mtu, up, alts, _ = _link(stand_in)
     try:
         conf = _conf(tmp_path, device=stand_in)
         add = run_cni("ADD", conf, netns=f"/run/netns/{ns}", container_id="gone1")
         assert add.returncode == 0, add
         assert len(Ledger().leases()) == 1 and len(_ipam_leases(tmp_path, conf)) == 1
+        assert len(_mounts_under(state_dir)) == 1, "the pod's netns is pinned"
     finally:
-        pynetns.remove(ns)  # the veth dies with its namespace, as a pod's does
+        pynetns.remove(ns)
     deleted = run_cni("DEL", with_prev(conf, add.doc), netns=f"/run/netns/{ns}", container_id="gone1")
     assert deleted.returncode == 0, deleted
+    assert _link(stand_in)[:4] == (mac, mtu, up, alts), "home under its own name, MAC, MTU, state, altnames"
     assert Ledger().leases() == {} and _ipam_leases(tmp_path, conf) == []
+    assert _mounts_under(state_dir) == [], "the pin is gone with the attachment"
     no_netns = run_cni("DEL", with_prev(conf, add.doc), container_id="gone1")  # CNI_NETNS unset
     assert no_netns.returncode == 0, no_netns
 
@@ -353,24 +360,6 @@ def test_benchmark_runs_both_plugins_on_the_same_nics(monkeypatch):
     assert [rows[p]["leased"] for p in ("host-device", "dpdkeni-cni", "dpdkeni-cni+serve")] == [0, 1, 1], rows
 
 
-@pytest.fixture
-def cni_server(tmp_path, state_dir, stand_in_models):
-    """``dpdkeni cni serve`` on a socket of its own, with this test's state dir and models; stopped after."""
-    import signal
-    import subprocess
-    import sys
-    sock = str(tmp_path / "cni.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", "-v", "cni", "serve", "--socket", sock],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        first = proc.stderr.readline()
-        assert "cni server listening" in first, first
-        yield sock, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
 def test_the_binary_hands_calls_to_the_resident_server(tmp_path, state_dir, netns_factory, stand_in, cni_server):
     """With ``dpdkeni cni serve`` up, dpdkeni-cni (stdlib only) passes ADD, CHECK and DEL to it: the same results
     as in-process, and the server logs each call. SIGTERM stops it and removes its socket."""
@@ -393,6 +382,21 @@ def test_the_binary_hands_calls_to_the_resident_server(tmp_path, state_dir, netn
     log = proc.stderr.read()
     for call in ("ADD c0ffee net1 -> 0", "CHECK c0ffee net1 -> 0", "ADD c0ffee net1 -> 1", "DEL c0ffee net1 -> 0"):
         assert call in log, log
+
+
+def test_an_ipam_failure_during_add_leaves_the_nic_home_and_nothing_behind(tmp_path, state_dir, stand_in_models,
+                                                                           netns_factory, stand_in):
+    """IPAM runs while the kernel moves the NIC: when it fails (here host-local with a range outside its
+    subnet), the NIC that already moved comes back, and the error is IPAM's own."""
+    ns = netns_factory()
+    mac, mtu, up, alts, _ = _link(stand_in)
+    conf = _conf(tmp_path, subnet="198.18.69.0/24", device=stand_in)
+    conf["ipam"]["rangeStart"] = "198.18.70.5"
+    add = run_cni("ADD", conf, netns=f"/run/netns/{ns}")
+    assert add.returncode == 1 and add.doc["msg"].startswith("host-local"), add
+    assert _link(stand_in)[:4] == (mac, mtu, up, alts) and _link("net1", ns) is None
+    assert Ledger().leases() == {} and _mounts_under(state_dir) == []
+    assert os.listdir(os.path.join(state_dir, "cni")) == []
 
 
 @pytest.fixture
@@ -435,8 +439,11 @@ def test_cni_server_refuses_a_non_root_peer(open_cni_server):
                              b'{"cniVersion": "1.0.0"}')
     assert as_nobody("stream", sock, request) == {"errno": errno.EACCES, "reply": None}
     os.chmod(sock, 0o666)
-    got = as_nobody("stream", sock, request)  # closed unread: an empty reply or a reset, never an answer
-    assert got in ({"errno": 0, "reply": ""}, {"errno": errno.ECONNRESET, "reply": None}), got
+    # closed unread, never an answer: an empty reply, a reset (the request was in flight), or a broken pipe (the
+    # server had closed before the peer's send: it checks credentials at accept, before it reads anything)
+    got = as_nobody("stream", sock, request)
+    assert got in ({"errno": 0, "reply": ""}, {"errno": errno.ECONNRESET, "reply": None},
+                   {"errno": errno.EPIPE, "reply": None}), got
     assert _wait_log(logpath, "uid 65534 refused (root only)"), open(logpath).read()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(sock)
@@ -494,10 +501,10 @@ def test_two_concurrent_cni_serve_calls(tmp_path, netns_factory, veth_factory, o
 
 def _nothing_done(tmp_path, conf, nic, before):
     """The NIC is on the host as it was; no lease, no CNI record, no IPAM address."""
-    from dpdkeni.cni import _records_dir
+    from dpdkeni.cni import records_dir
     assert _link(nic) == before
     assert Ledger().leases() == {}
-    assert not os.path.isdir(_records_dir()) or os.listdir(_records_dir()) == []
+    assert not os.path.isdir(records_dir()) or os.listdir(records_dir()) == []
     assert _ipam_leases(tmp_path, conf) == []
 
 
@@ -542,9 +549,9 @@ def test_error_codes_100_101_103_3_5(tmp_path, state_dir, stand_in_models, netns
 
     ok = run_cni("ADD", conf, netns=f"/run/netns/{ns}")
     assert ok.returncode == 0, ok
-    from dpdkeni.cni import _records_dir
-    (record,) = os.listdir(_records_dir())
-    with open(os.path.join(_records_dir(), record), "w") as f:
+    from dpdkeni.cni import records_dir
+    (record,) = [n for n in os.listdir(records_dir()) if n.endswith(".json")]  # beside it: the netns pin
+    with open(os.path.join(records_dir(), record), "w") as f:
         f.write("{not json")
     bad = run_cni("DEL", with_prev(conf, ok.doc), netns=f"/run/netns/{ns}")
     assert bad.returncode == 1 and bad.doc["code"] == cnispec.IO_FAILURE and "unreadable" in bad.doc["msg"], bad

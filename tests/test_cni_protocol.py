@@ -117,11 +117,20 @@ def test_host_device_keys_name_the_nic(keys, spec):
 @pytest.mark.parametrize("keys", [{"pciBusID": "ens5"}, {"hwaddr": "0000:00:04.0"}, {"device": "a b"},
                                   {"device": "x", "addresses": ["198.18.0.1"]}, {"device": "x", "wait": "soon"},
                                   {"device": "x", "ipam": {"subnet": "198.18.0.0/24"}},
-                                  {"device": "x", "routes": [{"gw": "198.18.0.1"}]}])
+                                  {"device": "x", "routes": [{"gw": "198.18.0.1"}]},
+                                  {"device": "x", "ifname": "net/1"}, {"device": "x", "ifname": "a" * 16}])
 def test_bad_keys_are_error_7(keys):
     with pytest.raises(CniError) as err:
         cni.parse_netconf({"cniVersion": "1.0.0", "name": "n", **keys})
     assert err.value.code == cnispec.INVALID_CONFIG
+
+
+def test_ifname_names_the_nic_in_the_pod_instead_of_cni_ifname():
+    env = cnispec.parse_env({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth1",
+                             "CNI_PATH": "/usr/lib/cni"})
+    plain = cni.parse_netconf({"cniVersion": "1.0.0", "name": "n", "device": "x"})
+    named = cni.parse_netconf({"cniVersion": "1.0.0", "name": "n", "device": "x", "ifname": "net1"})
+    assert plain.name_in_pod(env) == "eth1" and named.name_in_pod(env) == "net1"
 
 
 def test_static_addresses_and_dpdk_keys():
@@ -208,3 +217,27 @@ def test_light_pyroute2_loads_only_what_the_plugin_uses():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["light"]
+
+
+def test_dpdk_mode_waits_for_ipam_before_binding(tmp_path, state_dir, monkeypatch, netns_factory):
+    """Netdev mode runs IPAM during the move and undoes the move when IPAM fails; a DPDK bind is not undone that
+    way, so in dpdk mode a failing IPAM plugin (host-local with a range outside its subnet) stops ADD before the
+    handoff starts, and leaves no record."""
+    import io
+
+    from dpdkeni import handoff
+    from dpdkeni.inventory import Nic
+
+    attached = []
+    monkeypatch.setattr(cni, "find_nic_waiting", lambda spec, wait: Nic(pci="0000:00:1f.6", model="virtio-net"))
+    monkeypatch.setattr(cni, "dpdk_target", lambda netns: netns)
+    monkeypatch.setattr(handoff, "attach", lambda *a, **k: attached.append(a))
+    conf = {"cniVersion": "1.0.0", "name": "d", "type": "dpdkeni-cni", "pciBusID": "0000:00:1f.6", "mode": "dpdk",
+            "ipam": {"type": "host-local", "subnet": "198.18.69.0/24", "rangeStart": "198.18.70.5",
+                     "dataDir": str(tmp_path / "ipam")}}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": f"/run/netns/{netns_factory()}",
+           "CNI_IFNAME": "net1", "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"]}  # not the host's own netns
+    out = io.StringIO()
+    assert cni.main(env, io.BytesIO(json.dumps(conf).encode()), out) == 1
+    assert json.loads(out.getvalue())["msg"].startswith("host-local"), out.getvalue()
+    assert attached == [] and os.listdir(os.path.join(state_dir, "cni")) == []

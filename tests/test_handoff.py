@@ -410,6 +410,36 @@ def test_attach_many_and_release_many(env, veth_factory, container_factory):
     assert {nic: host_state(nic) for nic in nics} == before and Ledger().leases() == {}
 
 
+def test_a_route_alone_makes_an_up_link_active_and_a_down_link_is_read_without_route_dumps(netns_factory):
+    """The active guard's snapshot (handoff._original) in a namespace of the test: a link that is up with only a
+    route through it is active; a link that is down is not, and is decided without dumping routes (the kernel
+    flushed them at down)."""
+    from dpdkeni import netns as nsmod
+    from dpdkeni.inventory import Nic
+
+    fd = os.open(f"/run/netns/{netns_factory()}", os.O_RDONLY)
+    try:
+        with nsmod.entered(fd):
+            ipr = IPRoute(strict_check=True)
+    finally:
+        os.close(fd)
+    with ipr:
+        ipr.link("add", ifname="dkr0", kind="veth", peer="dkr1")
+        idx, peer = ipr.link_lookup(ifname="dkr0")[0], ipr.link_lookup(ifname="dkr1")[0]
+        nic = Nic(pci=None, model="veth", ifname="dkr0")
+        handoff._original(nic, ipr)
+        assert not nic.active
+        for i in (peer, idx):
+            ipr.link("set", index=i, state="up")
+        ipr.route("add", dst="198.18.12.0/24", oif=idx)
+        handoff._original(nic, ipr)
+        assert nic.active, "a route through it: it carries traffic"
+        ipr.link("set", index=idx, state="down")
+        assert list(ipr.get_routes(family=2, oif=idx)) == [], "the kernel flushed the route at down"
+        handoff._original(nic, ipr)
+        assert not nic.active
+
+
 def test_a_watcher_sees_no_intermediate_name_on_the_host(env, veth_factory, container_factory):
     """Attach moves and renames in one step, release returns under the original name in one step: a Watcher
     running meanwhile sees the NIC leave the host under its own name and come back under it, and nothing else

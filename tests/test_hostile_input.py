@@ -3,7 +3,6 @@ specs, what a server may unlink, the state dir, the CNI server's limits. Real ob
 NICs, real cgroups, symlinks and modes, unix sockets, unprivileged processes (setpriv)."""
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -373,6 +372,74 @@ def test_cni_record_names_cannot_collide_by_truncation(state_dir):
     assert len(os.path.basename(cni._record_path("n" * 300, a, "eth0"))) < 255
 
 
+def _mounted(path):
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def test_the_netns_pin_is_never_made_or_unmounted_through_a_symlink(state_dir, stand_in_models, veth_factory,
+                                                                   netns_factory, tmp_path):
+    """A symlink planted at the pin's name (next to the hashed record) points at a mount point elsewhere: ADD
+    neither unmounts that mount (UMOUNT_NOFOLLOW) nor mounts over it (the pin is created O_EXCL|O_NOFOLLOW in
+    its place); a record whose "pin" names that mount point makes DEL unpin only its own pin."""
+    from dpdkeni.nsexec import mount, umount
+
+    nic, _ = veth_factory()  # an idle stand-in NIC (no address: not active)
+    victim, source = tmp_path / "victim", tmp_path / "source"
+    victim.write_text("victim")
+    source.write_text("source")
+    mount(str(source), str(victim), "none", 4096)  # MS_BIND: a mount point outside the state dir
+    try:
+        conf = {"cniVersion": "1.0.0", "name": "pinned", "type": "dpdkeni-cni", "device": nic,
+                "addresses": ["198.18.97.6/30"]}
+        record = cni._record_path("pinned", "c0ffee", "net1")
+        pin = record[:-len(".json")] + ".netns"
+        statedir.subdir("cni")
+        os.symlink(str(victim), pin)
+        ns = netns_factory()
+        add = run_cni("ADD", conf, netns=f"/run/netns/{ns}")
+        assert add.returncode == 0, add
+        assert _mounted(victim) and victim.read_text() == "source", "the planted symlink was followed"
+        assert not os.path.islink(pin) and _mounted(pin)
+        assert os.stat(pin).st_ino == os.stat(f"/run/netns/{ns}").st_ino
+        doc = cni.load_record(record)
+        assert doc["pin"] == pin
+        with open(record, "w", encoding="utf-8") as f:
+            json.dump({**doc, "pin": str(victim)}, f)
+        deleted = run_cni("DEL", conf, netns=f"/run/netns/{ns}")
+        assert deleted.returncode == 0, deleted
+        assert _mounted(victim), "DEL unmounted the path the record named"
+        assert not _mounted(pin) and os.listdir(os.path.dirname(record)) == []
+    finally:
+        umount(str(victim), 2)
+
+
+def test_the_sweeper_reads_records_only_in_a_checked_state_dir(tmp_path, monkeypatch):
+    """cni serve's sweeper lists and releases records: a records dir that is a symlink (or group-writable) is
+    refused (StateDirError, logged by the server) before anything in it is read."""
+    from dpdkeni import cni_sweep
+
+    state, elsewhere = tmp_path / "state", tmp_path / "elsewhere"
+    state.mkdir(mode=0o700)
+    elsewhere.mkdir(mode=0o700)
+    monkeypatch.setenv("DPDKENI_STATE_DIR", str(state))
+    os.symlink(str(elsewhere), str(state / "cni"))
+    read = []
+    monkeypatch.setattr(cni, "load_record", lambda path: read.append(path))
+    (elsewhere / "x.json").write_text("{}")
+    with pytest.raises(statedir.StateDirError, match="is a symlink"):
+        cni_sweep.sweep(set())
+    os.unlink(state / "cni")
+    (state / "cni").mkdir(mode=0o700)
+    (state / "cni" / "x.json").write_text("{}")
+    os.chmod(state / "cni", 0o770)
+    with pytest.raises(statedir.StateDirError, match="writable by group or others"):
+        cni_sweep.sweep(set())
+    assert read == []
+    os.chmod(state / "cni", 0o700)
+    assert cni_sweep.sweep(set()) == [] and read == [str(state / "cni" / "x.json")]
+
+
 # --- the CNI server ---------------------------------------------------------------------------------------------
 
 
@@ -432,16 +499,6 @@ def test_a_silent_caller_is_dropped_after_the_read_timeout(cni_server, monkeypat
     assert s.recv(100) == b""                       # closed by the server, never answered
     assert 5 < time.monotonic() - t0 < 25
     s.close()
-
-
-@pytest.fixture
-def nobody_dir():
-    """A directory the unprivileged user can write (pytest's tmp_path is root's 0700)."""
-    import tempfile
-    d = tempfile.mkdtemp(prefix="dk17-")
-    os.chmod(d, 0o777)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_the_client_sends_nothing_to_a_server_that_is_not_root(nobody_dir):

@@ -23,3 +23,9 @@ def test_sdist_builds_and_installs(tmp_path):
                          "PYTHONPATH": str(target)}, capture_output=True, text=True, check=True)
     value, path = out.stdout.split()
     assert value == str(0xFFFE) and path.startswith(str(target))
+    # the CNI binary runtimes execute is the compiled client (native/cni_client.c), its Python fallback beside it
+    for needed in ("native/cni_client.c",):
+        assert any(n.endswith(needed) for n in names), needed
+    with open(target / "bin" / "dpdkeni-cni", "rb") as f:
+        assert f.read(4) == b"\x7fELF"
+    assert os.access(target / "bin" / "dpdkeni-cni-py", os.X_OK)

@@ -1,6 +1,7 @@
 """dpdkeni-cni on a real hot-plugged virtio-net NIC in the lab guest: ADD is issued before the NIC exists and
-waits for it (by MAC); the pod's netns is then deleted, so the kernel hands the NIC back to the root namespace under
-a new name (devN, what host-device users hit); DEL still succeeds, restores the NIC's own name and ends the lease."""
+waits for it (by MAC); the pod's netns file is then deleted (the NIC stays in the namespace ADD pinned) and the pin
+unmounted, so the kernel hands the NIC back to the root namespace under a new name (devN, what host-device users
+hit); DEL still succeeds, restores the NIC's own name and ends the lease."""
 from __future__ import annotations
 
 import json
@@ -53,7 +54,15 @@ def test_add_waits_for_the_hotplug_and_del_survives_the_netns_going(lab, plugged
         assert _links(lab, NETNS).get(MAC) == "net1"
     finally:
         lab.python(f"from pyroute2 import netns; netns.remove({NETNS!r})")
-    # the namespace is gone: the kernel gave the NIC back to the root namespace, not under its own name
+    # the pod's netns file is gone, but ADD pinned the namespace: the NIC is still in it, not in the host
+    time.sleep(1)
+    assert MAC not in _links(lab)
+    # the pin goes too (as if the state dir's mounts were lost): now the namespace dies and the kernel gives the
+    # NIC back to the root namespace, not under its own name
+    pin = lab.python(f"import os; os.environ['DPDKENI_STATE_DIR'] = {STATE!r}; from dpdkeni import cni; "
+                     "print(cni._pin_path(cni._record_path('vmnet', 'vmpod1', 'net1')))").stdout.strip()
+    assert pin.startswith(f"{STATE}/cni/vmnet-net1-") and pin.endswith(".netns"), pin  # the record's hashed name
+    assert lab.run(["umount", pin]).rc == 0
     deadline = time.monotonic() + 30
     while MAC not in _links(lab) and time.monotonic() < deadline:
         time.sleep(0.2)
