@@ -98,6 +98,24 @@ def lab(lab_box: LabBox) -> Lab:
     return lab_box.get()
 
 
+def start_lab_up(sock: str, timeout: float = 300.0) -> tuple:
+    """Start ``dpdkeni lab up --socket SOCK`` and wait for its "lab up:" line: (Popen, the stderr lines so far).
+    The caller ends it (``lab down``, or kill at teardown)."""
+    import subprocess
+    import sys
+    up = subprocess.Popen([sys.executable, "-m", "dpdkeni", "lab", "up", "--socket", sock],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: List[str] = []
+    deadline = time.monotonic() + timeout
+    while not any(line.startswith("lab up:") for line in lines):
+        if time.monotonic() > deadline or up.poll() is not None:
+            up.kill()
+            up.wait(timeout=60)
+            raise AssertionError("lab up did not come up:\n" + "".join(lines))
+        lines.append(up.stderr.readline())
+    return up, lines
+
+
 def new_mac() -> str:
     """A MAC unique within this session (locally administered range of QEMU's OUI)."""
     n = next(_mac)

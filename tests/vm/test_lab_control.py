@@ -6,9 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
+
+from .conftest import start_lab_up
 
 pytestmark = pytest.mark.vm
 
@@ -22,13 +23,8 @@ def test_lab_up_driven_from_another_process(lab_possible, tmp_path, lab_mac):
     none = dk("lab", "nics", "--socket", sock)
     assert none.returncode == 2 and none.stderr.strip() == \
         "dpdkeni: error: no lab is up (start one in another shell: dpdkeni lab up)"
-    up = subprocess.Popen([sys.executable, "-m", "dpdkeni", "lab", "up", "--socket", sock],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    up, _ = start_lab_up(sock)
     try:
-        lines, deadline = [], time.monotonic() + 300
-        while not any(line.startswith("lab up:") for line in lines):
-            assert time.monotonic() < deadline and up.poll() is None, "".join(lines)
-            lines.append(up.stderr.readline())
         again = dk("lab", "up", "--socket", sock)
         assert again.returncode == 1 and "a lab is already up" in again.stderr
 

@@ -79,14 +79,10 @@ def test_lab_run_says_a_wedge_in_one_line_and_exits_1(lab_possible):
 def test_lab_up_stops_serving_says_it_in_one_line_and_exits_1(lab_possible, tmp_path):
     import subprocess
     import sys
+    from .conftest import start_lab_up
     sock = str(tmp_path / "control.sock")
-    up = subprocess.Popen([sys.executable, "-m", "dpdkeni", "lab", "up", "--socket", sock],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    up, lines = start_lab_up(sock)
     try:
-        lines, deadline = [], time.monotonic() + 300
-        while not any(line.startswith("lab up:") for line in lines):
-            assert time.monotonic() < deadline and up.poll() is None, "".join(lines)
-            lines.append(up.stderr.readline())
         started = time.monotonic()
         wedged = subprocess.run([sys.executable, "-m", "dpdkeni", "lab", "exec", "--socket", sock, "--",
                                  "sh", "-c", f"echo '<2>{LINE}' > /dev/kmsg; sleep 300"],

@@ -4,7 +4,6 @@ between them across the QEMU hub; guards refuse an active NIC and a NIC held by 
 their kernel drivers under their original names."""
 from __future__ import annotations
 
-import json
 import re
 import time
 
