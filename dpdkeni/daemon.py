@@ -14,9 +14,18 @@ names a target that is not running (``container:ID`` between two instances, ``ne
 ``target_command`` that printed nothing) waits (``waiting``) and is retried every :data:`RETRY_S` seconds
 until the target runs, the NIC goes, or another process leases it. So the NIC lands in the container's new
 instance with the rule's addresses and routes whichever comes first, the container or the NIC.
+
+A production service: one daemon per state dir (``<state dir>/daemon.lock``, flock; a second one refuses with
+the holder's pid and touches nothing). Everything done for one NIC runs under a guard: any exception is logged
+with its traceback and becomes a ``*-failed`` decision for that NIC, and the loop goes on. Decisions and hook
+events are kept in ring buffers, dead targets are forgotten after :data:`DEAD_TTL_S`. Under systemd
+(``Type=notify``) it says ``READY=1`` once serving and ``WATCHDOG=1`` every half ``WatchdogSec``; :attr:`reload`
+(``SIGHUP``) re-reads the policy file, keeping the old rules when the new file is invalid.
 """
 from __future__ import annotations
 
+import collections
+import fcntl
 import json
 import logging
 import os
@@ -26,20 +35,25 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional
 
-from . import handoff, statedir, udev, unixsock
-from .errors import Error, NotFoundError, StepError
+from . import handoff, sdnotify, statedir, udev, unixsock
+from .errors import Error, GuardError, NotFoundError, PolicyError, StepError
 from .events import NicEvent, Watcher
 from .inventory import Nic
 from .ledger import Lease, Ledger
 from .netns import resolve_target
-from .policy import Policy, Rule, attach_kwargs
+from .policy import Policy, Rule, attach_kwargs, load
 
 log = logging.getLogger(__name__)
 
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 RETRY_S = 1.0  # how often a NIC waiting for its target is tried again
+LOCK_NAME = "daemon.lock"  # in the state dir: flock'd by the running daemon, holds its pid
+DECISIONS_KEPT = 1000  # the last decisions kept in memory (all are logged)
+HOOK_EVENTS_KEPT = 200  # the last hook events kept in memory
+DEAD_TTL_S = 600.0  # how long an exited target is remembered (not attached to again)
+DEAD_KEPT = 4096  # at most this many exited targets remembered
 
 
 @dataclass
@@ -69,20 +83,36 @@ class Daemon:
         self.policy = policy
         self.state = state or statedir.path()
         self.watcher = watcher or Watcher(source, existing=True)
-        self.hook_events: List[Dict[str, str]] = []
-        self.decisions: List[Dict[str, Any]] = []
+        self._hook_events: Deque[Dict[str, str]] = collections.deque(maxlen=HOOK_EVENTS_KEPT)
+        self._decisions: Deque[Dict[str, Any]] = collections.deque(maxlen=DECISIONS_KEPT)
         self._held: Dict[int, _Held] = {}  # pidfd -> held target
-        self._dead: set = set()  # pid:N of target processes that exited: not attached to again
+        # pid:N of target processes that exited (not attached to again) -> when; oldest first
+        self._dead: Dict[str, float] = collections.OrderedDict()
         self._waiting: Dict[str, _Waiting] = {}  # lease key -> a NIC waiting for its target
         self._sock: Optional[socket.socket] = None
         self._poller = select.poll()
+        self._lock_fd = -1
         self.stop = threading.Event()
+        self.reload = threading.Event()  # set (SIGHUP): re-read the policy file at the next step
+        self._watchdog_s = sdnotify.watchdog_interval()
+        self._watchdog_due = 0.0
+
+    @property
+    def decisions(self) -> List[Dict[str, Any]]:
+        """The last :data:`DECISIONS_KEPT` decisions, oldest first (a copy: safe to read from another thread)."""
+        return list(self._decisions)
+
+    @property
+    def hook_events(self) -> List[Dict[str, str]]:
+        """The last :data:`HOOK_EVENTS_KEPT` hook events, oldest first (a copy)."""
+        return list(self._hook_events)
 
     # ----- lifecycle
     def start(self) -> None:
         """Open the socket, reconcile with the ledger, take the pending hook events, start watching."""
         statedir.ensure(self.state)
         os.chmod(self.state, 0o700)  # the socket's datagrams are taken from root only; nobody else may list it
+        self._lock()
         self._open_socket()
         self._reconcile()
         self.watcher.start()
@@ -92,6 +122,24 @@ class Daemon:
         for queued in udev.read_queue(self.state):
             self.on_hook(queued, queued=True)
         log.info("daemon ready: %d rules, socket %s", len(self.policy.rules), udev.socket_path(self.state))
+        sdnotify.notify(f"READY=1\nSTATUS=serving {len(self.policy.rules)} rules\nMAINPID={os.getpid()}")
+        self._watchdog()
+
+    def _lock(self) -> None:
+        """Hold ``<state>/daemon.lock`` (flock) for the daemon's life, or refuse: another daemon serves this
+        state dir (a GuardError naming its pid; nothing of it touched)."""
+        path = os.path.join(self.state, LOCK_NAME)
+        fd = statedir.open_file(path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise GuardError(f"another dpdkeni daemon (pid {holder}) serves {self.state}: not starting",
+                             f"stop it first, or give this one its own {statedir.ENV}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
 
     def _open_socket(self) -> None:
         path = udev.socket_path(self.state)
@@ -120,6 +168,10 @@ class Daemon:
             self._sock = None
         for held in list(self._held.values()):
             self._let_go(held)
+        if self._lock_fd >= 0:  # the file stays: unlinking a flock'd file lets two daemons hold two files
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        sdnotify.notify("STOPPING=1")
 
     def serve(self) -> None:
         """Run until :attr:`stop` is set."""
@@ -135,23 +187,58 @@ class Daemon:
         ready = self._poller.poll(int(timeout * 1000))
         for fd, _ in ready:
             if fd in self._held:
-                self._on_exit(self._held[fd])
+                held = self._held[fd]
+                self._guarded("release", ",".join(held.keys), self._on_exit, held)
             elif self._sock is not None and fd == self._sock.fileno():
                 self._read_socket()
         for event in self.watcher.poll(0):
             self.on_event(event)
         self._retry_waiting()
+        if self.reload.is_set():
+            self.reload.clear()
+            self._reload()
+        self._watchdog()
+
+    def _watchdog(self) -> None:
+        if self._watchdog_s is not None and time.monotonic() >= self._watchdog_due:
+            sdnotify.notify("WATCHDOG=1")
+            self._watchdog_due = time.monotonic() + self._watchdog_s
+
+    def _reload(self) -> None:
+        """Re-read the policy file; an invalid one keeps the rules in force (logged with its file:line)."""
+        try:
+            policy = load(self.policy.path)
+        except PolicyError as exc:
+            log.error("policy not reloaded, keeping the %d rules in force: %s", len(self.policy.rules), exc)
+            self._decide("reload-failed", policy=self.policy.path, error=str(exc))
+            return
+        self.policy = policy
+        self._decide("reloaded", policy=policy.path, rules=len(policy.rules))
 
     # ----- decisions
     def _decide(self, what: str, **fields: Any) -> None:
-        self.decisions.append({"decision": what, **fields})
+        self._decisions.append({"decision": what, **fields})
         log.info("%s: %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    def _guarded(self, what: str, nic: str, func: Callable[..., None], *args: Any) -> None:
+        """Run ``func(*args)``, the work for one NIC; any exception (a NetlinkError, an OSError from a NIC or
+        netns that vanished, a bug) is logged with its traceback and is ``<what>-failed`` for that NIC, which
+        stops waiting: the daemon goes on with the others."""
+        try:
+            func(*args)
+        except Exception as exc:  # noqa: BLE001  # the fault boundary of one NIC
+            log.error("%s of %s failed unexpectedly", what, nic, exc_info=True)
+            self._waiting.pop(nic, None)
+            self._decide(f"{what}-failed", nic=nic, error=f"{type(exc).__name__}: {exc}")
 
     def on_event(self, event: NicEvent) -> None:
         """A NIC appeared (or came back): apply the first rule that matches it. A leased NIC unplugged from
-        the machine ends its lease."""
+        the machine ends its lease. Guarded: a failure is this NIC's ``*-failed`` decision."""
+        key = handoff.lease_key(event.nic)
+        self._guarded("release" if event.action == "removed" else "attach", key, self._on_event, event, key)
+
+    def _on_event(self, event: NicEvent, key: str) -> None:
         nic = event.nic
-        key = handoff.lease_key(nic)
         if event.action == "removed":
             self._waiting.pop(key, None)
             if self._unplugged(nic):
@@ -228,17 +315,32 @@ class Daemon:
     def _retry_waiting(self) -> None:
         now = time.monotonic()
         for key, waiting in list(self._waiting.items()):
-            if waiting.due > now:
-                continue
-            nic = waiting.nic
-            current = self.watcher_nic(key)
-            if current is None or (nic.pci and current.mac != nic.mac):
-                self._waiting.pop(key, None)  # gone, or another NIC in its slot (its own event handles it)
-                continue
-            if handoff.find_lease(current, Ledger(self.state)) is not None:
-                self._waiting.pop(key, None)
-                continue
-            self._attach(current, key, waiting.rule)
+            if waiting.due <= now:
+                self._guarded("attach", key, self._retry, key, waiting)
+        self._prune_dead(now)
+
+    def _retry(self, key: str, waiting: _Waiting) -> None:
+        nic = waiting.nic
+        current = self.watcher_nic(key)
+        if current is None or (nic.pci and current.mac != nic.mac):
+            self._waiting.pop(key, None)  # gone, or another NIC in its slot (its own event handles it)
+            return
+        if handoff.find_lease(current, Ledger(self.state)) is not None:
+            self._waiting.pop(key, None)
+            return
+        self._attach(current, key, waiting.rule)
+
+    def _mark_dead(self, spec: str) -> None:
+        self._dead.pop(spec, None)
+        self._dead[spec] = time.monotonic()
+
+    def _prune_dead(self, now: float) -> None:
+        """Forget exited targets after DEAD_TTL_S, and beyond DEAD_KEPT (oldest first)."""
+        while self._dead:
+            spec, when = next(iter(self._dead.items()))
+            if now - when < DEAD_TTL_S and len(self._dead) <= DEAD_KEPT:
+                break
+            del self._dead[spec]
 
     def watcher_nic(self, key: str) -> Optional[Nic]:
         """The NIC the watcher knows under lease key ``key`` (PCI address, or ``if:NAME``), or None."""
@@ -269,9 +371,11 @@ class Daemon:
         self._poller.register(pidfd, select.POLLIN)
 
     def _on_exit(self, held: _Held) -> None:
-        self._dead.add(f"pid:{held.pid}")
-        self._reclaim(held.keys, held, f"process {held.pid} exited")
-        self._let_go(held)
+        self._mark_dead(f"pid:{held.pid}")
+        try:
+            self._reclaim(held.keys, held, f"process {held.pid} exited")
+        finally:
+            self._let_go(held)  # even when the reclaim failed: a dead pidfd polled again would spin
 
     def _let_go(self, held: _Held) -> None:
         self._held.pop(held.pidfd, None)
@@ -287,7 +391,7 @@ class Daemon:
             if lease is None:
                 continue
             if held is not None and lease.target.startswith("pid:"):
-                self._dead.add(lease.target)
+                self._mark_dead(lease.target)
             try:
                 if held is not None and held.nsfd >= 0:  # the netns outlives its process while we hold it
                     ledger.update(key, params={**lease.params,
@@ -323,14 +427,16 @@ class Daemon:
             try:
                 event = json.loads(data)
             except ValueError:
+                event = None
+            if not isinstance(event, dict):
                 log.warning("malformed hook message ignored")
                 continue
-            self.on_hook(event)
+            self._guarded("hook", str(event.get("DEVPATH")), self.on_hook, event)
 
     def on_hook(self, event: Dict[str, str], queued: bool = False) -> None:
         """A udev event from the hook: record it, and re-read the NICs (the hook is the only source where
         the daemon hears no uevents itself, e.g. in a container)."""
-        self.hook_events.append(event)
+        self._hook_events.append(event)
         self._decide("hook", action=event.get("ACTION"), devpath=event.get("DEVPATH"),
                      interface=event.get("INTERFACE"), seqnum=event.get("SEQNUM"), queued=queued)
         self.watcher.resync()
