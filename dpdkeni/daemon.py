@@ -1,8 +1,11 @@
 """The policy daemon: hands NICs to containers as they appear, and takes them back when the container dies.
 
-One thread, one poll loop over: the :class:`~dpdkeni.events.Watcher`, the unix datagram socket the udev hook
-writes to (``<state dir>/daemon.sock``, 0600, root senders only), and a pidfd per target process. Decisions
-are logged one line each.
+One poll loop over: the :class:`~dpdkeni.events.Watcher`, the unix datagram socket the udev hook writes to
+(``<state dir>/daemon.sock``, 0600, root senders only), and a pidfd per target process. The handoffs run off
+the loop in :class:`~dpdkeni.lanes.Lanes` (:data:`WORKERS` at once, each NIC's work in order), so a DHCP
+exchange or a slow ``target_command`` (killed after :data:`TARGET_COMMAND_TIMEOUT_S`, said once) delays no
+other NIC; a worker hands the lease back to the loop (an eventfd), which watches its target. Decisions are
+logged one line each.
 
 A NIC handed to a process's netns is watched with a pidfd, and the daemon keeps the netns open: when the
 process exits the namespace lives on until the daemon moved the NIC back under its own name (otherwise the
@@ -29,6 +32,7 @@ import fcntl
 import json
 import logging
 import os
+import queue
 import select
 import socket
 import struct
@@ -38,9 +42,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from . import handoff, sdnotify, statedir, udev, unixsock
-from .errors import Error, GuardError, NotFoundError, PolicyError, StepError
+from .errors import Error, GuardError, NotFoundError, PolicyError, StepError, TargetCommandTimeout
 from .events import NicEvent, Watcher
 from .inventory import Nic
+from .lanes import Lanes
 from .ledger import Lease, Ledger
 from .netns import resolve_target
 from .policy import Policy, Rule, attach_kwargs, load
@@ -54,6 +59,8 @@ DECISIONS_KEPT = 1000  # the last decisions kept in memory (all are logged)
 HOOK_EVENTS_KEPT = 200  # the last hook events kept in memory
 DEAD_TTL_S = 600.0  # how long an exited target is remembered (not attached to again)
 DEAD_KEPT = 4096  # at most this many exited targets remembered
+WORKERS = 8  # handoffs running at once (each NIC's work in order, in its own lane)
+TARGET_COMMAND_TIMEOUT_S = 10.0  # a rule's target_command running longer is killed, and its NIC not retried
 
 
 @dataclass
@@ -92,6 +99,9 @@ class Daemon:
         self._sock: Optional[socket.socket] = None
         self._poller = select.poll()
         self._lock_fd = -1
+        self._lanes: Optional[Lanes] = None
+        self._done: "queue.SimpleQueue[Lease]" = queue.SimpleQueue()  # attached by a worker, to watch
+        self._wake = -1  # eventfd: a worker finished an attach
         self.stop = threading.Event()
         self.reload = threading.Event()  # set (SIGHUP): re-read the policy file at the next step
         self._watchdog_s = sdnotify.watchdog_interval()
@@ -114,6 +124,9 @@ class Daemon:
         os.chmod(self.state, 0o700)  # the socket's datagrams are taken from root only; nobody else may list it
         self._lock()
         self._open_socket()
+        self._lanes = Lanes(WORKERS, "dpdkeni-nic")
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._poller.register(self._wake, select.POLLIN)
         self._reconcile()
         self.watcher.start()
         self._poller.register(self.watcher.fileno(), select.POLLIN | select.POLLERR)
@@ -157,7 +170,14 @@ class Daemon:
         self._poller.register(sock.fileno(), select.POLLIN)
 
     def close(self) -> None:
-        """Stop listening; NICs stay where they are (the ledger remembers them for the next start)."""
+        """Stop listening; NICs stay where they are (the ledger remembers them for the next start). Handoffs
+        running are finished (queued ones dropped: the next start sees those NICs again)."""
+        if self._lanes is not None:
+            self._lanes.close()
+            self._lanes = None
+        if self._wake >= 0:
+            os.close(self._wake)
+            self._wake = -1
         self.watcher.close()
         if self._sock is not None:
             self._sock.close()
@@ -191,6 +211,8 @@ class Daemon:
                 self._guarded("release", ",".join(held.keys), self._on_exit, held)
             elif self._sock is not None and fd == self._sock.fileno():
                 self._read_socket()
+            elif fd == self._wake:
+                self._take_attached()
         for event in self.watcher.poll(0):
             self.on_event(event)
         self._retry_waiting()
@@ -198,6 +220,24 @@ class Daemon:
             self.reload.clear()
             self._reload()
         self._watchdog()
+
+    def _take_attached(self) -> None:
+        """Watch the targets of the leases the workers made (the poller is this thread's only)."""
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                lease = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._guarded("hold", lease.key, self._hold, lease)
+
+    def _submit(self, key: str, what: str, func: Callable[..., None], *args: Any) -> None:
+        """Run ``func(*args)`` for NIC ``key`` in its lane, after its earlier work, guarded."""
+        if self._lanes is not None:
+            self._lanes.submit(key, self._guarded, what, key, func, *args)
 
     def _watchdog(self) -> None:
         if self._watchdog_s is not None and time.monotonic() >= self._watchdog_due:
@@ -242,17 +282,21 @@ class Daemon:
         if event.action == "removed":
             self._waiting.pop(key, None)
             if self._unplugged(nic):
-                self._end_unplugged(nic, key)
+                self._submit(key, "release", self._end_unplugged, nic, key)
             return
         if event.action == "moved" and not nic.ifname:
             return  # its netdev left this netns (often: we handed it over)
-        if handoff.find_lease(nic, Ledger(self.state)) is not None:
-            self._waiting.pop(key, None)
-            self._decide("skip", nic=key, why="already leased")
-            return
         rule = self.policy.rule_for(nic)
         if rule is None:
             self._decide("ignore", nic=key, model=nic.model, why="no rule matches")
+            return
+        self._submit(key, "attach", self._attach_unleased, nic, key, rule)
+
+    def _attach_unleased(self, nic: Nic, key: str, rule: Rule) -> None:
+        """:meth:`_attach` unless the NIC is leased (checked in its lane: after its earlier handoffs)."""
+        if handoff.find_lease(nic, Ledger(self.state)) is not None:
+            self._waiting.pop(key, None)
+            self._decide("skip", nic=key, why="already leased")
             return
         self._attach(nic, key, rule)
 
@@ -277,7 +321,7 @@ class Daemon:
         """Resolve the rule's target and hand ``nic`` over; a target that may still come makes the NIC wait
         (``waiting`` is said once, retries are quiet), anything else ends the wait."""
         try:
-            spec = rule.resolve_target(nic)
+            spec = rule.resolve_target(nic, timeout=TARGET_COMMAND_TIMEOUT_S)
             if spec in self._dead:
                 self._waiting.pop(key, None)
                 self._decide("skip", nic=key, rule=rule.name, why=f"target {spec} has exited")
@@ -297,12 +341,16 @@ class Daemon:
             self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
             return
         self._decide("attached", nic=key, rule=rule.name, mode=rule.mode, target=spec)
-        self._hold(lease)
+        self._done.put(lease)
+        if self._wake >= 0:
+            os.eventfd_write(self._wake, 1)
 
     @staticmethod
     def _may_come(rule: Rule, exc: Error) -> bool:
         """Whether a target that could not be resolved may still appear: a container or named netns that is
         not there (yet), or a target command that found nothing. A ``pid:N`` or a path never comes back."""
+        if isinstance(exc, TargetCommandTimeout):
+            return False  # said once: a command that hangs is not run again every second
         if isinstance(exc, NotFoundError) and rule.target is not None:
             return rule.target.startswith(("container:", "netns:"))
         return isinstance(exc, (NotFoundError, StepError)) and rule.target_command is not None
@@ -315,11 +363,13 @@ class Daemon:
     def _retry_waiting(self) -> None:
         now = time.monotonic()
         for key, waiting in list(self._waiting.items()):
-            if waiting.due <= now:
+            if waiting.due <= now and self._lanes is not None and not self._lanes.busy(key):
+                waiting.due = now + RETRY_S
                 self._guarded("attach", key, self._retry, key, waiting)
         self._prune_dead(now)
 
     def _retry(self, key: str, waiting: _Waiting) -> None:
+        """On this thread: is the NIC still there, and free? Then try again, in its lane."""
         nic = waiting.nic
         current = self.watcher_nic(key)
         if current is None or (nic.pci and current.mac != nic.mac):
@@ -328,7 +378,7 @@ class Daemon:
         if handoff.find_lease(current, Ledger(self.state)) is not None:
             self._waiting.pop(key, None)
             return
-        self._attach(current, key, waiting.rule)
+        self._submit(key, "attach", self._attach, current, key, waiting.rule)
 
     def _mark_dead(self, spec: str) -> None:
         self._dead.pop(spec, None)

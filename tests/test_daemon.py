@@ -526,3 +526,63 @@ def test_exited_targets_are_forgotten_after_a_while_and_beyond_a_count(state_dir
     assert list(daemon._dead) == ["pid:103", "pid:104", "pid:102"]  # the oldest beyond 3 went; 102 renewed
     daemon._prune_dead(now + daemon_mod.DEAD_TTL_S)
     assert list(daemon._dead) == []
+
+
+def test_a_target_command_that_hangs_delays_no_other_nic_and_is_said_once(
+        state_dir, stand_in_models, container_factory, prefix, running, monkeypatch):
+    """A rule's target command that hangs holds its own NIC's lane only: a NIC made after it is placed at once;
+    the command is killed at the timeout, and its NIC is one ``attach-failed``, not retried every second."""
+    import dpdkeni.daemon as daemon_mod
+    from pyroute2 import IPRoute
+    monkeypatch.setattr(daemon_mod, "TARGET_COMMAND_TIMEOUT_S", 3.0)
+    box = container_factory()
+    policy = (f'[[rule]]\nmatch = {{ ifname = "{prefix}h" }}\ntarget_command = "sleep 60"\n\n'
+              f'[[rule]]\nmatch = {{ ifname = "{prefix}a" }}\ntarget = "{box.target}"\nifname = "eth8"\n')
+    mine = lambda nic: nic.model == "veth" and (nic.ifname or "").startswith(prefix)  # noqa: E731
+    daemon = running(policy, Watcher(source="kernel", models=mine, existing=True))
+    of = lambda name: [d for d in daemon.decisions if d.get("nic") == f"if:{prefix}{name}"]  # noqa: E731
+    with IPRoute() as ipr:
+        t0 = time.monotonic()
+        _veth(ipr, prefix + "h", prefix + "i")
+        time.sleep(0.3)  # the hanging command has started
+        _veth(ipr, prefix + "a", prefix + "b")
+    wait_until(lambda: of("a"), "the other NIC", timeout=10)
+    placed = time.monotonic() - t0
+    assert [d["decision"] for d in of("a")] == ["attached"] and of("h") == [], daemon.decisions
+    assert placed < 2.0, f"the other NIC waited {placed:.1f} s behind the hanging command"
+    wait_until(lambda: of("h"), "the hanging command's end", timeout=10)
+    failed_after = time.monotonic() - t0
+    time.sleep(2.5)  # two retry periods
+    log.info("other NIC placed after %.2f s; the hanging command ended after %.1f s", placed, failed_after)
+    assert of("h") == [{"decision": "attach-failed", "nic": f"if:{prefix}h", "rule": "rule 1",
+                        "error": "target command: 'sleep 60' did not end within 3 s (killed)"}]
+    assert 2.9 < failed_after < 6.0
+
+
+def test_lanes_keep_one_keys_jobs_in_order_and_bound_the_workers():
+    """Real threads: key a's five jobs (the first ones slowest) run in order; key b's job does not wait for
+    them; never more than ``workers`` jobs at once."""
+    from dpdkeni.lanes import Lanes
+    done, running_now, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def job(key, i, seconds):
+        with lock:
+            running_now[0] += 1
+            most[0] = max(most[0], running_now[0])
+        time.sleep(seconds)
+        with lock:
+            running_now[0] -= 1
+            done.append((key, i, time.monotonic()))
+
+    lanes = Lanes(2)
+    for i in range(5):
+        lanes.submit("a", job, "a", i, 0.1 - i * 0.02)
+    lanes.submit("b", job, "b", 0, 0.0)
+    for key in "cde":
+        lanes.submit(key, job, key, 0, 0.05)
+    wait_until(lambda: lanes.pending() == 0, "every lane done", timeout=10)
+    lanes.close()
+    assert [i for key, i, _ in done if key == "a"] == [0, 1, 2, 3, 4]
+    when = {(key, i): t for key, i, t in done}
+    assert when[("b", 0)] < when[("a", 1)] and most[0] == 2 and len(done) == 9
