@@ -52,6 +52,10 @@ class StepError(Error):
         self.step = step
 
 
+class TargetCommandTimeout(StepError):
+    """A policy rule's ``target_command`` ran past its timeout (killed; the NIC is not retried)."""
+
+
 class GuestFaultError(Error):
     """The lab guest's kernel reported that it wedged or died (soft lockup, RCU stall, panic, BUG, Oops).
 

@@ -14,7 +14,8 @@
     mtu = 1500
     # hugepages = "256M"             (dpdk mode)
 
-The first rule whose every ``match`` key holds takes the NIC. An error names the file and the line.
+The first rule whose every ``match`` key holds takes the NIC. An error names the file and the line. The daemon
+kills a ``target_command`` still running after 10 s.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import models, specs, validate
-from .errors import InputError, PolicyError, StepError
+from .errors import InputError, PolicyError, StepError, TargetCommandTimeout
 from .inventory import Nic
 
 MATCH_KEYS = ("model", "mac", "pci", "ifname")
@@ -57,7 +58,8 @@ class Rule:
                    for k, pats in self.match.items())
 
     def resolve_target(self, nic: Nic, timeout: float = 10.0) -> str:
-        """The target spec: ``target``, or the first line the target command prints."""
+        """The target spec: ``target``, or the first line the target command prints (a command running longer
+        than ``timeout`` seconds is killed: :class:`TargetCommandTimeout`)."""
         if self.target:
             return self.target
         env = {**os.environ, "DPDKENI_PCI": nic.pci or "", "DPDKENI_MAC": nic.mac or "",
@@ -65,6 +67,9 @@ class Rule:
         try:
             out = subprocess.run(shlex.split(self.target_command), capture_output=True, text=True, env=env,
                                  timeout=timeout, check=True).stdout.strip().splitlines()
+        except subprocess.TimeoutExpired:
+            raise TargetCommandTimeout("target command", f"{self.target_command!r} did not end within "
+                                                         f"{timeout:g} s (killed)") from None
         except (OSError, subprocess.SubprocessError) as exc:
             raise StepError("target command", f"{self.target_command!r} failed: {exc}") from exc
         if not out:

@@ -1,6 +1,9 @@
 """The udev hook and the policy daemon, on this host (veth stand-ins, a process in its own netns)."""
 from __future__ import annotations
 
+import collections
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -153,16 +156,37 @@ addresses = ["198.18.77.2/24"]
     assert Ledger(state_dir).leases() == {}
 
 
-def test_cli_daemon_serves_the_hook_and_stops_on_sigterm(state_dir, tmp_path):
-    path = tmp_path / "p.toml"
-    path.write_text(NO_MATCH_POLICY)
-    proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", "-v", "daemon", "--policy", str(path)],
-                            stderr=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def cli_daemon(policy_path, *extra, env=None):
+    """``dpdkeni -v daemon --policy FILE`` as a user runs it, yielded once it logged "daemon ready"; killed at
+    the end if still running."""
+    proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", "-v", "daemon", "--policy", str(policy_path), *extra],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     try:
         lines = []
         while not any("daemon ready" in x for x in lines):
             lines.append(proc.stderr.readline())
             assert lines[-1], "".join(lines)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def read_until(proc, text, limit=5000):
+    """The daemon's stderr lines up to the first containing ``text`` (bounded: ``limit`` lines)."""
+    lines = []
+    while not lines or text not in lines[-1]:
+        lines.append(proc.stderr.readline())
+        assert lines[-1] and len(lines) < limit, "".join(lines)
+    return lines
+
+
+def test_cli_daemon_serves_the_hook_and_stops_on_sigterm(state_dir, tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(NO_MATCH_POLICY)
+    with cli_daemon(path) as proc:
         assert run_hook(state_dir).returncode == 0
         line = proc.stderr.readline()
         assert "hook: action=add devpath=/devices/pci0000:00/0000:00:05.0/0000:01:00.0/virtio4/net/enp1s0 " \
@@ -170,10 +194,6 @@ def test_cli_daemon_serves_the_hook_and_stops_on_sigterm(state_dir, tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert not os.path.exists(udev.socket_path(state_dir))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_udev_rules_text(cli, tmp_path):
@@ -273,3 +293,296 @@ def test_daemon_drops_a_non_root_senders_datagram(open_dir, monkeypatch, caplog)
     finally:
         daemon.stop.set()
         th.join(10)
+
+
+# ----- the daemon as a production service (issue 16)
+def test_a_second_daemon_refuses_with_one_line_and_the_first_still_serves(state_dir, tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(NO_MATCH_POLICY)
+    with cli_daemon(path) as first:
+        sock = udev.socket_path(state_dir)
+        before = os.stat(sock).st_ino
+        second = subprocess.run([sys.executable, "-m", "dpdkeni", "daemon", "--policy", str(path)],
+                                capture_output=True, text=True, timeout=20)
+        assert second.returncode == 3 and second.stderr.splitlines() == [
+            f"dpdkeni: error: another dpdkeni daemon (pid {first.pid}) serves {state_dir}: not starting "
+            f"(stop it first, or give this one its own DPDKENI_STATE_DIR)"], second.stderr
+        assert os.stat(sock).st_ino == before  # its socket untouched...
+        out = run_hook(state_dir)
+        assert out.returncode == 0 and "sent" in out.stderr  # ... and it still answers
+        assert "seqnum=2291" in read_until(first, "hook: ")[-1]
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=20) == 0
+    with cli_daemon(path) as third:  # the lock went with the first: the next one starts
+        third.send_signal(signal.SIGTERM)
+        assert third.wait(timeout=20) == 0
+
+
+def _veth(ipr, name, peer):
+    ipr.link("add", ifname=name, kind="veth", peer=peer)
+
+
+def test_a_target_netns_that_vanishes_during_the_attach_is_that_nics_failure_only(
+        state_dir, stand_in_models, container_factory, prefix, running, tmp_path):
+    """The rule's target command starts a process in its own netns that exits moments after it printed its
+    pid: whatever step the attach was at, the NIC gets one failure (or is taken back), and the daemon goes on."""
+    from pyroute2 import IPRoute
+    script = tmp_path / "short-lived.sh"
+    script.write_text(  # a "container" living $DELAY s; printed once it is in its own netns
+        'unshare -n sleep "$(cat "$0.$DPDKENI_IFNAME" 2>/dev/null || echo 0)" >/dev/null 2>&1 &\n'
+        'while [ "$(readlink /proc/$!/ns/net)" = "$(readlink /proc/self/ns/net)" ]; do :; done\n'
+        'echo "pid:$!"\n')
+    box = container_factory()
+    policy = (f'[[rule]]\nname = "dying"\nmatch = {{ ifname = "{prefix}d*" }}\ntarget_command = "sh {script}"\n'
+              f'ifname = "eth9"\n\n[[rule]]\nname = "after"\nmatch = {{ ifname = "{prefix}a" }}\n'
+              f'target = "{box.target}"\nifname = "eth8"\n')
+    mine = lambda nic: nic.model == "veth" and (nic.ifname or "").startswith(prefix)  # noqa: E731
+    daemon = running(policy, Watcher(source="kernel", models=mine, existing=True))
+    delays = ["0", "0.005", "0.01", "0.02", "0.04", "0.08"]
+    with IPRoute() as ipr:
+        for i, delay in enumerate(delays):
+            (tmp_path / f"short-lived.sh.{prefix}d{i}").write_text(delay)
+            _veth(ipr, f"{prefix}d{i}", f"{prefix}e{i}")
+    ends = ("attach-failed", "released", "release-failed", "skip", "waiting")
+    wait_until(lambda: all(any(d.get("nic") == f"if:{prefix}d{i}" and d["decision"] in ends
+                               for d in daemon.decisions) for i in range(len(delays))), "every NIC's end")
+    with IPRoute() as ipr:
+        _veth(ipr, prefix + "a", prefix + "b")
+    wait_until(lambda: any(d["decision"] in ("attached", "attach-failed") and d["nic"] == f"if:{prefix}a"
+                           for d in daemon.decisions), "the NIC made afterwards")
+    log.info("decisions: %s", daemon.decisions)
+    assert [d["decision"] for d in daemon.decisions if d.get("nic") == f"if:{prefix}a"] == ["attached"]
+    assert "eth8" in box.run("ip", "-o", "link").stdout
+
+
+def _delete(ipr, name):
+    """Delete link ``name`` unless the daemon moved it away first (then it is in the storm's container)."""
+    from pyroute2 import NetlinkError
+    try:
+        ipr.link("del", ifname=name)
+    except NetlinkError as exc:
+        assert exc.code == errno.ENODEV, exc
+
+
+def test_a_storm_of_60_nics_leaves_the_daemon_serving(
+        state_dir, stand_in_models, container_factory, prefix, running):
+    """60 matching veth NICs made and deleted within milliseconds; then a NIC made after the storm is placed,
+    and taken back when its container (a process in its own netns) dies."""
+    from pyroute2 import IPRoute
+    box, storm_box = container_factory(), container_factory()
+    policy = (f'[[rule]]\nmatch = {{ ifname = "{prefix}sz" }}\ntarget = "{box.target}"\n\n'
+              f'[[rule]]\nmatch = {{ ifname = "{prefix}s*" }}\ntarget = "{storm_box.target}"\n')
+    mine = lambda nic: nic.model == "veth" and (nic.ifname or "").startswith(prefix)  # noqa: E731
+    daemon = running(policy, Watcher(source="kernel", models=mine, existing=True))
+    t0 = time.monotonic()
+    with IPRoute() as ipr:
+        for i in range(60):
+            _veth(ipr, f"{prefix}s{i}", f"{prefix}t{i}")
+            if i >= 3:  # each deleted while the next ones are made (and the daemon is at work on it)
+                _delete(ipr, f"{prefix}s{i - 3}")
+        for i in range(57, 60):
+            _delete(ipr, f"{prefix}s{i}")
+    storm = time.monotonic() - t0
+    time.sleep(1.0)  # let the daemon go through the storm's events
+    with IPRoute() as ipr:
+        _veth(ipr, prefix + "sz", prefix + "tz")
+    key = f"if:{prefix}sz"
+    wait_until(lambda: any(d.get("nic") == key and d["decision"] in ("attached", "attach-failed")
+                           for d in daemon.decisions), "the NIC made after the storm")
+    counts = collections.Counter(d["decision"] for d in daemon.decisions)
+    log.info("storm of 60 made and deleted in %.0f ms; decisions %s", storm * 1000, dict(counts))
+    assert [d["decision"] for d in daemon.decisions if d.get("nic") == key] == ["attached"]
+    assert "eth0" in box.run("ip", "-o", "link").stdout
+    box.kill()
+    wait_until(lambda: any(d["decision"] == "released" and d["nic"] == key for d in daemon.decisions),
+               "the placed NIC taken back")
+    with IPRoute() as ipr:
+        assert ipr.link_lookup(ifname=prefix + "sz"), "back on the host under its own name"
+
+
+def test_an_unexpected_exception_for_one_nic_is_its_failure_and_the_daemon_goes_on(
+        state_dir, stand_in_models, container_factory, prefix, running, tmp_path, caplog):
+    """A target command printing bytes that are not UTF-8 raises UnicodeDecodeError, which no layer below
+    expects: it is that NIC's ``attach-failed`` with the traceback logged, and the next NIC is placed."""
+    from pyroute2 import IPRoute
+    script = tmp_path / "garbage.sh"
+    script.write_text("printf '\\377\\376\\n'\n")
+    box = container_factory()
+    policy = (f'[[rule]]\nmatch = {{ ifname = "{prefix}g" }}\ntarget_command = "sh {script}"\n\n'
+              f'[[rule]]\nmatch = {{ ifname = "{prefix}a" }}\ntarget = "{box.target}"\nifname = "eth8"\n')
+    mine = lambda nic: nic.model == "veth" and (nic.ifname or "").startswith(prefix)  # noqa: E731
+    with caplog.at_level(logging.ERROR, logger="dpdkeni.daemon"):
+        daemon = running(policy, Watcher(source="kernel", models=mine, existing=True))
+        with IPRoute() as ipr:
+            _veth(ipr, prefix + "g", prefix + "h")
+        wait_until(lambda: any(d.get("nic") == f"if:{prefix}g" for d in daemon.decisions), "the first NIC")
+        with IPRoute() as ipr:
+            _veth(ipr, prefix + "a", prefix + "b")
+        wait_until(lambda: any(d.get("nic") == f"if:{prefix}a" for d in daemon.decisions), "the second NIC")
+    (failed,) = [d for d in daemon.decisions if d.get("nic") == f"if:{prefix}g"]
+    assert failed["decision"] == "attach-failed" and failed["error"].startswith("UnicodeDecodeError: "), failed
+    assert f"attach of if:{prefix}g failed unexpectedly" in caplog.text and "Traceback" in caplog.text
+    assert [d["decision"] for d in daemon.decisions if d.get("nic") == f"if:{prefix}a"] == ["attached"]
+    assert "eth8" in box.run("ip", "-o", "link").stdout
+
+
+def _rss_kib_and_fds(pid):
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_10000_hook_events_leave_rss_and_fds_flat(state_dir, tmp_path):
+    """The decisions and hook events are ring buffers: after a warm-up that fills them, 8,000 more datagrams
+    (and one that is JSON but not an object) leave the daemon's RSS and open fds where they were."""
+    import socket
+    path = tmp_path / "p.toml"
+    path.write_text(NO_MATCH_POLICY)
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", "-v", "daemon", "--policy", str(path),
+                                 "--source", "kernel"], stderr=err)
+    try:
+        sock_path = udev.socket_path(state_dir)
+        wait_until(lambda: "daemon ready" in log_path.read_text(), "daemon ready")
+
+        def send(first, count):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                for seq in range(first, first + count):
+                    s.sendto(json.dumps({**VIRTIO_NET_ADD, "SEQNUM": str(seq)}).encode(), sock_path)
+            last = f"seqnum={first + count - 1} "
+            wait_until(lambda: last in log_path.read_text()[-2000:], f"hook {first + count - 1} taken", 60)
+
+        t0 = time.monotonic()
+        send(0, 2000)
+        warm = _rss_kib_and_fds(proc.pid)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"[1]", sock_path)
+        send(2000, 8000)
+        after = _rss_kib_and_fds(proc.pid)
+        took = time.monotonic() - t0
+        log.info("10,000 hook events in %.1f s: RSS %d -> %d KiB, fds %d -> %d", took, warm[0], after[0],
+                 warm[1], after[1])
+        assert after[1] == warm[1] and after[0] - warm[0] < 1024, (warm, after)
+        assert proc.poll() is None and "malformed hook message ignored" in log_path.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_systemd_notify_watchdog_and_sighup_reload(state_dir, tmp_path, prefix):
+    """Under systemd: READY=1 on an abstract $NOTIFY_SOCKET (a real datagram socket standing in for systemd's),
+    WATCHDOG=1 every half WATCHDOG_USEC; SIGHUP re-reads the policy, a broken one is refused (file:line) and the
+    good one stays in force (a new NIC is decided by it); SIGTERM says STOPPING=1 and exits 0."""
+    import socket
+
+    from pyroute2 import IPRoute
+    name = unique("dkntfy")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind("\0" + name)
+    notify.settimeout(10)
+    path = tmp_path / "p.toml"
+    path.write_text(NO_MATCH_POLICY)
+    good = (f'[[rule]]\nname = "later"\nmatch = {{ ifname = "{prefix}a" }}\ntarget = "netns:{unique("dkno")}"\n'
+            f'\n[[rule]]\nname = "other"\nmatch = {{ ifname = "{prefix}zz" }}\ntarget = "netns:none"\n')
+    env = {"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "300000"}
+    try:
+        with cli_daemon(path, "--all", "--source", "kernel", env=env) as proc:
+            assert notify.recv(4096).decode() == f"READY=1\nSTATUS=serving 1 rules\nMAINPID={proc.pid}"
+            t0 = time.monotonic()
+            beats = [notify.recv(4096).decode() for _ in range(4)]
+            assert beats == ["WATCHDOG=1"] * 4 and 0.3 <= time.monotonic() - t0 < 3.0
+            path.write_text(good)
+            proc.send_signal(signal.SIGHUP)
+            assert f"reloaded: policy={path} rules=2" in read_until(proc, "reloaded")[-1]
+            path.write_text(good.replace('target = "netns:none"', 'target = "netns:none"\nmtu = "big"'))
+            proc.send_signal(signal.SIGHUP)
+            line = read_until(proc, "policy not reloaded")[-1]
+            assert line == f"dpdkeni: policy not reloaded, keeping the 2 rules in force: {path}:10: rule 2: bad MTU: " \
+                "mtu 'big' is not an integer from 68 to 65535\n", line
+            with IPRoute() as ipr:
+                _veth(ipr, prefix + "a", prefix + "b")
+            assert f"waiting: nic=if:{prefix}a rule=later " in read_until(proc, f"nic=if:{prefix}a ")[-1]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+            rest = []
+            notify.settimeout(0.5)
+            with contextlib.suppress(socket.timeout):
+                while len(rest) < 100:
+                    rest.append(notify.recv(4096).decode())
+            assert rest[-1] == "STOPPING=1" and set(rest[:-1]) <= {"WATCHDOG=1"}, rest
+    finally:
+        notify.close()
+
+
+def test_exited_targets_are_forgotten_after_a_while_and_beyond_a_count(state_dir, monkeypatch):
+    import dpdkeni.daemon as daemon_mod
+    monkeypatch.setattr(daemon_mod, "DEAD_KEPT", 3)
+    daemon = Daemon(parse(NO_MATCH_POLICY, "test.toml"), watcher=Watcher(source="kernel"), state=state_dir)
+    for pid in (101, 102, 103, 104, 102):
+        daemon._mark_dead(f"pid:{pid}")
+    now = time.monotonic()
+    daemon._prune_dead(now)
+    assert list(daemon._dead) == ["pid:103", "pid:104", "pid:102"]  # the oldest beyond 3 went; 102 renewed
+    daemon._prune_dead(now + daemon_mod.DEAD_TTL_S)
+    assert list(daemon._dead) == []
+
+
+def test_a_target_command_that_hangs_delays_no_other_nic_and_is_said_once(
+        state_dir, stand_in_models, container_factory, prefix, running, monkeypatch):
+    """A rule's target command that hangs holds its own NIC's lane only: a NIC made after it is placed at once;
+    the command is killed at the timeout, and its NIC is one ``attach-failed``, not retried every second."""
+    import dpdkeni.daemon as daemon_mod
+    from pyroute2 import IPRoute
+    monkeypatch.setattr(daemon_mod, "TARGET_COMMAND_TIMEOUT_S", 3.0)
+    box = container_factory()
+    policy = (f'[[rule]]\nmatch = {{ ifname = "{prefix}h" }}\ntarget_command = "sleep 60"\n\n'
+              f'[[rule]]\nmatch = {{ ifname = "{prefix}a" }}\ntarget = "{box.target}"\nifname = "eth8"\n')
+    mine = lambda nic: nic.model == "veth" and (nic.ifname or "").startswith(prefix)  # noqa: E731
+    daemon = running(policy, Watcher(source="kernel", models=mine, existing=True))
+    of = lambda name: [d for d in daemon.decisions if d.get("nic") == f"if:{prefix}{name}"]  # noqa: E731
+    with IPRoute() as ipr:
+        t0 = time.monotonic()
+        _veth(ipr, prefix + "h", prefix + "i")
+        time.sleep(0.3)  # the hanging command has started
+        _veth(ipr, prefix + "a", prefix + "b")
+    wait_until(lambda: of("a"), "the other NIC", timeout=10)
+    placed = time.monotonic() - t0
+    assert [d["decision"] for d in of("a")] == ["attached"] and of("h") == [], daemon.decisions
+    assert placed < 2.0, f"the other NIC waited {placed:.1f} s behind the hanging command"
+    wait_until(lambda: of("h"), "the hanging command's end", timeout=10)
+    failed_after = time.monotonic() - t0
+    time.sleep(2.5)  # two retry periods
+    log.info("other NIC placed after %.2f s; the hanging command ended after %.1f s", placed, failed_after)
+    assert of("h") == [{"decision": "attach-failed", "nic": f"if:{prefix}h", "rule": "rule 1",
+                        "error": "target command: 'sleep 60' did not end within 3 s (killed)"}]
+    assert 2.9 < failed_after < 6.0
+
+
+def test_lanes_keep_one_keys_jobs_in_order_and_bound_the_workers():
+    """Real threads: key a's five jobs (the first ones slowest) run in order; key b's job does not wait for
+    them; never more than ``workers`` jobs at once."""
+    from dpdkeni.lanes import Lanes
+    done, running_now, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def job(key, i, seconds):
+        with lock:
+            running_now[0] += 1
+            most[0] = max(most[0], running_now[0])
+        time.sleep(seconds)
+        with lock:
+            running_now[0] -= 1
+            done.append((key, i, time.monotonic()))
+
+    lanes = Lanes(2)
+    for i in range(5):
+        lanes.submit("a", job, "a", i, 0.1 - i * 0.02)
+    lanes.submit("b", job, "b", 0, 0.0)
+    for key in "cde":
+        lanes.submit(key, job, key, 0, 0.05)
+    wait_until(lambda: lanes.pending() == 0, "every lane done", timeout=10)
+    lanes.close()
+    assert [i for key, i, _ in done if key == "a"] == [0, 1, 2, 3, 4]
+    when = {(key, i): t for key, i, t in done}
+    assert when[("b", 0)] < when[("a", 1)] and most[0] == 2 and len(done) == 9

@@ -263,3 +263,55 @@ def test_testpmd_entrypoint_auto_takes_the_nics_it_was_given(two_vfio_nics):
     assert run.returncode == 0 and f"-a {A} --" in run.stdout, run.stderr
     run = _entrypoint(bindir, tree.root, DPDKENI_PCI="auto", DPDKENI_NICS="2")
     assert run.returncode == 1 and "no 2 NIC(s) handed over after 1s" in run.stderr
+
+
+# --- examples/systemd/ ----------------------------------------------------------------------------------------
+
+UNIT = os.path.join(ROOT, "examples", "systemd", "dpdkeni.service")
+
+
+def _unit():
+    import configparser
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.optionxform = str  # systemd's keys are case-sensitive
+    unit.read(UNIT, encoding="utf-8")
+    return unit
+
+
+@needs_root
+def test_systemd_unit_runs_the_daemon_as_systemd_would(tmp_path):
+    """The unit's ExecStart (the dpdkeni on PATH standing for /usr/local/bin/dpdkeni, the policy in a temp dir)
+    with what systemd passes a Type=notify service with WatchdogSec: READY=1, then WATCHDOG=1 within WatchdogSec;
+    ExecReload's SIGHUP re-reads the policy; the stop signal ends it with 0 and STOPPING=1."""
+    import shlex
+    import signal
+    import socket
+    import sys
+    service = _unit()["Service"]
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID" and service["KillSignal"] == "SIGTERM"
+    assert set(service["RestartPreventExitStatus"].split()) == {"2", "3"}  # bad policy, another daemon
+    watchdog_s = int(service["WatchdogSec"])
+    argv = shlex.split(service["ExecStart"])
+    assert argv[:4] == ["/usr/local/bin/dpdkeni", "daemon", "--policy", "/etc/dpdkeni/policy.toml"]
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[rule]]\nmatch = { model = "e1000e", mac = "02:00:00:00:00:01" }\ntarget = "pid:1"\n')
+    name = unique("dkunit")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind("\0" + name)
+        notify.settimeout(30)
+        env = {**os.environ, "DPDKENI_STATE_DIR": str(tmp_path / "state"), "NOTIFY_SOCKET": "@" + name,
+               "WATCHDOG_USEC": str(watchdog_s * 1_000_000)}
+        proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", *argv[1:3], str(policy), *argv[4:]], env=env,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert notify.recv(4096).decode().startswith("READY=1\n")
+            assert notify.recv(4096).decode() == "WATCHDOG=1"  # the first beat comes at once
+            proc.send_signal(signal.SIGHUP)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0, proc.stderr.read()
+            assert notify.recv(4096).decode() == "STOPPING=1"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

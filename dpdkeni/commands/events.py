@@ -54,9 +54,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     for line in describe(policy.rules):
         log.info("rule %s", line)
     daemon = Daemon(policy, watcher=Watcher(args.source, all=args.all, existing=True))
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stop; the NICs stay where they are
         signal.signal(sig, lambda *_: daemon.stop.set())
-    daemon.serve()
+    signal.signal(signal.SIGHUP, lambda *_: daemon.reload.set())  # re-read the policy (a bad one is ignored)
+    daemon.serve()  # another daemon on this state dir: GuardError, one line, exit 3
     return 0
 
 
