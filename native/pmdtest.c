@@ -274,7 +274,10 @@ static int send_due(struct trial *t, double elapsed)
     int n, i, sent;
 
     if (s->rate) {
-        double due = elapsed * (double)s->rate;
+        /* frame k is due at k / rate: rate x seconds frames in all, the first at once */
+        double due = elapsed * (double)s->rate + 1, total = (double)s->rate * s->seconds + 0.5;
+        if (due > total)
+            due = total;
         allowed = due > (double)r->tried ? (uint64_t)(due - (double)r->tried) : 0;
     }
     if (s->max_frames && allowed > s->max_frames - r->tried)
