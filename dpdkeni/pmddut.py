@@ -185,10 +185,9 @@ class TestpmdDut(Dut):
         return self.counters()
 
     def counters(self) -> Dict[str, int]:
-        """testpmd's own totals for the port, from its end-of-run statistics."""
-        text = "".join(self.lines)
-        marker = text.rfind("Forward statistics for port 0")
-        m = _STATS.search(text, marker if marker >= 0 else 0)
+        """testpmd's own totals for the port, from its end-of-run statistics (the first block with RX-dropped:
+        the periodic --stats-period blocks say RX-missed)."""
+        m = _STATS.search("".join(self.lines))
         if not m:
             return {}
         return {"rx": int(m.group(1)), "rx_dropped": int(m.group(2)), "tx": int(m.group(3)),

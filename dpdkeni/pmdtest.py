@@ -150,15 +150,16 @@ class PmdTest:
         self.repeat, self.max_trials, self.counters, self.on_line = repeat, max_trials, counters, on_line
         self._n = 0
 
-    def trial(self, rate: int, seconds: float, cycle: List[int]) -> TrialResult:
-        """Warm-up at ``rate`` (not counted), then the counted trial with the kernel's counters around it."""
+    def trial(self, rate: int, seconds: float, cycle: List[int], max_frames: int = 0) -> TrialResult:
+        """Warm-up at ``rate`` (not counted), then the counted trial with the kernel's counters around it
+        (``max_frames``: stop sending after that many, e.g. an exact count within a generous ``seconds``)."""
         if self.warmup > 0:
             # drained, so its frames are in the kernel's counters before ours are read (none turns up stale)
             w = self.stream.trial(rate, self.warmup, cycle, drain=min(self.drain, 0.2))
             if w.interrupted:
                 return w
         before = self.counters.read() if self.counters else None
-        t = self.stream.trial(rate, seconds, cycle, drain=self.drain)
+        t = self.stream.trial(rate, seconds, cycle, drain=self.drain, max_frames=max_frames)
         if before is not None and not t.interrupted:
             kernel_check(before, self.counters.read(), t)
         self._n += 1

@@ -373,9 +373,13 @@ int dk_pt_trial(struct dk_fwd *f, const struct dk_pt_spec *spec, struct dk_pt_re
             out->interrupted = 1;
             break;
         }
-        if (sending && (elapsed >= spec->seconds || (spec->max_frames && out->tried >= spec->max_frames))) {
+        /* sending ends when every frame is out, or 1 % after its time (late frames of a descheduled sender are
+         * caught up within the 1 % the rate may be off; what is still missing then says the rate was not met) */
+        if (sending && (elapsed >= spec->seconds * (spec->rate ? 1.01 : 1.0) ||
+                        (spec->rate && (double)out->tried >= (double)spec->rate * spec->seconds + 0.5 - 1) ||
+                        (spec->max_frames && out->tried >= spec->max_frames))) {
             sending = 0;
-            last_send = elapsed < spec->seconds ? elapsed : spec->seconds;
+            last_send = elapsed;
         }
         if (!sending && elapsed >= last_send + spec->drain)
             break;

