@@ -3,7 +3,8 @@
 Every trial classifies its rate for both goals at once: loss ratio 0 passes NDR and PDR, a loss ratio up to
 ``pdr_ratio`` passes PDR only, more fails both. A rate the generator did not offer within 1 % fails both (we
 cannot claim a rate we did not offer). Each goal keeps a lower bound (a rate that passed) and an upper bound (a
-rate that failed); the search ends for a goal when ``(upper - lower) / upper <= precision``.
+rate that failed); a trial that did not offer its rate (below ``max_rate``) is run once more before it counts.
+The search ends for a goal when ``(upper - lower) / upper <= precision``.
 
 Phases (MLRsearch's idea of cheap short trials first): the first trial offers ``max_rate``; if it loses, the
 second offers what the DUT forwarded in it (its receive rate). Then short trials (``initial_seconds``) bisect to
@@ -85,6 +86,9 @@ def search(measure: Callable[[int, float], TrialLike], max_rate: int, min_rate: 
             raise StopIteration
         t = measure(rate, seconds)
         res.trials.append(t)
+        if not t.rate_ok and not t.interrupted and rate < max_rate and len(res.trials) < max_trials:
+            t = measure(rate, seconds)          # a starved generator is a hiccup once; twice, the rate fails
+            res.trials.append(t)
         if t.interrupted:
             raise Interrupted
         ok = t.rate_ok

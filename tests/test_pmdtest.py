@@ -75,6 +75,15 @@ def test_search_flags_a_rate_the_generator_did_not_offer():
     assert r.generator_limited and r.ndr <= 300_000 and r.pdr <= 300_000
 
 
+def test_search_runs_a_trial_that_did_not_offer_its_rate_once_more():
+    measure, calls = fake_dut(900_000, 950_000, offer_limit=300_000)
+    r = search(measure, 1_000_000, 1000, final_seconds=1.0, initial_seconds=0.5)
+    rates = [rate for rate, _ in calls]
+    assert rates.count(1_000_000) == 1                  # the max-rate probe is not repeated
+    repeated = [rate for rate in set(rates) if rate > 300_000 and rate != 1_000_000]
+    assert repeated and all(rates.count(rate) >= 2 for rate in repeated)
+
+
 def test_search_stops_with_a_partial_result_when_interrupted():
     measure, calls = fake_dut(100_000, 130_000, stop_after=4)
     r = search(measure, 1_000_000, 1000, final_seconds=2.0, initial_seconds=0.5)
