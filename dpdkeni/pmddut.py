@@ -197,6 +197,9 @@ class TestpmdDut(Dut):
 def make(spec: str, mode: str = "macswap", cpu: Optional[int] = None) -> Dut:
     """The DUT a ``--dut`` spec names (checked: a bad form or a missing target/interface is an InputError)."""
     kind, ifname, target = parse_spec(spec)
+    ncpu = os.cpu_count() or 1
+    if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < ncpu):
+        raise InputError(f"bad DUT cpu {cpu!r}: 0..{ncpu - 1}")
     if kind == "none":
         return Dut()
     if kind == "fwd":

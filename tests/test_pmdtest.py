@@ -106,7 +106,7 @@ def test_sizes():
     ["--max-rate", "-3"], ["--duration", "0"], ["--repeat", "0"], ["--precision", "2"],
     ["--dut", "bogus"], ["--dut", "testpmd:b0@netns:dkpt-no-such-ns"], ["--dut", "fwd:b0@netns:dkpt-no-such-ns"],
     ["--dut", "testpmd:nosuchif0@TARGET"], ["--port", "a0", "--port", "a0", "--port", "a0"],
-    ["--peer", "zz:zz"],
+    ["--peer", "zz:zz"], ["--dut", "testpmd:b0@TARGET", "--dut-cpu", "64"], ["--cpu", "-1"],
 ])
 def test_bad_input_is_one_line_and_exit_2(args, direct):
     args = [a.replace("TARGET", direct.target("b")) for a in args]
