@@ -152,3 +152,14 @@ def test_a_stopped_stream_reports_an_interrupted_trial(loop):
         threading.Timer(0.5, s.stop).start()
         r = s.trial(10000, 30.0, drain=0.2)
     assert r.interrupted and not r.rate_ok and r.elapsed < 10
+
+
+@needs_root
+def test_frames_of_an_earlier_trial_are_stale_not_counted(loop):
+    with Stream(["p0", "p1"], target=f"netns:{loop}") as s:
+        first = s.trial(20000, 0.5, drain=0.0, max_frames=10000)    # no drain: its last frames are still queued
+        second = s.trial(1000, 3.0, drain=0.5, max_frames=1000)
+    assert second.rx_stale > 0
+    # every frame of the first trial is counted once: received in it, or stale in the next
+    assert first.rx_packets + second.rx_stale == first.tx_packets == 10000
+    assert (second.rx_packets, second.lost, second.reordered, second.duplicates) == (1000, 0, 0, 0)
