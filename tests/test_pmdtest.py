@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -177,21 +178,22 @@ def test_cli_search_with_dpdkeni_reflector_json_and_live_lines(direct):
 @needs_root
 def test_ctrl_c_gives_the_partial_report(direct):
     mirred(direct)
-    env = {**os.environ}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", "pmdtest", "--port", "a0", "--target",
                              direct.target("a"), "--max-rate", "20000", "--duration", "30", "--initial", "30",
                              "--warmup", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = ""
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            if proc.poll() is not None:
-                break
-            # the reflection check (1.5 s) is done, the first 30 s trial runs
-            if time.monotonic() > deadline - 15:
-                proc.send_signal(signal.SIGINT)
-                break
+        # once the search runs (its first 30 s trial started after the reflection check), press Ctrl-C
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and "search 1/1" not in seen and proc.poll() is None:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                seen += proc.stdout.readline()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
+        out = seen + out
     finally:
         if proc.poll() is None:
             proc.kill()
