@@ -25,7 +25,7 @@ sanitize: setup
 	DPDKENI_CFLAGS="$(SAN_FLAGS) -O1 -g" DPDKENI_LDFLAGS="$(SAN_FLAGS)" $(PY) -m pip install -q -e .
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  DPDKENI_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_native.py tests/test_fastpath.py; \
+	  $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_native.py tests/test_fastpath.py tests/test_pmdstream.py; \
 	  rc=$$?; $(PY) -m pip install -q -e . ; exit $$rc
 
 # Benchmarks (root, bounded in time, namespaces of their own): testpmd, iperf3, redis and matplotlib for --plot.

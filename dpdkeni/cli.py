@@ -34,7 +34,7 @@ COMMAND_GROUPS = (
     ("hand over", ("attach", "release", "recover")),
     ("DPDK pieces", ("bind", "unbind", "hugepages", "cdi")),
     ("events and daemon", ("watch", "wait", "daemon", "udev")),
-    ("measure", ("fwd",)),
+    ("measure", ("fwd", "pmdtest")),
     ("Kubernetes", ("cni",)),
     ("lab", ("lab",)),
 )

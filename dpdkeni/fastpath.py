@@ -372,6 +372,13 @@ class Forwarder:
             pass
 
     @property
+    def native(self):
+        """The open native handle (``struct dk_fwd *``) for other C entry points (dpdkeni.pmdstream)."""
+        if self._fwd is None:
+            raise InputError("this forwarder is not open")
+        return self._fwd
+
+    @property
     def backend_used(self) -> Optional[str]:
         """``af_xdp`` or ``af_packet`` once open."""
         return self._used

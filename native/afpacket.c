@@ -182,6 +182,7 @@ static int afp_rx(struct dk_q *q, struct dk_pkt *pkts, int n)
         struct tpacket3_hdr *h = a->next;
         pkts[i].data = (uint8_t *)h + h->tp_mac;
         pkts[i].len = h->tp_snaplen;
+        pkts[i].rx_ns = (uint64_t)h->tp_sec * 1000000000u + h->tp_nsec;
         a->next = (struct tpacket3_hdr *)(void *)((uint8_t *)h + h->tp_next_offset);
         a->left--;
     }

@@ -254,6 +254,7 @@ static int xq_rx(struct dk_q *q, struct dk_pkt *pkts, int n)
         const struct xdp_desc *d = xsk_ring_cons__rx_desc(&x->rx, idx + i);
         pkts[i].data = xsk_umem__get_data(x->area, d->addr);
         pkts[i].len = d->len;
+        pkts[i].rx_ns = 0;
     }
     x->rx_taken = got;
     return (int)got;

@@ -53,14 +53,6 @@ void dk_netns_leave(int saved)
     close(saved);
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-#define cpu_relax() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define cpu_relax() __asm__ volatile("yield" ::: "memory")
-#else
-#define cpu_relax() __asm__ volatile("" ::: "memory")
-#endif
-
 static double now_s(void)
 {
     struct timespec ts;
@@ -69,34 +61,34 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static void put16(uint8_t *p, uint16_t v)
+/* Ethernet / IPv4 198.18.0.1 -> 198.18.0.2 / UDP sport -> dport headers of a len-byte frame (42 bytes written;
+ * no UDP checksum). */
+void dk_udp_headers(uint8_t *p, int len, const uint8_t *dst, const uint8_t *src, uint16_t sport, uint16_t dport)
 {
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-/* testpmd's txonly packet: Ethernet / IPv4 198.18.0.1 -> 198.18.0.2 / UDP 9 -> 9, zero payload. */
-static void build_template(struct dk_fwd *f, int port)
-{
-    uint8_t *p = f->tmpl[port];
-    int size = f->cfg.pkt_size;
     uint16_t csum;
 
-    memset(p, 0, sizeof f->tmpl[port]);
-    memcpy(p, f->cfg.peer, 6);
-    memcpy(p + 6, f->port[port].mac, 6);
+    memcpy(p, dst, 6);
+    memcpy(p + 6, src, 6);
     put16(p + 12, 0x0800);
+    memset(p + 14, 0, 28);
     p[14] = 0x45;
-    put16(p + 16, (uint16_t)(size - 14));
+    put16(p + 16, (uint16_t)(len - 14));
     p[22] = 64;
     p[23] = 17;
     memcpy(p + 26, (const uint8_t[]){198, 18, 0, 1}, 4);
     memcpy(p + 30, (const uint8_t[]){198, 18, 0, 2}, 4);
     csum = dk_inet_csum(p + 14, 20);
     memcpy(p + 24, &csum, 2);
-    put16(p + 34, 1024);
-    put16(p + 36, 9);
-    put16(p + 38, (uint16_t)(size - 34));
+    put16(p + 34, sport);
+    put16(p + 36, dport);
+    put16(p + 38, (uint16_t)(len - 34));
+}
+
+/* testpmd's txonly packet: UDP 1024 -> 9, zero payload. */
+static void build_template(struct dk_fwd *f, int port)
+{
+    memset(f->tmpl[port], 0, sizeof f->tmpl[port]);
+    dk_udp_headers(f->tmpl[port], f->cfg.pkt_size, f->cfg.peer, f->port[port].mac, 1024, 9);
 }
 
 static int port_lookup(struct dk_port *port, const char *name, char *err, size_t errlen)

@@ -8,6 +8,7 @@
 struct dk_pkt {
     uint8_t *data;
     uint32_t len;
+    uint64_t rx_ns;               /* receive: the kernel's software timestamp (CLOCK_REALTIME ns), 0 if none */
 };
 
 /* Written only by the thread that owns the queue; read by others with relaxed atomics. */
@@ -68,11 +69,26 @@ void dk_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((form
 /* Enter the configured netns on this thread (saving the current one in *saved); -errno on failure. */
 int dk_netns_enter(const struct dk_fwd *f, int *saved);
 void dk_netns_leave(int saved);
+void dk_udp_headers(uint8_t *p, int len, const uint8_t *dst, const uint8_t *src, uint16_t sport, uint16_t dport);
 
 static inline void dk_add(uint64_t *counter, uint64_t n)
 {
     __atomic_store_n(counter, __atomic_load_n(counter, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
 }
+
+static inline void put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ volatile("yield" ::: "memory")
+#else
+#define cpu_relax() __asm__ volatile("" ::: "memory")
+#endif
 
 static inline uint64_t dk_get(const uint64_t *counter)
 {

@@ -95,7 +95,22 @@ def route_nic() -> Optional[tuple]:
     return None
 
 
+def netem() -> bool:
+    """The kernel has sch_netem (CONFIG_NET_SCH_NETEM built in, or a module that is installed), from its config."""
+    import gzip
+    text = ""
+    if os.path.exists("/proc/config.gz"):
+        with gzip.open("/proc/config.gz", "rt") as f:
+            text = f.read()
+    elif os.path.exists(f"/boot/config-{platform.release()}"):
+        with open(f"/boot/config-{platform.release()}", encoding="utf-8") as f:
+            text = f.read()
+    return "CONFIG_NET_SCH_NETEM=y" in text or ("CONFIG_NET_SCH_NETEM=m" in text
+                                                 and os.path.isdir(f"/lib/modules/{platform.release()}"))
+
+
 FACTS: Dict[str, Callable[[], object]] = {
     "root": root, "cgroup_v1_devices": cgroup_v1_devices, "cgroup_v2": cgroup_v2, "af_xdp": af_xdp,
     "lab": lab, "hugetlb_2m": hugetlb_2m, "route_nic": route_nic,
+    "netem": netem,
 }

@@ -65,6 +65,11 @@ SLOTS = {
     "cni serve --socket": ["cni", "serve", "--socket", "X"],
     "fwd --port": ["fwd", "--mode", "rxonly", "--port", "X", "--seconds", "1"],
     "fwd --target": ["fwd", "--mode", "rxonly", "--port", "lo", "--seconds", "1", "--target", "X"],
+    "pmdtest --port": ["pmdtest", "--port", "X"],
+    "pmdtest --target": ["pmdtest", "--port", "lo", "--target", "X"],
+    "pmdtest --dut": ["pmdtest", "--port", "lo", "--dut", "X"],
+    "pmdtest --sizes": ["pmdtest", "--port", "lo", "--sizes", "X"],
+    "pmdtest --peer": ["pmdtest", "--port", "lo", "--peer", "X"],
     "lab plug": ["lab", "plug", "X"],
     "lab unplug": ["lab", "unplug", "X"],
 }

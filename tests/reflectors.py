@@ -1,0 +1,48 @@
+"""Kernel-side reflectors and impairments for the pmdtest tests, set up inside a topology's namespace (tc): no user
+space on the reflecting side, so its own jitter stays out of what the tests compare."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from pyroute2 import NetNS
+
+from dpdkeni import bpfsys
+
+BPF_PROG_TYPE_SCHED_CLS = 3
+CLSACT_INGRESS = 0xFFFFFFF2
+
+
+def mirred(topo, role: str = "b", ifname: str = "b0", twice: bool = False) -> None:
+    """Everything ``ifname`` receives goes straight back out of it (clsact ingress, u32 match-all, mirred egress
+    redirect), through its root qdisc: an impairment there is on the reflector's link. ``twice``: a copy goes
+    back first (mirred mirror), so every frame returns twice."""
+    copy = ["action", "mirred", "egress", "mirror", "dev", ifname] if twice else []
+    subprocess.run(topo.exec(role, "tc", "qdisc", "add", "dev", ifname, "clsact"), check=True)
+    subprocess.run(topo.exec(role, "tc", "filter", "add", "dev", ifname, "ingress", "prio", "2", "u32", "match",
+                             "u32", "0", "0", *copy, "action", "mirred", "egress", "redirect", "dev", ifname),
+                   check=True)
+
+
+def random_drop(topo, ratio: float, role: str = "b", ifname: str = "b0") -> None:
+    """Drop a random ``ratio`` of what ``ifname`` receives, before the reflector (a tc BPF filter: the kernel's
+    prandom against a threshold; this host's kernel has no netem)."""
+    ins = bpfsys.insn
+    thresh = int(ratio * 2 ** 32)
+    # r0 = prandom(); if r0 > thresh: continue to the next filter (TC_ACT_UNSPEC) else drop (TC_ACT_SHOT)
+    code = (ins(0x85, imm=7) + ins(0x25, 0, off=2, imm=thresh) + ins(0xB7, 0, imm=2) + ins(0x95)
+            + ins(0xB7, 0, imm=-1) + ins(0x95))
+    fd = bpfsys.load(BPF_PROG_TYPE_SCHED_CLS, code, "dkdrop")
+    try:
+        with NetNS(topo.ns[role]) as n:
+            idx = n.link_lookup(ifname=ifname)[0]
+            n.tc("add-filter", "bpf", idx, ":1", fd=fd, name="dkdrop", parent=CLSACT_INGRESS, classid=1,
+                 direct_action=True, prio=1)
+    finally:
+        os.close(fd)
+
+
+def netem(topo, spec: str, role: str = "b", ifname: str = "b0") -> None:
+    """``tc qdisc replace dev IF root netem SPEC`` (with a queue long enough for the test's rates)."""
+    subprocess.run(topo.exec(role, "tc", "qdisc", "replace", "dev", ifname, "root", "netem", *spec.split(),
+                             "limit", "100000"), check=True)

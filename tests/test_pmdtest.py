@@ -1,0 +1,225 @@
+"""``dpdkeni pmdtest``: the search on a synthetic DUT, the CLI's bad input, and real trials against reflectors in
+namespaces of the test's own (a kernel tc mirred reflector, dpdkeni's macswap forwarder, testpmd in runc). On a
+loaded 2-core machine nothing asserts an absolute rate: low rates, and relations."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from conftest import dpdkeni_cli, needs_root, unique
+from dpdkeni.errors import InputError
+from dpdkeni.pmdsearch import search
+from dpdkeni.pmdstream import Stream
+from dpdkeni.pmdtest import KernelCounters, PmdTest, parse_sizes
+from reflectors import mirred
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from topo import Topo  # noqa: E402
+
+
+# -- the search, on a synthetic DUT -----------------------------------------------------------------------------
+
+@dataclass
+class FakeTrial:
+    rate: int
+    seconds: float
+    loss_ratio: float
+    rate_ok: bool = True
+    interrupted: bool = False
+    rx_packets: int = 0
+    duplicates: int = 0
+
+
+def fake_dut(ndr: int, pdr: int, offer_limit: int = 10 ** 9, stop_after: int = 0):
+    calls = []
+
+    def measure(rate: int, seconds: float) -> FakeTrial:
+        calls.append((rate, seconds))
+        loss = 0.0 if rate <= ndr else 0.003 if rate <= pdr else 0.2
+        forwarded = min(rate, pdr * 1.05)
+        return FakeTrial(rate, seconds, loss, rate_ok=rate <= offer_limit,
+                         interrupted=bool(stop_after) and len(calls) >= stop_after,
+                         rx_packets=int(forwarded * seconds))
+    return measure, calls
+
+
+@pytest.mark.parametrize("ndr,pdr", [(100_000, 130_000), (20_000, 20_000), (400_000, 900_000)])
+def test_search_finds_ndr_and_pdr_within_precision(ndr, pdr):
+    measure, calls = fake_dut(ndr, pdr)
+    r = search(measure, 1_000_000, 1000, final_seconds=2.0, initial_seconds=0.5, precision=0.02)
+    assert r.complete and not r.generator_limited
+    assert r.ndr <= ndr < r.ndr_upper and (r.ndr_upper - r.ndr) / r.ndr_upper <= 0.02
+    assert r.pdr <= pdr < r.pdr_upper and (r.pdr_upper - r.pdr) / r.pdr_upper <= 0.02
+    # the bounds reported were measured at the final duration, and few trials were needed
+    assert (r.ndr, 2.0) in calls and (r.pdr, 2.0) in calls
+    assert len(calls) <= 20, calls
+
+
+def test_search_says_zero_when_even_the_minimal_rate_loses():
+    measure, calls = fake_dut(0, 0)
+    r = search(measure, 1_000_000, 1000, final_seconds=1.0, initial_seconds=0.5)
+    assert (r.ndr, r.pdr) == (0, 0) and r.complete and len(calls) <= 25
+
+
+def test_search_flags_a_rate_the_generator_did_not_offer():
+    measure, _ = fake_dut(900_000, 950_000, offer_limit=300_000)
+    r = search(measure, 1_000_000, 1000, final_seconds=1.0, initial_seconds=0.5)
+    assert r.generator_limited and r.ndr <= 300_000 and r.pdr <= 300_000
+
+
+def test_search_runs_a_trial_that_did_not_offer_its_rate_once_more():
+    measure, calls = fake_dut(900_000, 950_000, offer_limit=300_000)
+    r = search(measure, 1_000_000, 1000, final_seconds=1.0, initial_seconds=0.5)
+    rates = [rate for rate, _ in calls]
+    assert rates.count(1_000_000) == 1                  # the max-rate probe is not repeated
+    repeated = [rate for rate in set(rates) if rate > 300_000 and rate != 1_000_000]
+    assert repeated and all(rates.count(rate) >= 2 for rate in repeated)
+
+
+def test_search_stops_with_a_partial_result_when_interrupted():
+    measure, calls = fake_dut(100_000, 130_000, stop_after=4)
+    r = search(measure, 1_000_000, 1000, final_seconds=2.0, initial_seconds=0.5)
+    assert not r.complete and r.note.startswith("interrupted") and len(calls) == 4
+
+
+def test_sizes():
+    assert [label for label, _ in parse_sizes("64,512,1518,imix")] == ["64", "512", "1518", "imix"]
+    assert parse_sizes("imix")[0][1].count(1518) == 4
+    for bad in ("", "63", "1519", "64,64", "big", "64,,", "99999999999"):
+        with pytest.raises(InputError):
+            parse_sizes(bad)
+
+
+# -- the CLI's bad input ------------------------------------------------------------------------------------------
+
+@needs_root
+@pytest.mark.parametrize("args", [
+    ["--sizes", "63"], ["--sizes", "imix,jumbo"], ["--max-rate", "0"], ["--min-rate", "5000", "--max-rate", "5000"],
+    ["--max-rate", "-3"], ["--duration", "0"], ["--repeat", "0"], ["--precision", "2"],
+    ["--dut", "bogus"], ["--dut", "testpmd:b0@netns:dkpt-no-such-ns"], ["--dut", "fwd:b0@netns:dkpt-no-such-ns"],
+    ["--dut", "testpmd:nosuchif0@TARGET"], ["--port", "a0", "--port", "a0", "--port", "a0"],
+    ["--peer", "zz:zz"], ["--dut", "testpmd:b0@TARGET", "--dut-cpu", "64"], ["--cpu", "-1"],
+])
+def test_bad_input_is_one_line_and_exit_2(args, direct):
+    args = [a.replace("TARGET", direct.target("b")) for a in args]
+    out = dpdkeni_cli("pmdtest", "--port", "a0", "--target", direct.target("a"), *args)
+    assert out.returncode == 2, (args, out.stdout, out.stderr)
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stdout == ""
+
+
+@needs_root
+def test_a_port_that_does_not_exist_is_exit_2(direct):
+    out = dpdkeni_cli("pmdtest", "--port", "nosuch0", "--target", direct.target("a"))
+    assert out.returncode == 2 and "nosuch0" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+# -- real trials ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def direct():
+    with Topo("direct", unique("dkq")) as t:
+        yield t
+
+
+@needs_root
+def test_no_reflector_is_said_before_the_search(direct):
+    out = dpdkeni_cli("pmdtest", "--port", "a0", "--target", direct.target("a"), timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "no test frame came back" in out.stderr and "reflector" in out.stderr
+    assert "trial" not in out.stdout
+
+
+@needs_root
+def test_below_ndr_loss_is_zero_and_every_counter_agrees(direct):
+    mirred(direct)
+    with Stream(["a0"], target=direct.target("a")) as s:
+        lines = []
+        pt = PmdTest(s, [], counters=KernelCounters(["a0"], direct.target("a")), warmup=0.2, drain=0.3,
+                     on_line=lines.append)
+        t = pt.trial(5000, 5.0, [64], max_frames=5000)       # 1 s of frames; slack for a starved generator
+    assert t.tx_packets == 5000
+    assert (t.lost, t.rx_packets, t.duplicates, t.reordered, t.rx_stale) == (0, 5000, 0, 0, 0)
+    # the kernel's counters tell the same: a0 sent 5000, and got 5000 test frames back
+    assert t.kernel == {"tx": 5000, "rx": 5000, "lost": 0} and t.note == ""
+    assert len(lines) == 1 and "loss 0/5000 (0.000 %)" in lines[0] and "p99" in lines[0]
+
+
+@needs_root
+def test_cli_search_with_dpdkeni_reflector_json_and_live_lines(direct):
+    out = dpdkeni_cli("pmdtest", "--port", "a0", "--target", direct.target("a"), "--dut",
+                      f"fwd:b0@{direct.target('b')}", "--sizes", "64,imix", "--max-rate", "20000", "--duration",
+                      "0.5", "--initial", "0.3", "--warmup", "0.1", "--drain", "0.2", "--max-trials", "8",
+                      "--precision", "0.1", "--json", timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [r["size"] for r in doc["results"]] == ["64", "imix"]
+    assert doc["results"][1]["mean_frame_bytes"] == pytest.approx((28 * 64 + 16 * 570 + 4 * 1518) / 48, abs=0.01)
+    live = [line for line in out.stderr.splitlines() if line.strip().startswith("trial")]
+    ntrials = sum(len(s["trial_list"]) for r in doc["results"] for s in r["searches"])
+    nlat = sum(len(v["rates"]) for r in doc["results"] for v in r["latency"].values())
+    assert len(live) == ntrials + nlat
+    for r in doc["results"]:
+        s = r["searches"][0]
+        assert s["ndr"] <= s["pdr"] <= 20000
+        # the DUT's own counters: it sent back all it got
+    assert doc["settings"]["dut_counters"]["rx"] == doc["settings"]["dut_counters"]["tx"] > 0
+
+
+@needs_root
+def test_ctrl_c_gives_the_partial_report(direct):
+    mirred(direct)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", "pmdtest", "--port", "a0", "--target",
+                             direct.target("a"), "--max-rate", "20000", "--duration", "30", "--initial", "30",
+                             "--warmup", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = ""
+    try:
+        # once the search runs (its first 30 s trial started after the reflection check), press Ctrl-C
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and "search 1/1" not in seen and proc.poll() is None:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                seen += proc.stdout.readline()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        out = seen + out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "| 64 |" in out and "(interrupted: partial report)" in out
+    assert "interrupted" in out + err
+
+
+# -- testpmd in a runc container as the DUT ---------------------------------------------------------------------------
+
+needs_testpmd = pytest.mark.skipif(not (shutil.which("dpdk-testpmd") and shutil.which("runc")),
+                                   reason="dpdk-testpmd (Debian dpdk-dev) and runc are needed")
+
+
+@needs_root
+@needs_testpmd
+def test_testpmd_counts_equal_ours_below_ndr(direct):
+    from dpdkeni.pmddut import TestpmdDut
+    dut = TestpmdDut("b0", direct.target("b"), "macswap").start()
+    try:
+        with Stream(["a0"], target=direct.target("a")) as s:
+            t = s.trial(2000, 3.0, [64], drain=1.0, max_frames=2000)   # 1 s of frames, slack for a busy host
+    finally:
+        counters = dut.stop()
+    assert t.tx_packets == 2000 and t.lost == 0 and t.rx_packets == 2000 and t.reordered == 0
+    # testpmd's own port counters: it received our 2000 and sent 2000 back (nothing else is on the link)
+    assert counters["rx"] == counters["tx"] == 2000, counters
+    assert counters["rx_dropped"] == 0
