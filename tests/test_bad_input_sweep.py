@@ -79,11 +79,13 @@ def _ip(*args):
     return json.loads(subprocess.run(["ip", "-j", *args], capture_output=True, text=True, check=True).stdout or "[]")
 
 
-def host_snapshot(stand_in, paths):
+def host_snapshot(stand_in, paths, names=None):
     """What must not change: the root namespace's links other than test links (``dk*``, which the suites of
     other sessions make and remove while this runs) with their addresses, its main routes through them, the
-    stand-in NIC, and the tree and contents of ``paths``."""
-    keep = lambda name: not name.startswith("dk") or name == stand_in  # noqa: E731
+    stand-in NIC, and the tree and contents of ``paths``. ``names``: only these links (those there before: a
+    link another process makes meanwhile is not the sweep's doing; one named after an input is checked apart)."""
+    def keep(name):
+        return (not name.startswith("dk") or name == stand_in) and (names is None or name in names)
     links = sorted((a["ifname"], a["mtu"], a.get("operstate"), a.get("address"),
                     sorted((i["local"], i["prefixlen"]) for i in a.get("addr_info", [])))
                    for a in _ip("addr") if keep(a["ifname"]))
@@ -124,7 +126,10 @@ def test_every_command_refuses_every_hostile_input(cli, state_dir, stand_in_mode
     cells = [(s, i) for s in SLOTS for i in INPUTS]
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(run, cells))
-    after = host_snapshot(nic, [state_dir, str(tmp_path)])
+    before_names = {link[0] for link in before["links"]}
+    after = host_snapshot(nic, [state_dir, str(tmp_path)], names=before_names)
+    new_links = {a["ifname"] for a in _ip("link")} - before_names
+    assert not new_links & {v for v in INPUTS.values() if v}, new_links   # no link named after an input
 
     table = os.environ.get("DPDKENI_SWEEP_TABLE")
     if table:

@@ -49,6 +49,9 @@ def test_watcher_reports_added_and_removed_and_wait_for_nic_returns(lab, plugged
     assert waited["rc"] == 0, waited["output"]
     found = json.loads([line for line in str(waited["output"]).splitlines() if line.startswith("{")][-1])
     assert (found["model"], found["pci"], found["mac"]) == (model, nic.pci, mac)
+    # the watcher reports the NIC before it goes: unplugging first would make a slow watcher (a loaded guest: seen
+    # in CI) read sysfs after the unplug had begun, and report a NIC it could no longer see whole
+    lab.wait(watcher, timeout=100, until=f'"mac": "{mac}"')
     lab.unplug(nic.id)
     done = lab.wait(watcher, timeout=100)
     events = _events(str(done["output"]), mac)
