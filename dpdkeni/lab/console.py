@@ -9,7 +9,6 @@ watcher reads the console log QEMU writes, a few times a second, and calls ``on_
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from typing import Callable, List, Optional
@@ -54,10 +53,6 @@ class ConsoleWatch(Looper):
         self._lines: List[str] = []
         self._partial = b""
         self._lock = threading.Lock()      # check() runs in the watcher's thread and, on demand, in others
-
-    def start(self) -> "ConsoleWatch":
-        super().start()
-        return self
 
     def tick(self) -> bool:
         return self.check()
@@ -105,10 +100,3 @@ class ConsoleWatch(Looper):
         log.info("%s", self.fault.message)
         self.on_fault(self.fault)
 
-
-def console_size(path: str) -> int:
-    """The console log's current size (where a new watcher starts), 0 when it does not exist yet."""
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0

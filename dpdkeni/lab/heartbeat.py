@@ -30,10 +30,6 @@ class Heartbeat(Looper):
         super().__init__("lab-heartbeat", interval)
         self.client, self.on_silence, self.context, self.silence = client, on_silence, context, silence
 
-    def start(self) -> "Heartbeat":
-        super().start()
-        return self
-
     def tick(self) -> bool:
         if self.client.closed:
             return True

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import threading
+from typing import TypeVar
+
+L = TypeVar("L", bound="Looper")
 
 
 class Looper:
@@ -13,7 +16,7 @@ class Looper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
-    def start(self) -> "Looper":
+    def start(self: L) -> L:
         self._thread.start()
         return self
 
