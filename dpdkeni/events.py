@@ -45,6 +45,10 @@ SETTLE_S = 0.5
 # the kernel unbinds, then deletes the device), so an unplug is one ``removed`` even when the remove uevent comes
 # late (udevd forwards it after its rules ran: seconds on a loaded host); a NIC left unbound is then ``bound``
 UNBIND_SETTLE_S = 5.0
+# a NIC whose kernel driver is bound but whose netdev is not there yet is still in its driver's probe (the driver
+# link appears before probe runs; e1000's probe reads its EEPROM, slow on a loaded guest): held back this long
+# from when it was first seen so, then reported as it is
+PROBE_SETTLE_S = 5.0
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _DRAIN_BATCH = 512
 RTM_NEWLINK_TYPE = 16
@@ -110,6 +114,11 @@ def _replaced(old: Nic, new: Nic) -> bool:
 def _settled(nic: Nic) -> bool:
     """A PCI NIC is settled when a driver holds it and, for its kernel driver, its netdev is here."""
     return bool(nic.driver) and (bool(nic.ifname) or nic.driver != nic.kernel_driver)
+
+
+def _probing(nic: Nic) -> bool:
+    """Whether ``nic``'s own kernel driver holds it without its netdev: the driver is probing it still."""
+    return bool(nic.driver) and nic.driver == nic.kernel_driver and not nic.ifname
 
 
 def _bdf_in(devpath: str) -> Optional[str]:
@@ -250,6 +259,7 @@ class Watcher:
         self.stats: collections.Counter = collections.Counter()
         self._known: Dict[str, Nic] = {}
         self._pending: Dict[str, float] = {}
+        self._probe_until: Dict[str, float] = {}
         self._udev_named: set = set()  # PCI NICs whose netdev udev has announced (named) since we started
         self._out: Deque[NicEvent] = collections.deque()
         self._links = _Links()
@@ -390,6 +400,7 @@ class Watcher:
 
     def _set(self, key: str, nic: Nic, seqnum: Optional[int] = None, resync: bool = False) -> None:
         self._pending.pop(key, None)
+        self._probe_until.pop(key, None)
         old = self._known.get(key)
         if old is not None and _replaced(old, nic):
             self._emit("removed", old, None, seqnum, resync)
@@ -401,6 +412,7 @@ class Watcher:
 
     def _drop(self, key: str, seqnum: Optional[int] = None, resync: bool = False) -> None:
         self._pending.pop(key, None)
+        self._probe_until.pop(key, None)
         old = self._known.pop(key, None)
         if old is not None:
             self._emit("removed", old, None, seqnum, resync)
@@ -428,12 +440,27 @@ class Watcher:
             self._drop(bdf, seqnum, resync)
         elif self._unnamed(bdf, nic) and self._pending.get(bdf, float("inf")) > time.monotonic():
             self._pending.setdefault(bdf, time.monotonic() + max(self.settle, 3.0))
+        elif _probing(nic) and self._hold_probe(bdf, nic):
+            pass
         elif final or _settled(nic):
             self._set(bdf, nic, seqnum, resync)
         elif self._lost_driver(bdf, nic):
             self._pending.setdefault(bdf, time.monotonic() + max(self.settle, UNBIND_SETTLE_S))
         else:
             self._pending[bdf] = time.monotonic() + self.settle
+
+    def _hold_probe(self, bdf: str, nic: Nic) -> bool:
+        """Hold back a NIC its kernel driver is still probing, up to :data:`PROBE_SETTLE_S` from when it was first
+        seen so; True while it is held (its netdev's uevent ends the hold sooner)."""
+        old = self._known.get(bdf)
+        if old is not None and old.driver == nic.driver:
+            return False  # the same driver as before: its netdev left for another namespace (``moved``)
+        now = time.monotonic()
+        until = self._probe_until.setdefault(bdf, now + max(self.settle, PROBE_SETTLE_S))
+        if now >= until:
+            return False
+        self._pending[bdf] = until
+        return True
 
     def _lost_driver(self, bdf: str, nic: Nic) -> bool:
         """A known NIC that had a driver and has none now (the same device: not another one plugged at its address

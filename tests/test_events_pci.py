@@ -73,6 +73,25 @@ def test_pci_add_already_complete_then_late_uevents_add_nothing(watcher, sysfs_t
     assert [(e.action, e.nic.ifname, e.nic.model) for e in events] == [("added", "eth1", "e1000")]
 
 
+def test_a_nic_its_driver_still_probes_is_held_until_its_netdev(watcher, sysfs_tree):
+    # the driver link appears before the driver's probe runs: e1000's probe on a loaded guest took longer than the
+    # settle time, and the watcher said 'added' with no netdev, then 'moved' when the netdev came (lab, CI run)
+    sysfs_tree.add_nic(BDF, "e1000", ifname=None)
+    assert feed(watcher, pci("add")) == []  # a whole second past the settle time, still held
+    sysfs_tree.add_netdev(BDF, "e1000", "eth1", "52:54:00:00:00:01", 1500, "up")
+    events = feed(watcher, net("add", "eth1"))
+    assert [(e.action, e.nic.ifname, e.nic.driver) for e in events] == [("added", "eth1", "e1000")]
+
+
+def test_a_driver_that_never_makes_its_netdev_is_reported_after_the_probe_hold(watcher, sysfs_tree, monkeypatch):
+    monkeypatch.setattr("dpdkeni.events.PROBE_SETTLE_S", 0.3)
+    sysfs_tree.add_nic(BDF, "e1000", ifname=None)
+    start = time.monotonic()
+    events = feed(watcher, pci("add"))
+    assert [(e.action, e.nic.ifname, e.nic.driver) for e in events] == [("added", None, "e1000")]
+    assert time.monotonic() - start >= 0.3
+
+
 def test_no_driver_is_reported_after_settling(watcher, sysfs_tree):
     sysfs_tree.add_nic(BDF, "e1000e", driver=None)
     events = feed(watcher, pci("add"))

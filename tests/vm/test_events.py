@@ -54,11 +54,10 @@ def test_watcher_reports_added_and_removed_and_wait_for_nic_returns(lab, plugged
     events = [r for r in rows if r["nic"]["pci"] == nic.pci]
     actions = [e["action"] for e in events]
     # one plug is one event and one unplug is one event: the pci, virtio, net and udev-rename uevents of the NIC
-    # collapse into them. Open (DESIGN 10): on a loaded guest the 0.5 s settle time can run out before the e1000's
-    # netdev shows, giving "added" without it and a "moved" when it comes (clean-clone run 5 of 5): allowed, and
-    # nothing else
-    assert actions in (["added", "removed"], ["added", "moved", "removed"]), events
-    whole = events[-2]["nic"] if actions[1] == "moved" else events[0]["nic"]
+    # collapse into them, even on a loaded guest whose e1000 probe outlasts the settle time (the watcher holds a NIC
+    # its driver still probes until its netdev shows: clean-clone run 5 of 5 saw "added" without it, then "moved")
+    assert actions == ["added", "removed"], events
+    whole = events[0]["nic"]
     assert (whole["model"], whole["pci"], whole["driver"], whole["ifname"], whole["mac"]) == (
         model, nic.pci, KERNEL_DRIVER[model], nic.ifname, mac), whole
     removed = events[-1]["nic"]
