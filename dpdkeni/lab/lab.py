@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import Error, GuestFaultError, InputError
 from .agent import AgentClient, Result
@@ -84,8 +84,9 @@ class Lab:
 
     def __init__(self, progress: Optional[Callable[[str], None]] = None, share: Optional[str] = None,
                  root_ports: int = 8, memory: str = "2048", cpu: Optional[CpuSetup] = None,
-                 boot_timeout: float = 300.0) -> None:
+                 boot_timeout: float = 300.0, extra_args: Optional[List[str]] = None) -> None:
         self.progress = progress or log.info
+        self.extra_args = list(extra_args or [])
         self.share = share or default_share()
         self.root_ports, self.memory = root_ports, memory
         self.cpu = cpu or CpuSetup()
@@ -118,7 +119,8 @@ class Lab:
         """Build or reuse the image, boot QEMU, connect QMP and the agent; raises with the console on failure."""
         self.image = ensure_image(self.progress)
         self.workdir = tempfile.mkdtemp(prefix="dpdkeni-lab-")
-        self.qemu = Qemu(self.image, self.workdir, self.share, self.root_ports, self.memory, self.cpu)
+        self.qemu = Qemu(self.image, self.workdir, self.share, self.root_ports, self.memory, self.cpu,
+                         self.extra_args)
         self.fault = None
         atexit.register(self.stop)
         started = time.monotonic()
@@ -313,17 +315,18 @@ class Lab:
 
     # -- hot-plug ----------------------------------------------------------------------------------------
     def plug(self, model: str, mac: Optional[str] = None, id: Optional[str] = None,
-             timeout: float = 60.0, wait: bool = True) -> PluggedNic:
+             timeout: float = 60.0, wait: bool = True, port: Optional[str] = None) -> PluggedNic:
         """Hot-plug a NIC (``virtio-net``, ``e1000``, ``e1000e``) on the QEMU hub and wait until the guest has
         its netdev (udev done renaming it); ``wait=False`` returns after ``device_add`` (when something in the
-        guest, such as the daemon, takes the NIC away at once)."""
+        guest, such as the daemon, takes the NIC away at once); ``port`` names a hot-plug slot of the lab's own
+        (``extra_args``) instead of the next free one."""
         model = _ALIASES.get(model, model)
         if model not in DEVICES:
             raise InputError(f"lab: unknown NIC model {model!r}", f"one of {', '.join(DEVICES)}")
         driver, props = DEVICES[model]
         mac = (mac or f"52:54:00:aa:00:{next(_macs):02x}").lower()
         nic_id = id or f"nic{len(self.nics) + 1}-{mac[-2:]}"
-        port = self._free_port()
+        port = port or self._free_port()
         nic = PluggedNic(nic_id, model, mac, port, f"hub-{nic_id}")
         qmp = self._qmp()
         started = time.monotonic()
