@@ -154,7 +154,8 @@ def check_iommu(fs: Sysfs, nic: Nic, driver: str, noiommu: bool, force: bool) ->
         return False
     if not noiommu:
         where = "its bus bypasses the IOMMU" if iommu_present(fs) else "no IOMMU on this host"
-        refuse(f"{nic.name} has no IOMMU group ({where}); vfio-pci would need the unsafe no-IOMMU mode", force, "pass --noiommu (noiommu=True) to enable it, or use uio_pci_generic")
+        refuse(f"{nic.name} has no IOMMU group ({where}); vfio-pci would need the unsafe no-IOMMU mode", force,
+               "pass --noiommu (noiommu=True) to enable it, or use uio_pci_generic")
         return False
     if fs.read(NOIOMMU_PARAM) is None:
         raise Error("this kernel's vfio has no no-IOMMU mode (CONFIG_VFIO_NOIOMMU is off)",
