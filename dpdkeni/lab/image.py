@@ -48,7 +48,7 @@ PACKAGES = [
 MODULES = [
     "virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "virtio_rng", "e1000", "e1000e",
     "vfio", "vfio_pci", "vfio_iommu_type1", "uio_pci_generic", "9p", "9pnet_virtio", "ext4",
-    "overlay", "veth", "bridge", "macvlan", "dummy", "af_packet",
+    "overlay", "veth", "bridge", "bonding", "macvlan", "dummy", "af_packet",
 ]
 # what the initramfs loads to reach the root filesystem and the 9p share
 BOOT_MODULES = ["virtio_pci", "virtio_blk", "ext4", "9pnet_virtio", "9p"]

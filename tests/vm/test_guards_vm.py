@@ -1,5 +1,5 @@
 """Guards on real objects in the QEMU lab guest: a process holding a NIC's ``/dev/uioN``, a NIC that is a port of
-a bridge (the guest kernel has no bonding module: a bridge port is the same ``master`` link), and cgroup v2 device
+a bond and of a bridge (the same ``master`` link, from two drivers), and cgroup v2 device
 programs dpdkeni must not edit (one that uses a BPF map, one attached to an ancestor cgroup). Each refusal names
 its reason and leaves the NIC on its kernel driver under its name."""
 from __future__ import annotations
@@ -38,6 +38,21 @@ def _driver(lab, pci):
 def _ifname(lab, pci):
     return lab.sh(f"ls /sys/bus/pci/devices/{pci}/net /sys/bus/pci/devices/{pci}/virtio*/net 2>/dev/null "
                   "| grep -v : | head -1").stdout.strip() or None
+
+
+def test_bind_refuses_a_bond_port(lab, plugged):
+    nic = plugged("e1000e")
+    lab.sh("modprobe bonding max_bonds=0", check=True)
+    lab.sh(f"ip link add dkbond0 type bond mode active-backup && ip link set {nic.ifname} down && "
+           f"ip link set {nic.ifname} master dkbond0", check=True)
+    try:
+        assert lab.sh(f"basename $(readlink /sys/class/net/{nic.ifname}/master)").stdout.strip() == "dkbond0"
+        out = lab.dpdkeni("bind", nic.pci, "--driver", "vfio-pci")
+        assert out.rc == 3, out.stderr
+        assert f"{nic.pci} ({nic.ifname}) is busy: it is a port of dkbond0" in out.stderr, out.stderr
+        assert (_driver(lab, nic.pci), _ifname(lab, nic.pci)) == ("e1000e", nic.ifname)
+    finally:
+        lab.sh("ip link del dkbond0", check=True)
 
 
 def test_bind_refuses_a_bridge_port_and_a_held_uio_node(lab, plugged):
