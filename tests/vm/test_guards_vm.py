@@ -40,31 +40,30 @@ def _ifname(lab, pci):
                   "| grep -v : | head -1").stdout.strip() or None
 
 
-def test_bind_refuses_a_bond_port(lab, plugged):
-    nic = plugged("e1000e")
-    lab.sh("modprobe bonding max_bonds=0", check=True)
-    lab.sh(f"ip link add dkbond0 type bond mode active-backup && ip link set {nic.ifname} down && "
-           f"ip link set {nic.ifname} master dkbond0", check=True)
+def _refused_as_port_of(lab, nic, kernel_driver: str, master: str, make: str, driver: str) -> None:
+    """Enslave ``nic`` to a new ``master`` (``make`` creates it); binding it to ``driver`` is refused (exit 3) and
+    the NIC stays on its kernel driver under its name; the master is deleted after."""
+    lab.sh(f"{make} && ip link set {nic.ifname} down && ip link set {nic.ifname} master {master}", check=True)
     try:
-        assert lab.sh(f"basename $(readlink /sys/class/net/{nic.ifname}/master)").stdout.strip() == "dkbond0"
-        out = lab.dpdkeni("bind", nic.pci, "--driver", "vfio-pci")
+        assert lab.sh(f"basename $(readlink /sys/class/net/{nic.ifname}/master)").stdout.strip() == master
+        out = lab.dpdkeni("bind", nic.pci, "--driver", driver)
         assert out.rc == 3, out.stderr
-        assert f"{nic.pci} ({nic.ifname}) is busy: it is a port of dkbond0" in out.stderr, out.stderr
-        assert (_driver(lab, nic.pci), _ifname(lab, nic.pci)) == ("e1000e", nic.ifname)
+        assert f"{nic.pci} ({nic.ifname}) is busy: it is a port of {master}" in out.stderr, out.stderr
+        assert (_driver(lab, nic.pci), _ifname(lab, nic.pci)) == (kernel_driver, nic.ifname)
     finally:
-        lab.sh("ip link del dkbond0", check=True)
+        lab.sh(f"ip link del {master}", check=True)
+
+
+def test_bind_refuses_a_bond_port(lab, plugged):
+    lab.sh("modprobe bonding max_bonds=0", check=True)
+    _refused_as_port_of(lab, plugged("e1000e"), "e1000e", "dkbond0", "ip link add dkbond0 type bond mode active-backup",
+                        "vfio-pci")
 
 
 def test_bind_refuses_a_bridge_port_and_a_held_uio_node(lab, plugged):
     nic = plugged("e1000")
-    lab.sh(f"ip link add dkbr0 type bridge && ip link set {nic.ifname} master dkbr0", check=True)
-    try:
-        out = lab.dpdkeni("bind", nic.pci, "--driver", "uio_pci_generic")
-        assert out.rc == 3, out.stderr
-        assert f"{nic.pci} ({nic.ifname}) is busy: it is a port of dkbr0" in out.stderr, out.stderr
-        assert (_driver(lab, nic.pci), _ifname(lab, nic.pci)) == ("e1000", nic.ifname)
-    finally:
-        lab.sh("ip link del dkbr0", check=True)
+    _refused_as_port_of(lab, nic, "e1000", "dkbr0", "ip link add dkbr0 type bridge", "uio_pci_generic")
+    lab.sh(f"ip link set {nic.ifname} up", check=True)
     lab.sh("modprobe uio_pci_generic && modprobe vfio-pci", check=True)
     assert lab.dpdkeni("bind", nic.pci, "--driver", "uio_pci_generic").rc == 0
     uio = lab.sh(f"ls /sys/bus/pci/devices/{nic.pci}/uio", check=True).stdout.strip()
