@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from . import statedir
 from .errors import LedgerError, os_error_message
@@ -142,6 +142,11 @@ class Leases(MutableMapping):
         body = '{"leases":{%s},"version":%d}' % (",".join(f"{json.dumps(k)}:{t}" for k, t in texts.items()),
                                                 FORMAT_VERSION)
         return _Parsed(body.encode(), settled, texts)
+
+
+def peeker(leases: Mapping[str, Lease]) -> Callable[[str], Dict[str, Any]]:
+    """``peek(key)``: a lease as its JSON dict, without converting it when ``leases`` is a :class:`Leases`."""
+    return leases.peek if isinstance(leases, Leases) else (lambda k: leases[k].to_dict())
 
 
 # compact on purpose: with ``indent`` json falls back to its pure-Python encoder, ten times slower
