@@ -159,16 +159,41 @@ BATCH_WORKERS = 4
 
 
 @boundary
-def attach_many(requests: Sequence[Dict[str, Any]], *, workers: int = BATCH_WORKERS) -> List[Union[Lease, Error]]:
-    """Attach several NICs at once: each request is a dict of :func:`attach` arguments (``nic`` and ``target``,
-    optionally ``mode``, ``ifname``, ``addresses``, ...). Returns, in request order, the lease of each NIC or the
-    :class:`~dpdkeni.errors.Error` that stopped it (one failure does not stop the others, and is undone like a
-    failed :func:`attach`).
+def attach_many(requests: Sequence[Union[Dict[str, Any], AttachRequest]], *, workers: int = BATCH_WORKERS,
+                atomic: bool = False) -> List[Union[Lease, Error]]:
+    """Attach several NICs at once: each request is an :class:`~dpdkeni.request.AttachRequest` or a dict of
+    :func:`attach` arguments (``nic`` and ``target``, optionally ``mode``, ``ifname``, ``addresses``, ...). Returns,
+    in request order, the lease of each NIC or the :class:`~dpdkeni.errors.Error` that stopped it (one failure
+    does not stop the others, and is undone like a failed :func:`attach`; a malformed request is its InputError).
+
+    ``atomic``: all or nothing: when one failed, the NICs attached are released again (their leases are returned
+    with ``params["released_again"]`` True; one whose release failed is returned as that error).
 
     The kernel moves one device at a time (RTNL), and each move waits for an RCU barrier with the CPU idle;
     ``workers`` threads fill that wait with the next NICs' lookups, ledger writes and netlink requests.
     """
-    return _in_threads(lambda r: attach(**r), list(requests), workers)
+    reqs = [_request(r) for r in requests]
+    results: List[Union[Lease, Error]] = _in_threads(
+        lambda r: r if isinstance(r, Error) else attach(r.nic, r.target, **r.kwargs()), reqs, workers)
+    if atomic and any(isinstance(x, Error) for x in results) and \
+            not any(isinstance(r, AttachRequest) and r.dry_run for r in reqs):
+        done = [i for i, x in enumerate(results) if not isinstance(x, Error)]
+        back = release_many([reqs[i].nic for i in done], workers=workers)  # type: ignore[union-attr]
+        for i, went in zip(done, back):
+            if isinstance(went, Error):
+                results[i] = went
+            else:
+                results[i].params["released_again"] = True  # type: ignore[union-attr]
+    return results
+
+
+def _request(item: Union[Dict[str, Any], AttachRequest]) -> Union[AttachRequest, InputError]:
+    try:
+        return item if isinstance(item, AttachRequest) else AttachRequest(**item)
+    except InputError as exc:
+        return exc
+    except TypeError as exc:  # a key attach does not take
+        return InputError(f"bad attach request: {exc}")
 
 
 @boundary
