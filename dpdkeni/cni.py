@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import cnispec as spec
-from . import models, validate
+from . import host, models, validate
 from .cnispec import CniError, Env, IpConfig, Result
 from .errors import Error, GuardError, InputError, NotFoundError
 from .request import AttachRequest
@@ -528,7 +528,7 @@ def _in_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
         except BaseException as exc:  # handed to the waiter
             out["error"] = exc
 
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=host.carried(run), daemon=True)
     thread.start()
 
     def wait() -> Any:

@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from . import models, modes, netdev
+from . import host, models, modes, netdev
 from .errors import Error, GuardError, InputError, NotFoundError, as_error, boundary
 from .guards import check_handoff
 from .inventory import Nic, find_nic
@@ -216,7 +216,7 @@ def _in_threads(fn: Any, items: List[Any], workers: int) -> List[Any]:
     if workers <= 1 or len(items) <= 1:
         return [guarded(i) for i in items]
     with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="dpdkeni") as pool:
-        return list(pool.map(guarded, items))
+        return list(pool.map(host.carried(guarded), items))
 
 
 def _leased_meanwhile(spec: Union[Nic, str], ledger: Ledger, exc: NotFoundError) -> GuardError:
