@@ -29,7 +29,7 @@ from .errors import Error, InputError, StepError
 from .inventory import Nic
 from .ledger import Lease, Ledger, Step
 from .modes import Mode, target_of
-from .steps import Steps, Undo, UndoTable, Unwinding, raise_undo_errors, unwind
+from .steps import PLANNED, Steps, Undo, UndoTable, Unwinding, raise_undo_errors, unwind
 from .sysfs import Sysfs
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,17 @@ def _plan_steps(nic: Nic, target: Any, key: str, hugepages: Optional[str], drive
     """The steps of a dpdk attach, each with what its undo needs as far as it is known before the first one runs
     (the device rules and nodes are known once the NIC is bound: noted then, written before they start)."""
     pid = _pid_of(target)
-    steps = [Step("bind", undo={"pci": nic.pci, "driver": nic.driver, "ifname": nic.ifname, "mac": nic.mac,
-                                "root": fs.root})]
+    steps = [Step("bind", PLANNED, {"pci": nic.pci, "driver": nic.driver, "ifname": nic.ifname, "mac": nic.mac,
+                                    "root": fs.root})]
     if hugepages:
         page = DEFAULT_PAGESIZE
         pages = hp.pages_for(hugepages, page)
-        steps += [Step("hugepages", undo={"pages": pages, "page_bytes": page, "node": _pool_for(Sysfs(), nic, page)}),
-                  Step("hugetlbfs", undo={"pid": pid, "path": HUGEPAGES_MOUNT, "bytes": pages * page,
-                                          "page_bytes": page})]
-    return steps + [Step("devcgroup", undo={"pid": pid, "key": key}), Step("devnodes", undo={"pid": pid, "key": key})]
+        steps += [Step("hugepages", PLANNED, {"pages": pages, "page_bytes": page,
+                                              "node": _pool_for(Sysfs(), nic, page)}),
+                  Step("hugetlbfs", PLANNED, {"pid": pid, "path": HUGEPAGES_MOUNT, "bytes": pages * page,
+                                              "page_bytes": page})]
+    return steps + [Step("devcgroup", PLANNED, {"pid": pid, "key": key}),
+                    Step("devnodes", PLANNED, {"pid": pid, "key": key})]
 
 
 def _pid_of(target: Any) -> int:

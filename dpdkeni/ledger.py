@@ -281,10 +281,13 @@ class Ledger:
             leases[key].updated = time.time()
 
     def advance(self, key: str, done: Optional[Dict[str, Dict[str, Any]]] = None,
-                begin: Sequence[Step] = (), params: Optional[Dict[str, Any]] = None, **changes: Any) -> Lease:
+                begin: Sequence[Step] = (), params: Optional[Dict[str, Any]] = None, plan: Sequence[Step] = (),
+                notes: Optional[Dict[str, Dict[str, Any]]] = None, **changes: Any) -> Lease:
         """One transaction for a step boundary: mark the steps in ``done`` done (each adding what was learned to
-        its undo data), record the steps ``begin`` as started (with their undo data), merge ``params`` into the
-        lease's params and set lease fields ``changes``. Saves the writes of separate
+        its undo data), record the steps ``begin`` as started (with their undo data; a step recorded already
+        keeps its place, the order the steps are undone in), add the steps of ``plan`` not recorded yet as they
+        are, replace the undo data of the steps in ``notes`` (their state kept: a planned step stays planned),
+        merge ``params`` into the lease's params and set lease fields ``changes``. Saves the writes of separate
         :meth:`end_step`/:meth:`begin_step` calls on hot paths."""
         with self.transaction() as leases:
             lease = leases[key]
@@ -294,9 +297,19 @@ class Ledger:
                     raise LedgerError(f"step {name!r} of {key} was never begun")
                 step.state = "done"
                 step.undo.update(learned or {})
-            names = {s.name for s in begin}
-            lease.steps = [s for s in lease.steps if s.name not in names] + [
-                Step(s.name, "started", dict(s.undo)) for s in begin]
+            for new in [Step(s.name, "started", dict(s.undo)) for s in begin] + [
+                    Step(s.name, s.state, dict(s.undo)) for s in plan if lease.step(s.name) is None]:
+                at = next((i for i, s in enumerate(lease.steps) if s.name == new.name), None)
+                if at is None:
+                    lease.steps.append(new)
+                else:
+                    lease.steps[at] = new
+            for name, data in (notes or {}).items():
+                step = lease.step(name)
+                if step is None:
+                    lease.steps.append(Step(name, "planned", dict(data)))
+                else:
+                    step.undo = dict(data)
             lease.params.update(params or {})
             for name, value in changes.items():
                 setattr(lease, name, value)

@@ -1,12 +1,13 @@
 """The one step engine of the handoff modes: named steps recorded in the ledger, undone through one table.
 
 A mode (:mod:`dpdkeni.netdev`, :mod:`dpdkeni.dpdkmode`) plans its steps; the plan is recorded with the lease's
-claim, in the same ledger write, each step ``started`` with what its undo needs. :class:`Steps` runs them; a
-step's ``done`` mark (and what it learned) rides on the next write, unless its undo is *exact* (it cannot tell
-from the system whether the step happened: hugepages taken, a mount made), then it is written before the next
-step starts. Every step's undo is registered by name in the mode's :data:`UndoTable`, and the same function
+claim, in the same ledger write, each step with what its undo needs: ``started`` (recovery treats a started step
+as maybe done), or ``planned`` when its undo is *exact* (it cannot tell from the system whether the step happened:
+hugepages taken, a mount made), then it is marked ``started`` in a write just before it runs. :class:`Steps` runs
+them; a step's ``done`` mark (and what it learned) rides on the next write, an exact step's is written before the
+next step starts. Every step's undo is registered by name in the mode's :data:`UndoTable`, and the same function
 undoes it whether the attach failed in this process (:meth:`Steps.__exit__`), the NIC is released, or a crash
-left it to ``recover`` (:func:`unwind`).
+left it to ``recover`` (:func:`unwind`; a ``planned`` step never started and has nothing to undo).
 
 The rules, the same for every mode:
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 TEST_KILL_ENV = "DPDKENI_TEST_KILL_AFTER"
 UNDONE = "undone"  # the ledger state of a step whose exact undo ran (it is never run twice)
+PLANNED = "planned"  # an exact step recorded with the plan, not started yet (nothing to undo)
 
 
 def test_hook(name: str) -> None:
@@ -101,7 +103,7 @@ def _left(steps: Sequence[Step], table: UndoTable, failed: Set[str]) -> List[Ste
     for step in steps:
         if step.name in table:
             owner = step.name
-        if owner in failed and step.state != UNDONE:
+        if owner in failed and step.state not in (UNDONE, PLANNED):
             out.append(step)
     return out
 
@@ -181,7 +183,7 @@ def unwind(u: Unwinding, table: UndoTable, *, stop_on_guard: bool = False) -> Tu
     """Undo every recorded step of ``u.lease`` not undone yet, newest first (release and ``recover``: the same
     undo functions as a failed attach's). A step not marked done is undone as ``partial``."""
     ran = [(s.name, dict(s.undo, partial=s.state != "done")) for s in u.lease.steps
-           if s.name in table and s.state != UNDONE]
+           if s.name in table and s.state not in (UNDONE, PLANNED)]
     return undo_steps(u, table, ran, stop_on_guard=stop_on_guard)
 
 
@@ -200,6 +202,7 @@ class Steps:
         self.unwinding = Unwinding(ledger, lease, live=live if live is not None else {})
         self.missing = [s for s in plan if lease.step(s.name) is None]
         self.recorded: Dict[str, Dict[str, Any]] = {s.name: dict(s.undo) for s in [*lease.steps, *self.missing]}
+        self.planned = {s.name for s in [*lease.steps, *self.missing] if s.state == PLANNED}
         self.pending: Dict[str, Dict[str, Any]] = {}   # done marks not written yet
         self.hooks: List[str] = []                     # exact steps whose test hook waits for their done mark
         self.notes: Dict[str, Dict[str, Any]] = {}     # undo data of steps not started, to write before they do
@@ -209,7 +212,7 @@ class Steps:
 
     def __enter__(self) -> "Steps":
         if self.missing:
-            self._write(begin=self.missing)
+            self._write(plan=self.missing)
         return self
 
     def __exit__(self, _type: Any, exc: Optional[BaseException], _tb: Any) -> None:
@@ -233,9 +236,10 @@ class Steps:
             exc.undo_errors = errors  # type: ignore[attr-defined]
 
     def _write(self, done: Optional[Dict[str, Dict[str, Any]]] = None, begin: Sequence[Step] = (),
+               plan: Sequence[Step] = (), notes: Optional[Dict[str, Dict[str, Any]]] = None,
                **changes: Any) -> Lease:
         self.writes += 1
-        lease = self.ledger.advance(self.lease.key, done=done, begin=begin, **changes)
+        lease = self.ledger.advance(self.lease.key, done=done, begin=begin, plan=plan, notes=notes, **changes)
         hooks, self.hooks = self.hooks, []
         for name in hooks:
             test_hook(name)
@@ -252,13 +256,13 @@ class Steps:
         runs; ``fn``'s dict result is what the step learned, kept with its undo data. A GuardError passes as it
         is; another Error or a system error becomes a StepError naming the step."""
         data = dict(record) if record is not None else self.notes.pop(name, self.recorded.get(name, {}))
-        begin = [Step(name, "started", data)] if self.recorded.get(name) != data or name not in self.recorded \
-            else []
+        unchanged = name in self.recorded and self.recorded[name] == data and name not in self.planned
+        begin = [] if unchanged else [Step(name, "started", data)]
+        self.planned.discard(name)
         if begin or self.notes or self.hooks:
-            notes = [Step(n, "started", d) for n, d in self.notes.items()]
-            self.recorded.update((s.name, s.undo) for s in notes)
-            done, self.pending, self.notes = self.pending, {}, {}
-            self._write(done=done, begin=[*notes, *begin])
+            self.recorded.update(self.notes)
+            done, self.pending, notes, self.notes = self.pending, {}, self.notes, {}
+            self._write(done=done, begin=begin, notes=notes)
         self.recorded[name] = data
         try:
             result = fn()
@@ -280,4 +284,7 @@ class Steps:
     def finish(self, **changes: Any) -> Lease:
         """Mark the steps run done and set lease fields (``params`` merged), in one write."""
         done, self.pending = self.pending, {}
+        if os.environ.get(TEST_KILL_ENV) in self.hooks:  # the crash tests: killed with the step done, not more
+            self._write(done=done)
+            done = {}
         return self._write(done=done, **changes)

@@ -51,7 +51,8 @@ def test_dpdk_attach_and_release_writes(world, monkeypatch, writes):  # noqa: F8
     attach = writes[0]
     handoff.release(BDF9)
     assert Ledger().leases() == {}
-    # attach: the claim with the plan, then one write per step boundary (bind done with the device rules and nodes
-    # noted, hugepages, hugetlbfs, devcgroup done) and the last step done with "attached" (12 before the engine:
-    # a begin and an end per step); release: releasing, each exact undo recorded as it ran, the end
-    assert (attach, writes[0] - attach) == (6, 7)
+    # attach: the claim with the plan (each step "planned"), then one write per step boundary, each marking the
+    # next step started and the one before done (bind started; bind done with the device rules and nodes noted
+    # and hugepages started; hugetlbfs; devcgroup; devnodes), and the last step done with "attached" (12 before
+    # the engine: a begin and an end per step); release: releasing, each exact undo recorded as it ran, the end
+    assert (attach, writes[0] - attach) == (7, 7)
