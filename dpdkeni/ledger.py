@@ -36,9 +36,9 @@ state_dir = statedir.path  # where the modules that keep state look it up
 
 @dataclass
 class Step:
-    """One recorded step of an attach or release: ``state`` is ``started``, ``done`` or (a dpdk step whose undo
-    ran) ``undone``; ``undo`` holds
-    what is needed to reverse it."""
+    """One recorded step of an attach or release: ``state`` is ``planned`` (recorded with the plan, not started:
+    nothing to undo), ``started``, ``done`` or (a step whose exact undo ran) ``undone``; ``undo`` holds what is
+    needed to reverse it."""
 
     name: str
     state: str = "started"
