@@ -2,8 +2,9 @@
 
 ``attach`` claims the NIC in the ledger first (one transaction under flock: exactly one of several concurrent
 claimants wins; a NIC leased to another target is refused with GuardError, to the same target it is a no-op),
-then runs mode "netdev" (:mod:`dpdkeni.netdev`) or "dpdk" (:mod:`dpdkeni.dpdkmode`). A failed attach is undone
-and its lease removed. ``recover`` finishes or undoes whatever a crash left half-done; ``reclaim`` is what the
+with the steps its mode plans, then runs them through the mode object (:func:`dpdkeni.modes.get`: netdev in
+:mod:`dpdkeni.netdev`, dpdk in :mod:`dpdkeni.dpdkmode`) on the step engine (:mod:`dpdkeni.steps`) and writes
+``attached``. A failed attach is undone and its lease removed (kept ``failed`` when an undo failed too). ``recover`` finishes or undoes whatever a crash left half-done; ``reclaim`` is what the
 daemon calls when a leased NIC shows up in the host's namespace again (its container died).
 """
 from __future__ import annotations
