@@ -4,8 +4,9 @@
 claimants wins; a NIC leased to another target is refused with GuardError, to the same target it is a no-op),
 with the steps its mode plans, then runs them through the mode object (:func:`dpdkeni.modes.get`: netdev in
 :mod:`dpdkeni.netdev`, dpdk in :mod:`dpdkeni.dpdkmode`) on the step engine (:mod:`dpdkeni.steps`) and writes
-``attached``. A failed attach is undone and its lease removed (kept ``failed`` when an undo failed too). ``recover`` finishes or undoes whatever a crash left half-done; ``reclaim`` is what the
-daemon calls when a leased NIC shows up in the host's namespace again (its container died).
+``attached``. A failed attach is undone and its lease removed (kept ``failed`` when an undo failed too).
+``recover`` finishes or undoes whatever a crash left half-done; ``reclaim`` is what the daemon calls when a
+leased NIC shows up in the host's namespace again (its container died).
 """
 from __future__ import annotations
 
