@@ -114,8 +114,11 @@ def _attach(req: AttachRequest) -> Lease:
     if req.nic is None or req.target is None:
         raise InputError("an attach needs a NIC and a target")
     ledger = Ledger()
-    tgt = req.target if isinstance(req.target, Target) else resolve_target(req.target)
-    refuse_host(tgt)  # also for a Target made by the caller (CNI's dpdk target, the daemon's)
+    if isinstance(req.target, Target):  # made by the caller (CNI's dpdk target, the daemon's)
+        tgt = req.target
+        refuse_host(tgt)
+    else:
+        tgt = resolve_target(req.target)  # refuses the host's namespace itself (one stat of it fewer)
     leases = ledger.leases()
     have = find_lease(req.nic, leases=leases)
     if have is not None:
