@@ -12,7 +12,7 @@ import glob
 import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Set, Tuple
 
 import psutil
 from pyroute2 import netns as pr_netns
@@ -224,28 +224,10 @@ def _host(spec: str, why: str) -> InputError:
                       "give the container's pid:N, netns:NAME, container:ID or netns path")
 
 
-_HELD: Dict[int, int] = {}  # pid -> an fd this process keeps on its own network namespace
-
-
-def _hold_host_namespace() -> None:
-    """Keep an fd on this process's network namespace (the host's) open for the life of the process. A stat or
-    open of a namespace file nobody holds makes its nsfs dentry and inode, and the last close frees them through
-    RCU; the namespace move that follows in an attach waits in ``rcu_barrier()`` for such callbacks. A pause
-    injected right after this check lowered the move from ~19 to ~15.5 ms; benchmarks/attach.py's attach p50
-    went 25.3-25.8 -> 23.5-25.4 ms with it (noisy). Held, the dentry stays and a stat is only a lookup."""
-    pid = os.getpid()
-    if pid not in _HELD:
-        try:
-            _HELD[pid] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            pass
-
-
 def host_namespaces() -> Set[Tuple[int, int]]:
     """(st_dev, st_ino) of the host's network namespace: pid 1's, and this process's own (dpdkeni runs in the
     host's namespace; a sandbox may hide pid 1's). The thread group leader's, not this thread's: a thread may be
     inside a container's namespace for a moment (:func:`entered`)."""
-    _hold_host_namespace()
     found = set()
     for path in (ROOT_NETNS, f"/proc/{os.getpid()}/ns/net"):
         try:

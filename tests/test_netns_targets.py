@@ -58,28 +58,3 @@ def test_pid_whose_namespace_cannot_be_opened(monkeypatch):
     monkeypatch.setattr(netns_mod.os, "stat", denied)
     with pytest.raises(InputError, match=r"pid:%d: its network namespace cannot be opened" % os.getpid()):
         resolve_target(f"pid:{os.getpid()}")
-
-
-def test_the_host_namespace_is_held_open_once(monkeypatch):
-    """host_namespaces() keeps one fd on this process's network namespace for the life of the process (so its
-    stats do not make and free an nsfs dentry each time: see netns._hold_host_namespace), however often it runs."""
-    from dpdkeni import netns as nsmod
-    monkeypatch.setattr(nsmod, "_HELD", {})
-
-    def held():
-        own = os.readlink("/proc/self/ns/net")
-        return [fd for fd in os.listdir("/proc/self/fd") if _link_or_none(f"/proc/self/fd/{fd}") == own]
-    before = held()
-    for _ in range(3):
-        nsmod.host_namespaces()
-    try:
-        assert len(held()) == len(before) + 1 and list(nsmod._HELD) == [os.getpid()]
-    finally:
-        os.close(nsmod._HELD.pop(os.getpid()))
-
-
-def _link_or_none(path):
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
