@@ -14,7 +14,7 @@ import pkgutil
 import sys
 from typing import Generator, Iterable, List, NoReturn, Optional, Tuple
 
-from . import __version__, commands, statedir
+from . import __version__, commands, host, statedir
 from .errors import Error, as_error
 
 log = logging.getLogger("dpdkeni")
@@ -92,8 +92,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
                         format="dpdkeni: %(message)s", stream=sys.stderr)
     try:
-        statedir.verify()
-        return int(args.func(args) or 0)
+        with host.using(host.Host.from_env()):  # resolved once: the whole command sees one state dir, sysfs, models
+            statedir.verify()
+            return int(args.func(args) or 0)
     except Error as exc:
         print(f"dpdkeni: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import cnispec as spec
-from . import models, validate
+from . import host, models, validate
 from .cnispec import CniError, Env, IpConfig, Result
 from .errors import Error, GuardError, InputError, NotFoundError
+from .request import AttachRequest
 
 log = logging.getLogger("dpdkeni.cni")
 
@@ -56,6 +57,7 @@ class NetConf:
     ipam: Optional[Dict[str, Any]] = None
     prev_result: Optional[Result] = None
     ifname: Optional[str] = None  # the NIC's name in the pod instead of CNI_IFNAME
+    request: AttachRequest = field(default_factory=AttachRequest)  # mode and settings, checked; no NIC yet
 
     def name_in_pod(self, env: Env) -> str:
         """What the NIC is called inside the pod: ``ifname`` when configured, else ``CNI_IFNAME``."""
@@ -138,19 +140,21 @@ def parse_netconf(conf: Mapping[str, Any]) -> NetConf:
         raise _invalid("wait must be a number of seconds", str(exc)) from exc
     if not 0 <= wait <= MAX_WAIT:
         raise _invalid(f"wait must be from 0 to {MAX_WAIT:g} seconds", repr(conf.get("wait")))
-    mtu = _checked(validate.mtu, conf.get("mtu"))
     routes = _checked(validate.routes, conf.get("routes") or [])
-    gateway = _checked(validate.gateway, conf.get("gateway"))
-    _checked(validate.hugepages, conf.get("hugepages"))
-    _checked(lambda d: validate.choice(d, "driver", models.USER_DRIVERS), conf.get("driver") or "vfio-pci")
+    # the attach this configuration asks for, checked as every attach is (its NIC, target, name in the pod and
+    # IPAM addresses are known at ADD)
+    request = _checked(lambda c: AttachRequest(
+        mode=mode, mtu=c.get("mtu"), gateway=c.get("gateway"), hugepages=c.get("hugepages"),
+        driver=c.get("driver") or "vfio-pci", noiommu=bool(c.get("noiommu")),
+        ifname=c["ifname"] if c.get("ifname") is not None else "eth0"), conf)
+    gateway = validate.gateway(request.gateway)
     prev = conf.get("prevResult")
-    ifname = _checked(validate.ifname, conf["ifname"]) if conf.get("ifname") is not None else None
     return NetConf(
         name=str(conf.get("name") or ""), version=conf["cniVersion"], nic_spec=nic_spec_from(conf), mode=mode,
         wait=wait, addresses=_static_ips(conf), gateway=str(gateway) if gateway else None, routes=list(routes),
-        mtu=mtu, hugepages=conf.get("hugepages"), driver=conf.get("driver") or "vfio-pci",
-        noiommu=bool(conf.get("noiommu")), ipam=ipam,
-        prev_result=Result.from_json(prev) if prev is not None else None, ifname=ifname)
+        mtu=request.mtu, hugepages=request.hugepages, driver=request.driver, noiommu=request.noiommu, ipam=ipam,
+        prev_result=Result.from_json(prev) if prev is not None else None,
+        ifname=request.ifname if conf.get("ifname") is not None else None, request=request)
 
 
 # --- waiting for a NIC that is still being hot-plugged ------------------------------------------------------
@@ -421,8 +425,9 @@ def _attach(conf: NetConf, env: Env, nic, result: Callable[[], Result], netns: s
         result()  # IPAM first: only the netdev handoff undoes itself when the addresses fail after the move
     addresses: Any = (lambda: [ip.address for ip in result().ips]) if conf.mode == "netdev" else []
     target = dpdk_target(env.netns) if conf.mode == "dpdk" else netns
-    handoff.attach(nic, target, conf.mode, ifname=conf.name_in_pod(env), addresses=addresses, mtu=conf.mtu,
-                   hugepages=conf.hugepages, driver=conf.driver, noiommu=conf.noiommu)
+    req = conf.request.bind(nic=nic, target=target, ifname=conf.name_in_pod(env), addresses=addresses,
+                            gateway=None)  # the gateway is a route of the result (below), not the attach's
+    handoff.attach(req.nic, req.target, **req.kwargs())
     if conf.mode == "netdev" and result().routes:
         try:
             add_routes(env.netns, conf.name_in_pod(env), result().routes)
@@ -523,7 +528,7 @@ def _in_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
         except BaseException as exc:  # handed to the waiter
             out["error"] = exc
 
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=host.carried(run), daemon=True)
     thread.start()
 
     def wait() -> Any:

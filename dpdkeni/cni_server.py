@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Optional
 
-from . import cni, cni_sweep, statedir, unixsock
+from . import cni, cni_sweep, host, statedir, unixsock
 from .cni_client import decode_request, peer_cred, socket_path
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ class CniServer:
                 return
             out = io.StringIO()
             start = time.monotonic()
-            rc = cni.main(environ, io.BytesIO(stdin), out)
+            with host.using(host.Host.from_env(environ)):  # the client's state dir, sysfs root and models
+                rc = cni.main(environ, io.BytesIO(stdin), out)
             self.calls += 1
             log.info("%s %s %s -> %d (%.1f ms)", environ.get("CNI_COMMAND"), environ.get("CNI_CONTAINERID"),
                      environ.get("CNI_IFNAME"), rc, (time.monotonic() - start) * 1e3)

@@ -139,9 +139,8 @@ def ensure_running(lease: Lease, ledger: Ledger) -> bool:
     """Restart the client of an attached lease when it died (``recover``). True when one was started."""
     if running(lease):
         return False
-    from .netns import Target
-    target = Target(lease.target, lease.params.get("target_path", ""), lease.target_id or "")
-    _remember(ledger, lease.key, start(lease, target, lease.params.get("ifname", "eth0")))
+    from .modes import target_of
+    _remember(ledger, lease.key, start(lease, target_of(lease), lease.params.get("ifname", "eth0")))
     return True
 
 

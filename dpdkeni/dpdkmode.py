@@ -22,12 +22,14 @@ import contextlib
 import logging
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import devcgroup, netdev
+from . import devcgroup
 from . import driver as drv
 from . import hugepages as hp
-from .errors import Error, GuardError, InputError, StepError, as_error
+from .errors import Error, InputError, StepError
 from .inventory import Nic
-from .ledger import Lease, Ledger
+from .ledger import Lease, Ledger, Step
+from .modes import Mode, target_of
+from .steps import PLANNED, Steps, Undo, UndoTable, Unwinding, raise_undo_errors, unwind
 from .sysfs import Sysfs
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,6 @@ DEFAULT_PAGESIZE = 2 << 20
 DEFAULT_HUGEPAGES = "256M"
 ATTACH_STEPS = ("bind", "hugepages", "hugetlbfs", "devcgroup", "devnodes")
 RELEASE_STEPS = tuple(f"undo-{name}" for name in reversed(ATTACH_STEPS))
-UNDONE = "undone"  # the ledger state of a step whose undo ran (release and recovery skip it)
 
 
 def device_nodes(fs: Sysfs, nic: Nic, driver: str) -> List[Tuple[str, devcgroup.Rule]]:
@@ -65,94 +66,95 @@ def _pool_for(fs: Sysfs, nic: Nic, page: int) -> Optional[int]:
     return node if node is not None and fs.exists(f"{hp.pool_dir(page, node)}/nr_hugepages") else None
 
 
-class _Steps:
-    """Run steps with ledger records (each begun before it runs); ``ran`` keeps what to undo, in order, the
-    failed step included (as ``partial``)."""
+def _plan_steps(nic: Nic, target: Any, key: str, hugepages: Optional[str], driver: str,
+                fs: Sysfs) -> List[Step]:
+    """The steps of a dpdk attach, each with what its undo needs as far as it is known before the first one runs
+    (the device rules and nodes are known once the NIC is bound: noted then, written before they start)."""
+    pid = _pid_of(target)
+    steps = [Step("bind", PLANNED, {"pci": nic.pci, "driver": nic.driver, "ifname": nic.ifname, "mac": nic.mac,
+                                    "root": fs.root})]
+    if hugepages:
+        page = DEFAULT_PAGESIZE
+        pages = hp.pages_for(hugepages, page)
+        steps += [Step("hugepages", PLANNED, {"pages": pages, "page_bytes": page,
+                                              "node": _pool_for(Sysfs(), nic, page)}),
+                  Step("hugetlbfs", PLANNED, {"pid": pid, "path": HUGEPAGES_MOUNT, "bytes": pages * page,
+                                              "page_bytes": page})]
+    return steps + [Step("devcgroup", PLANNED, {"pid": pid, "key": key}),
+                    Step("devnodes", PLANNED, {"pid": pid, "key": key})]
 
-    def __init__(self, lease: Lease, ledger: Ledger) -> None:
-        self.lease, self.ledger = lease, ledger
-        self.ran: List[Tuple[str, Dict[str, Any]]] = []
 
-    def run(self, name: str, undo_data: Dict[str, Any], do: Callable[[], Optional[Dict[str, Any]]]) -> None:
-        self.ledger.begin_step(self.lease.key, name, undo_data)
-        try:
-            learned = do() or {}
-        except BaseException as exc:
-            self.ran.append((name, {**undo_data, "partial": True}))
-            if isinstance(exc, GuardError):  # a refusal: exit 3 (CNI 101) as with --dry-run, not a failed step
-                raise
-            if isinstance(exc, Error):
-                raise StepError(name, str(exc)) from exc
-            if isinstance(exc, OSError):
-                raise StepError(name, exc.strerror or str(exc)) from exc
-            raise
-        self.ledger.end_step(self.lease.key, name, **learned)
-        self.ran.append((name, {**undo_data, **learned}))
-        netdev._test_hook(name)
+def _pid_of(target: Any) -> int:
+    pid = getattr(target, "pid", None)
+    if pid is None:
+        raise InputError(f"dpdk mode needs a target with a process (pid:N or container:ID), not {target.spec}",
+                         "the hugetlbfs mount and device nodes go into its mount namespace")
+    return pid
+
+
+def _share(hugepages: Optional[str]) -> Optional[str]:
+    """The container's hugepage share: None means the default (256M), "0" none."""
+    hugepages = DEFAULT_HUGEPAGES if hugepages is None else hugepages
+    return hugepages if hugepages and hp.parse_size(hugepages) else None
+
+
+def _dry_run(nic: Nic, target: Any, hugepages: Optional[str], driver: str, noiommu: bool, force: bool,
+             fs: Sysfs) -> None:
+    """What an attach would do, logged; the bind's guards run as for real (a refusal is a GuardError)."""
+    pid = _pid_of(target)
+    result = drv.bind(nic, driver, noiommu=noiommu, force=force, dry_run=True, sysfs=fs)
+    for path, value in result.writes:
+        log.warning("dry-run: would write %r to %s", value, path)
+    log.warning("dry-run: then reserve %s of hugepages, mount hugetlbfs at %s in pid %s, allow the device "
+                "nodes in its cgroup and make them in its /dev", hugepages or "no", HUGEPAGES_MOUNT, pid)
+
+
+def _run_steps(steps: Steps, nic: Nic, target: Any, key: str, hugepages: Optional[str], driver: str,
+               noiommu: bool, force: bool, fs: Sysfs) -> None:
+    pid = _pid_of(target)
+    steps.run("bind", lambda: {"bound": drv.bind(nic, driver, noiommu=noiommu, force=force, sysfs=fs).driver})
+    nodes = device_nodes(fs, nic, driver)
+    planned = devcgroup.plan(pid, [r for _, r in nodes])  # recorded before anything is written: exact undo
+    steps.note("devcgroup", {"pid": pid, "key": key, "rules": planned["rules"], "record": planned})
+    steps.note("devnodes", {"pid": pid, "key": key, "paths": [p for p, _ in nodes]})
+    if hugepages:
+        _hugepage_steps(steps, nic, pid, hugepages)
+    steps.run("devcgroup", lambda: {"record": devcgroup.apply(planned)})
+    steps.run("devnodes", lambda: {"made": devcgroup.make_nodes(pid, nodes)})
 
 
 def attach_dpdk(nic: Nic, target: Any, lease: Lease, ledger: Ledger, *, hugepages: Optional[str] = None,
                 driver: str = "vfio-pci", noiommu: bool = False, force: bool = False, dry_run: bool = False,
                 sysfs: Optional[Sysfs] = None) -> None:
-    """Hand ``nic`` to the container of ``target`` as a DPDK port (see the module doc for the steps).
+    """Hand ``nic`` to the container of ``target`` as a DPDK port (see the module doc for the steps), on
+    ``lease`` as claimed in ``ledger`` (its plan is recorded first when it has none). The steps end ``done``; the
+    lease's state is the caller's (:func:`dpdkeni.handoff.attach` writes ``attached``).
 
     ``hugepages``: the container's share (None: 256M; "0": none). ``sysfs`` is the device tree the bind works
     on (default the host's); hugepages are always the host's pools.
     """
-    hugepages = DEFAULT_HUGEPAGES if hugepages is None else hugepages
-    if hugepages and hp.parse_size(hugepages) == 0:
-        hugepages = None
-    pid = getattr(target, "pid", None)
-    if pid is None:
-        raise InputError(f"dpdk mode needs a target with a process (pid:N or container:ID), not {target.spec}",
-                         "the hugetlbfs mount and device nodes go into its mount namespace")
-    fs = sysfs or Sysfs()
+    share, fs = _share(hugepages), sysfs or Sysfs()
     if dry_run:
-        result = drv.bind(nic, driver, noiommu=noiommu, force=force, dry_run=True, sysfs=fs)
-        for path, value in result.writes:
-            log.warning("dry-run: would write %r to %s", value, path)
-        log.warning("dry-run: then reserve %s of hugepages, mount hugetlbfs at %s in pid %s, allow the device "
-                    "nodes in its cgroup and make them in its /dev", hugepages or "no", HUGEPAGES_MOUNT, pid)
+        _dry_run(nic, target, share, driver, noiommu, force, fs)
         return
-    steps = _Steps(lease, ledger)
-    try:
-        _bind_step(steps, fs, nic, driver, noiommu, force)
-        if hugepages:
-            _hugepage_steps(steps, nic, pid, hugepages)
-        nodes = device_nodes(fs, nic, driver)
-        rules = [r for _, r in nodes]
-        planned = devcgroup.plan(pid, rules)  # recorded before anything is written: exact undo after a crash
-        steps.run("devcgroup", {"pid": pid, "key": lease.key, "rules": planned["rules"], "record": planned},
-                  lambda: {"record": devcgroup.apply(planned)})
-        steps.run("devnodes", {"pid": pid, "key": lease.key, "paths": [p for p, _ in nodes]},
-                  lambda: {"made": devcgroup.make_nodes(pid, nodes)})
-    except BaseException as exc:
-        _, failed = _undo_steps(lease.key, ledger, steps.ran)
-        if failed:  # the step's error stays the one raised; the undo failures ride along with it
-            exc.undo_errors = failed  # type: ignore[attr-defined]
-        raise
+    plan = _plan_steps(nic, target, lease.key, share, driver, fs)
+    with Steps(ledger, lease, UNDO, plan=plan) as steps:
+        _run_steps(steps, nic, target, lease.key, share, driver, noiommu, force, fs)
+        steps.finish()
 
 
-def _bind_step(steps: _Steps, fs: Sysfs, nic: Nic, driver: str, noiommu: bool, force: bool) -> None:
-    undo = {"pci": nic.pci, "driver": nic.driver, "ifname": nic.ifname, "mac": nic.mac, "root": fs.root}
-    steps.run("bind", undo, lambda: {"bound": drv.bind(nic, driver, noiommu=noiommu, force=force,
-                                                       sysfs=fs).driver})
-
-
-def _hugepage_steps(steps: _Steps, nic: Nic, pid: int, size: str) -> None:
+def _hugepage_steps(steps: Steps, nic: Nic, pid: int, size: str) -> None:
     page, fs = DEFAULT_PAGESIZE, Sysfs()
     pages, node = hp.pages_for(size, page), _pool_for(fs, nic, page)
     share = pages * page
-    steps.run("hugepages", {"pages": pages, "page_bytes": page, "node": node},
-              lambda: {"total": hp.add_pages(pages, page, node, fs)})
+    steps.run("hugepages", lambda: {"total": hp.add_pages(pages, page, node, fs)})
     cap = hp.size_cap(pid, HUGEPAGES_MOUNT)
-    undo = {"pid": pid, "path": HUGEPAGES_MOUNT, "bytes": share, "page_bytes": page}
     if cap is None:  # the container's first DPDK NIC: its own capped hugetlbfs
-        steps.run("hugetlbfs", undo, lambda: {"mounted": hp.mount_hugetlbfs(HUGEPAGES_MOUNT, share, page, pid)})
+        steps.run("hugetlbfs", lambda: {"mounted": hp.mount_hugetlbfs(HUGEPAGES_MOUNT, share, page, pid)})
     elif cap == 0:  # a hugetlbfs the runtime mounted without a cap: the container uses it
-        steps.run("hugetlbfs", {**undo, "shared": True}, lambda: {"shared": True})
+        steps.run("hugetlbfs", lambda: {"shared": True})
     else:  # one hugetlbfs per container, capped at the sum of its NICs' shares (DPDK uses one mount per size)
-        steps.run("hugetlbfs", undo, lambda: {"grown": _resize(pid, cap + share, page)})
+        steps.run("hugetlbfs", lambda: {"grown": _resize(pid, cap + share, page)})
 
 
 def _resize(pid: int, size: int, page: int) -> int:
@@ -167,20 +169,20 @@ def sysfs_for(root: Optional[str]) -> Sysfs:
     return Sysfs(root or "/")
 
 
-def _undo_bind(d: Dict[str, Any]) -> None:
+def _undo_bind(u: Unwinding, d: Dict[str, Any]) -> None:
     if d.get("partial") and not d.get("bound"):
         return  # driver.bind restores the original driver itself when it fails
     fs = sysfs_for(d.get("root"))
     drv.unbind(d["pci"], driver=d.get("driver"), ifname=d.get("ifname"), sysfs=fs)
 
 
-def _undo_hugepages(d: Dict[str, Any]) -> None:
+def _undo_hugepages(u: Unwinding, d: Dict[str, Any]) -> None:
     if d.get("partial"):
         return  # add_pages restores the pool itself when the kernel gives fewer pages
     hp.remove_pages(d["pages"], d["page_bytes"], d.get("node"), Sysfs())
 
 
-def _undo_hugetlbfs(d: Dict[str, Any]) -> None:
+def _undo_hugetlbfs(u: Unwinding, d: Dict[str, Any]) -> None:
     if d.get("shared") or (d.get("partial") and not (d.get("mounted") or d.get("grown"))):
         return
     try:
@@ -196,7 +198,7 @@ def _undo_hugetlbfs(d: Dict[str, Any]) -> None:
         log.info("hugetlbfs of pid %s not unmounted or shrunk: %s", d["pid"], exc)
 
 
-def _undo_devcgroup(d: Dict[str, Any]) -> None:
+def _undo_devcgroup(u: Unwinding, d: Dict[str, Any]) -> None:
     record = d.get("record")
     if not record:  # begun by an older version, which recorded no plan: our v2 block holds only our rules
         if d.get("rules"):
@@ -257,7 +259,7 @@ def _add_nodes(paths: List[str]) -> Callable[[Dict[str, Any]], None]:
     return add
 
 
-def _undo_devnodes(d: Dict[str, Any]) -> None:
+def _undo_devnodes(u: Unwinding, d: Dict[str, Any]) -> None:
     paths = d.get("made", d.get("paths", []))
     others = _sharers(d, "devnodes")
     needed = {p for _, undo in others for p in undo.get("paths", [])}
@@ -268,77 +270,23 @@ def _undo_devnodes(d: Dict[str, Any]) -> None:
         _hand_over(others[0][0], "devnodes", _add_nodes(kept))
 
 
-_UNDO = {"bind": _undo_bind, "hugepages": _undo_hugepages, "hugetlbfs": _undo_hugetlbfs,
-         "devcgroup": _undo_devcgroup, "devnodes": _undo_devnodes}
-
-
-def _undo(name: str, data: Dict[str, Any]) -> None:
-    log.info("undo %s", name)
-    _UNDO[name](data)
-
-
-def _undo_steps(key: str, ledger: Ledger, ran: List[Tuple[str, Dict[str, Any]]]) -> Tuple[List[str], List[Error]]:
-    """Undo ``ran`` ((name, data) in the order they ran) newest first, trying every one; an undo failure is
-    logged, never raised. Returns the names undone and the undo errors; when there are errors the lease stays in
-    the ledger as ``failed`` with only the steps still to undo, for ``recover`` to finish."""
-    done: List[str] = []
-    failed: List[Error] = []
-    left: List[str] = []
-    for name, data in reversed(ran):
-        try:
-            _undo(name, data)
-            _mark_undone(ledger, key, name)
-            done.append(name)
-            netdev._test_hook(f"undo-{name}")
-        except Exception as exc:
-            err = StepError(f"undo {name}", str(as_error(exc) or f"{type(exc).__name__}: {exc}"))
-            log.error("%s for %s failed: %s", err.step, key, err.message)
-            failed.append(err)
-            left.append(name)
-    if failed:
-        _keep_failed(ledger, key, left, failed)
-    return done, failed
-
-
-def _keep_failed(ledger: Ledger, key: str, left: List[str], errors: List[Error]) -> None:
-    with ledger.transaction() as leases:
-        lease = leases.get(key)
-        if lease is None:
-            return
-        lease.steps = [s for s in lease.steps if s.name in left]
-        lease.state = "failed"
-        lease.params["undo_errors"] = [str(e) for e in errors]
-        leases[key] = lease
-
-
-def _undo_all(lease: Lease, ledger: Ledger) -> Tuple[List[str], List[Error]]:
-    ran = [(s.name, dict(s.undo, partial=s.state != "done")) for s in lease.steps
-           if s.name in _UNDO and s.state != UNDONE]
-    return _undo_steps(lease.key, ledger, ran)
-
-
-def _mark_undone(ledger: Ledger, key: str, name: str) -> None:
-    """Record that step ``name`` of lease ``key`` is undone (one ledger write)."""
-    with ledger.transaction() as leases:
-        step = leases[key].step(name) if key in leases else None
-        if step is not None:
-            step.state = UNDONE
+UNDO: UndoTable = {name: Undo(fn, exact=True) for name, fn in (
+    ("bind", _undo_bind), ("hugepages", _undo_hugepages), ("hugetlbfs", _undo_hugetlbfs),
+    ("devcgroup", _undo_devcgroup), ("devnodes", _undo_devnodes))}  # exact: a second remove_pages would shrink
+# another container's hugepages, so each undo is recorded as it ran
 
 
 def release_dpdk(lease: Lease, ledger: Ledger) -> None:
     """Undo every recorded dpdk step of ``lease``, newest first: nodes, cgroup rules, mount, pages, and the NIC
-    back on its kernel driver under its original name. The first failure is raised after trying the rest."""
-    _, failed = _undo_all(lease, ledger)
-    if failed:
-        exc = StepError("release", failed[0].message)
-        exc.undo_errors = failed  # type: ignore[attr-defined]
-        raise exc
+    back on its kernel driver under its original name. The first failure is raised after trying the rest (the
+    lease stays ``failed`` with what is left)."""
+    _, failed = unwind(Unwinding(ledger, lease), UNDO)
+    raise_undo_errors("release", failed)
 
 
 def _target_alive(lease: Lease) -> bool:
-    from .netns import Target
-    path = lease.params.get("target_path") or ""
-    return bool(path and lease.target_id and Target(lease.target, path, lease.target_id).alive())
+    target = target_of(lease)
+    return bool(target.path and target.ns_id and target.alive())
 
 
 def recover_dpdk(lease: Lease, ledger: Ledger) -> str:
@@ -346,8 +294,39 @@ def recover_dpdk(lease: Lease, ledger: Ledger) -> str:
     container is gone; an attached lease with a live container is kept. The lease ends when undone."""
     if lease.state == "attached" and _target_alive(lease):
         return f"kept: attached to {lease.target}"
-    done, failed = _undo_all(lease, ledger)
+    done, failed = unwind(Unwinding(ledger, lease), UNDO)
     if failed:  # kept in the ledger as failed, with what is left
         raise StepError("recover", f"undid {', '.join(done) or 'nothing'}; {'; '.join(str(e) for e in failed)}")
     ledger.remove(lease.key)
     return f"undid {', '.join(done)}" if done else "nothing to undo"
+
+
+class DpdkMode(Mode):
+    """The NIC bound to a user-space driver and handed to the target's container (see the module doc)."""
+
+    name = "dpdk"
+    undo = UNDO
+
+    def params(self, req: Any, original: Dict[str, Any], leases: Any, target: Any, key: str) -> Dict[str, Any]:
+        return {"hugepages": req.hugepages, "driver": req.driver, "noiommu": req.noiommu}
+
+    def plan(self, lease: Lease, nic: Nic, target: Any, req: Any) -> None:
+        _dry_run(nic, target, _share(req.hugepages), req.driver, req.noiommu, req.force, Sysfs())
+
+    def steps(self, lease: Lease, nic: Nic, target: Any, req: Any) -> List[Step]:
+        return _plan_steps(nic, target, lease.key, _share(req.hugepages), req.driver, Sysfs())
+
+    def attach(self, steps: Steps, lease: Lease, nic: Nic, target: Any, req: Any) -> Dict[str, Any]:
+        _run_steps(steps, nic, target, lease.key, _share(req.hugepages), req.driver, req.noiommu, req.force,
+                   Sysfs())
+        return {}
+
+    def release(self, lease: Lease, ledger: Ledger, force: bool) -> str:
+        release_dpdk(lease, ledger)
+        return "returned"
+
+    def recover(self, lease: Lease, ledger: Ledger) -> Dict[str, Any]:
+        return {"key": lease.key, "action": "dpdk", "detail": recover_dpdk(lease, ledger)}
+
+
+MODE = DpdkMode()

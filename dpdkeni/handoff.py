@@ -2,25 +2,26 @@
 
 ``attach`` claims the NIC in the ledger first (one transaction under flock: exactly one of several concurrent
 claimants wins; a NIC leased to another target is refused with GuardError, to the same target it is a no-op),
-then runs mode "netdev" (:mod:`dpdkeni.netdev`) or "dpdk" (:mod:`dpdkeni.dpdkmode`). A failed attach is undone
-and its lease removed. ``recover`` finishes or undoes whatever a crash left half-done; ``reclaim`` is what the
-daemon calls when a leased NIC shows up in the host's namespace again (its container died).
+with the steps its mode plans, then runs them through the mode object (:func:`dpdkeni.modes.get`: netdev in
+:mod:`dpdkeni.netdev`, dpdk in :mod:`dpdkeni.dpdkmode`) on the step engine (:mod:`dpdkeni.steps`) and writes
+``attached``. A failed attach is undone and its lease removed (kept ``failed`` when an undo failed too).
+``recover`` finishes or undoes whatever a crash left half-done; ``reclaim`` is what the daemon calls when a
+leased NIC shows up in the host's namespace again (its container died).
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from . import models, netdev, validate
+from . import host, models, modes, netdev
 from .errors import Error, GuardError, InputError, NotFoundError, as_error, boundary
 from .guards import check_handoff
-from .inventory import Nic, find_nic, has_routes
-from .ledger import Lease, Leases, Ledger
+from .inventory import Nic, find_nic
+from .ledger import Lease, Ledger, peeker
 from .netns import Target, refuse_host, resolve_target
-from .specs import classify
+from .request import AttachRequest
+from .steps import Steps
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +31,6 @@ MODES = models.MODES
 def lease_key(nic: Nic) -> str:
     """The ledger key of a NIC: its PCI address, or ``if:<ifname>`` for a virtual stand-in."""
     return nic.pci or f"if:{nic.ifname}"
-
-
-def _dpdkmode():
-    try:
-        return importlib.import_module(".dpdkmode", __package__)
-    except ImportError:
-        raise InputError("dpdk mode is not available in this build") from None
-
-
-def _peeker(leases: Mapping[str, Lease]):
-    """``peek(key)``: a lease as its JSON dict, without converting it when ``leases`` is the ledger's own."""
-    return leases.peek if isinstance(leases, Leases) else (lambda k: leases[k].to_dict())
 
 
 def find_lease(spec: Union[str, Nic], ledger: Optional[Ledger] = None,
@@ -61,7 +50,7 @@ def find_lease(spec: Union[str, Nic], ledger: Optional[Ledger] = None,
         names = {text}
         if text.count(":") in (1, 2) and "." in text:  # a PCI address, full or short
             keys.add(text if text.count(":") == 2 else f"0000:{text}")
-    peek = _peeker(leases)
+    peek = peeker(leases)
     for key in leases:  # on the JSON dicts: only the match is converted
         o = peek(key).get("original") or {}
         if key in keys or (o.get("mac") or "").lower() in macs or o.get("ifname") in names:
@@ -76,62 +65,31 @@ def allow_unmanaged(nic: Nic) -> bool:
 
 def check_spec(nic: Union[Nic, str]) -> None:
     """InputError for a malformed NIC spec (PCI address, MAC, interface name, or a lease key ``if:NAME``)."""
-    if isinstance(nic, Nic):
-        return
-    if isinstance(nic, str) and nic.startswith("if:"):
-        validate.ifname(nic[3:])
-    else:
-        classify(nic if isinstance(nic, str) else "")
+    AttachRequest(nic=nic)
 
 
-def check_request(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev", *, ifname: str = "eth0",
-                  addresses: Sequence[str] = (), gateway: Optional[str] = None, mtu: Optional[int] = None,
-                  dhcp: bool = False, hugepages: Optional[str] = None, driver: str = "vfio-pci",
-                  noiommu: bool = False, force: bool = False, dry_run: bool = False,
-                  table: Optional[int] = None) -> None:
-    """Check every value of an :func:`attach` request (same arguments) by the one validator of its kind
-    (:mod:`dpdkeni.validate`), before anything is looked up or moved; ``attach --batch`` checks every item so."""
-    check_spec(nic)
-    if not isinstance(target, Target):
-        validate.target(target)
-    validate.choice(mode, "mode", MODES)
-    validate.ifname(ifname)
-    validate.addresses(addresses)
-    validate.gateway(gateway)
-    validate.mtu(mtu)
-    validate.table(table)
-    validate.hugepages(hugepages)
-    validate.choice(driver, "driver", models.USER_DRIVERS)
-    if dhcp and addresses:
-        raise InputError("--dhcp and --address exclude each other")
+def check_request(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev", **kwargs: Any) -> None:
+    """Check every value of an :func:`attach` request (same arguments) before anything is looked up or moved:
+    the checks of :class:`~dpdkeni.request.AttachRequest`."""
+    AttachRequest(nic=nic, target=target, mode=mode, **kwargs)
 
 
-def _same_target(lease: Lease, target: Target) -> bool:
-    return lease.target_id == target.ns_id
+def _refused(have: Lease) -> GuardError:
+    return GuardError(f"{have.key} is already leased to {have.target} ({have.state})",
+                      "release it first ('dpdkeni release')")
 
 
 def _claim(ledger: Ledger, lease: Lease, target: Target) -> Optional[Lease]:
-    """Record ``lease`` unless the NIC is leased already: returns the existing lease for the same target,
-    raises GuardError for another."""
+    """Record ``lease`` (with its planned steps: one write) unless the NIC is leased already: returns the
+    existing lease for the same target, raises GuardError for another."""
     with ledger.transaction() as leases:
         have = leases.get(lease.key)
         if have is None:
             leases[lease.key] = lease
             return None
-    if _same_target(have, target) and have.state == "attached":
+    if have.target_id == target.ns_id and have.state == "attached":
         return have
-    raise GuardError(f"{lease.key} is already leased to {have.target} ({have.state})",
-                     "release it first ('dpdkeni release')")
-
-
-def _auto_table(leases: Mapping[str, Lease], target: Target, key: str, table: Optional[int],
-                index: int) -> Optional[int]:
-    """Policy routing when another NIC is already leased into the same namespace (the cross-VPC case)."""
-    if table is not None:
-        return table or None
-    peek = _peeker(leases)
-    others = [k for k in leases if peek(k).get("target_id") == target.ns_id and k != key]
-    return netdev.TABLE_BASE + index if others else None
+    raise _refused(have)
 
 
 @boundary
@@ -146,73 +104,101 @@ def attach(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev
     lease (state ``planned``) holds the plan in ``params["plan"]``. ``addresses`` may be a function returning
     them, called once the NIC is in the target (netdev mode): the CNI plugin's IPAM plugin runs meanwhile.
     """
-    later = addresses if callable(addresses) else None
-    addresses = [] if callable(addresses) else list(addresses)
-    check_request(nic, target, mode, ifname=ifname, addresses=addresses, gateway=gateway, mtu=mtu, dhcp=dhcp,
-                  hugepages=hugepages, driver=driver, table=table)
+    return _attach(AttachRequest(
+        nic=nic, target=target, mode=mode, ifname=ifname, addresses=addresses, gateway=gateway, mtu=mtu,
+        dhcp=dhcp, hugepages=hugepages, driver=driver, noiommu=noiommu, force=force, dry_run=dry_run, table=table))
+
+
+def _attach(req: AttachRequest) -> Lease:
+    """:func:`attach` for a request already made (and so checked)."""
+    if req.nic is None or req.target is None:
+        raise InputError("an attach needs a NIC and a target")
     ledger = Ledger()
-    tgt = target if isinstance(target, Target) else resolve_target(target)
-    refuse_host(tgt)  # also for a Target made by the caller (CNI's dpdk target, the daemon's)
+    if isinstance(req.target, Target):  # made by the caller (CNI's dpdk target, the daemon's)
+        tgt = req.target
+        refuse_host(tgt)
+    else:
+        tgt = resolve_target(req.target)  # refuses the host's namespace itself (one stat of it fewer)
     leases = ledger.leases()
-    have = find_lease(nic, leases=leases)
+    have = find_lease(req.nic, leases=leases)
     if have is not None:
-        if _same_target(have, tgt) and have.state == "attached":
+        if have.target_id == tgt.ns_id and have.state == "attached":
             return have
-        raise GuardError(f"{have.key} is already leased to {have.target} ({have.state})",
-                         "release it first ('dpdkeni release')")
+        raise _refused(have)
+    mode = modes.get(req.mode)
     from pyroute2 import IPRoute
     with IPRoute(strict_check=True) as root:  # one root-namespace socket for the whole attach
-        nic = _find(nic, ledger, root)
+        nic = _find(req.nic, ledger, root)
         try:
-            original = _original(nic, root)  # also decides nic.active, on the same netlink socket
+            original = netdev.original(nic, root)  # also decides nic.active, on the same netlink socket
         except NotFoundError as exc:
             raise _leased_meanwhile(nic, ledger, exc) from None
-        check_handoff(nic, force=force, allow_unmanaged=allow_unmanaged(nic))
+        check_handoff(nic, force=req.force, allow_unmanaged=allow_unmanaged(nic))
         key = lease_key(nic)
-        params: Dict[str, Any] = {"ifname": ifname, "addresses": addresses, "gateway": gateway, "mtu": mtu,
-                                  "dhcp": dhcp, "target_path": tgt.path, "pid": tgt.pid}
-        if mode == "netdev":
-            params["table"] = _auto_table(leases, tgt, key, table, original.get("index") or 0)
-        else:
-            params.update(hugepages=hugepages, driver=driver, noiommu=noiommu)
-        lease = Lease(key=key, mode=mode, target=tgt.spec, original=original, target_id=tgt.ns_id, params=params)
-        if dry_run:
-            return _planned(lease, nic, tgt, force)
-        if mode == "netdev":  # recorded with the claim: one ledger write instead of one per step
-            lease.steps = netdev.planned_steps(original, tgt, ifname, addresses, gateway, params["table"])
+        params: Dict[str, Any] = {"ifname": req.ifname, "addresses": list(req.given), "gateway": req.gateway,
+                                  "mtu": req.mtu, "dhcp": req.dhcp, "target_path": tgt.path, "pid": tgt.pid,
+                                  **mode.params(req, original, leases, tgt, key)}
+        lease = Lease(key=key, mode=req.mode, target=tgt.spec, original=original, target_id=tgt.ns_id,
+                      params=params)
+        if req.dry_run:
+            plan = mode.plan(lease, nic, tgt, req)
+            if plan is not None:
+                lease.params["plan"] = plan
+            lease.state = "planned"
+            return lease
+        lease.steps = mode.steps(lease, nic, tgt, req)  # recorded with the claim: one ledger write
         existing = _claim(ledger, lease, tgt)
         if existing is not None:
             return existing
         try:
-            if mode == "netdev":
-                return netdev.attach_netdev(lease, ledger, tgt, ifname=ifname, addresses=later or addresses,
-                                            gateway=gateway, mtu=mtu, table=params["table"], dhcp=dhcp,
-                                            root=root)
-            _dpdkmode().attach_dpdk(nic, tgt, lease, ledger, hugepages=hugepages, driver=driver,
-                                    noiommu=noiommu, force=force, dry_run=False)
+            with Steps(ledger, lease, mode.undo, live={"root": root}) as steps:
+                extra = mode.attach(steps, lease, nic, tgt, req)
+                return steps.finish(state="attached", params=extra)  # for every mode, written here
         except BaseException as exc:
-            if getattr(exc, "undo_errors", None):  # what could not be undone stays recorded, for recover
-                ledger.update(key, state="failed")
-            else:
+            if not getattr(exc, "undo_errors", None):  # else it stays ``failed`` with what is left, for recover
                 ledger.remove(key)
             raise
-    return ledger.update(key, state="attached")
 
 
 BATCH_WORKERS = 4
 
 
 @boundary
-def attach_many(requests: Sequence[Dict[str, Any]], *, workers: int = BATCH_WORKERS) -> List[Union[Lease, Error]]:
-    """Attach several NICs at once: each request is a dict of :func:`attach` arguments (``nic`` and ``target``,
-    optionally ``mode``, ``ifname``, ``addresses``, ...). Returns, in request order, the lease of each NIC or the
-    :class:`~dpdkeni.errors.Error` that stopped it (one failure does not stop the others, and is undone like a
-    failed :func:`attach`).
+def attach_many(requests: Sequence[Union[Dict[str, Any], AttachRequest]], *, workers: int = BATCH_WORKERS,
+                atomic: bool = False) -> List[Union[Lease, Error]]:
+    """Attach several NICs at once: each request is an :class:`~dpdkeni.request.AttachRequest` or a dict of
+    :func:`attach` arguments (``nic`` and ``target``, optionally ``mode``, ``ifname``, ``addresses``, ...). Returns,
+    in request order, the lease of each NIC or the :class:`~dpdkeni.errors.Error` that stopped it (one failure
+    does not stop the others, and is undone like a failed :func:`attach`; a malformed request is its InputError).
+
+    ``atomic``: all or nothing: when one failed, the NICs attached are released again (their leases are returned
+    with ``params["released_again"]`` True; one whose release failed is returned as that error).
 
     The kernel moves one device at a time (RTNL), and each move waits for an RCU barrier with the CPU idle;
     ``workers`` threads fill that wait with the next NICs' lookups, ledger writes and netlink requests.
     """
-    return _in_threads(lambda r: attach(**r), list(requests), workers)
+    reqs = [_request(r) for r in requests]
+    results: List[Union[Lease, Error]] = _in_threads(
+        lambda r: r if isinstance(r, Error) else attach(r.nic, r.target, **r.kwargs()), reqs, workers)
+    if atomic and any(isinstance(x, Error) for x in results) and \
+            not any(isinstance(r, AttachRequest) and r.dry_run for r in reqs):
+        done = [i for i, x in enumerate(results) if not isinstance(x, Error)]
+        back = release_many([reqs[i].nic for i in done], workers=workers)  # type: ignore[union-attr]
+        for i, went in zip(done, back):
+            if isinstance(went, Error):
+                results[i] = went
+            else:
+                results[i].params["released_again"] = True  # type: ignore[union-attr]
+    return results
+
+
+def _request(item: Union[Dict[str, Any], AttachRequest]) -> Union[AttachRequest, InputError]:
+    try:
+        return item if isinstance(item, AttachRequest) else AttachRequest(**item)
+    except InputError as exc:
+        return exc
+    except TypeError as exc:  # a key attach does not take
+        return InputError(f"bad attach request: {exc}")
 
 
 @boundary
@@ -235,20 +221,7 @@ def _in_threads(fn: Any, items: List[Any], workers: int) -> List[Any]:
     if workers <= 1 or len(items) <= 1:
         return [guarded(i) for i in items]
     with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="dpdkeni") as pool:
-        return list(pool.map(guarded, items))
-
-
-def _planned(lease: Lease, nic: Nic, tgt: Target, force: bool) -> Lease:
-    if lease.mode == "netdev":
-        p = lease.params
-        lease.params["plan"] = netdev.plan(lease.original, tgt.spec, p["ifname"], p["addresses"], p["gateway"],
-                                           p["mtu"], p.get("table"), p["dhcp"])
-    else:
-        _dpdkmode().attach_dpdk(nic, tgt, lease, Ledger(), hugepages=lease.params["hugepages"],
-                                driver=lease.params["driver"], noiommu=lease.params["noiommu"], force=force,
-                                dry_run=True)
-    lease.state = "planned"
-    return lease
+        return list(pool.map(host.carried(guarded), items))
 
 
 def _leased_meanwhile(spec: Union[Nic, str], ledger: Ledger, exc: NotFoundError) -> GuardError:
@@ -257,8 +230,7 @@ def _leased_meanwhile(spec: Union[Nic, str], ledger: Ledger, exc: NotFoundError)
     have = find_lease(spec, ledger)
     if have is None:
         return exc  # type: ignore[return-value]
-    return GuardError(f"{have.key} is already leased to {have.target} ({have.state})",
-                      "release it first ('dpdkeni release')")
+    return _refused(have)
 
 
 def _find(nic: Union[Nic, str], ledger: Ledger, ipr: Any = None) -> Nic:
@@ -268,21 +240,6 @@ def _find(nic: Union[Nic, str], ledger: Ledger, ipr: Any = None) -> Nic:
         return find_nic(nic, active=set, ipr=ipr)  # activity is read with the snapshot (see _original)
     except NotFoundError as exc:
         raise _leased_meanwhile(nic, ledger, exc) from None
-
-
-def _original(nic: Nic, ipr: Any) -> Dict[str, Any]:
-    """The NIC's state before the handoff, from netlink (its netdev, on ``ipr``: a root-namespace socket with
-    ``strict_check``) and the inventory; sets ``nic.active`` (an IPv4 or global IPv6 address, or a route through
-    it, as :mod:`dpdkeni.inventory` defines it)."""
-    base: Dict[str, Any] = {"pci": nic.pci, "driver": nic.driver, "mac": nic.mac, "ifname": nic.ifname,
-                            "model": nic.model}
-    if not nic.ifname:
-        return base
-    base.update(netdev.snapshot(ipr, ifname=nic.ifname))
-    # a link that is down carries no routes (the kernel flushes them at down and refuses new ones): no dumps for
-    # the usual hot-plugged or stand-in NIC, two fewer netlink round trips on a pod's start
-    nic.active = bool(base["addresses"]) or (base["up"] and has_routes(ipr, base["index"]))
-    return base
 
 
 @boundary
@@ -299,23 +256,15 @@ def release(nic: Union[Nic, str], *, force: bool = False) -> Optional[Lease]:
         raise GuardError(f"{lease.key} is being {lease.state[:-3]}ed by pid {lease.owner_pid}",
                          "wait for it to finish, or run 'dpdkeni recover' if that process is stuck")
     prior = lease.state
-    plan = netdev.RELEASE_PLAN if lease.mode == "netdev" else ()
-    lease = ledger.advance(lease.key, begin=plan, state="releasing")  # one write records the steps too
+    lease = ledger.update(lease.key, state="releasing")
     try:
-        outcome = _bring_home(lease, ledger, force)
+        outcome = modes.get(lease.mode).release(lease, ledger, force)
     except GuardError:
         ledger.update(lease.key, state=prior)
         raise
     lease.params["outcome"] = outcome
     ledger.remove(lease.key)
     return lease
-
-
-def _bring_home(lease: Lease, ledger: Ledger, force: bool) -> str:
-    if lease.mode == "dpdk":
-        _dpdkmode().release_dpdk(lease, ledger)
-        return "returned"
-    return netdev.release_netdev(lease, ledger, force=force)
 
 
 @boundary
@@ -347,23 +296,9 @@ def _owner_alive(lease: Lease) -> bool:
 
 
 def _recover_one(lease: Lease, ledger: Ledger) -> Dict[str, Any]:
-    target = Target(lease.target, lease.params.get("target_path", ""), lease.target_id or "")
     if lease.state in ("attaching", "releasing") and _owner_alive(lease):
         return {"key": lease.key, "action": "busy", "detail": f"pid {lease.owner_pid} is still working on it"}
-    if lease.mode == "dpdk":
-        detail = _dpdkmode().recover_dpdk(lease, ledger)
-        return {"key": lease.key, "action": "dpdk", "detail": detail}
-    if lease.state == "attached" and target.path and target.alive():
-        if lease.params.get("dhcp"):
-            from . import dhcp as dhcpmod
-            dhcpmod.ensure_running(lease, ledger)
-        return {"key": lease.key, "action": "kept", "detail": f"attached to {lease.target}"}
-    action = {"attaching": "rolled-back", "failed": "rolled-back", "releasing": "released"}.get(lease.state,
-                                                                                               "reclaimed")
-    lease = ledger.update(lease.key, state="releasing", owner_pid=os.getpid(), created=time.time())
-    outcome = netdev.release_netdev(lease, ledger, force=True)
-    ledger.remove(lease.key)
-    return {"key": lease.key, "action": action, "detail": outcome}
+    return modes.get(lease.mode).recover(lease, ledger)
 
 
 @boundary
@@ -377,9 +312,6 @@ def reclaim(nic: Union[Nic, str]) -> Optional[Dict[str, Any]]:
             lease = find_lease(find_nic(nic), ledger)
         except NotFoundError:
             return None
-    if lease is None or lease.mode != "netdev":
+    if lease is None:
         return None
-    lease = ledger.update(lease.key, state="releasing", owner_pid=os.getpid(), created=time.time())
-    outcome = netdev.release_netdev(lease, ledger, force=True)
-    ledger.remove(lease.key)
-    return {"key": lease.key, "action": "reclaimed", "detail": outcome}
+    return modes.get(lease.mode).reclaim(lease, ledger)

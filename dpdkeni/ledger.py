@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from . import statedir
 from .errors import LedgerError, os_error_message
@@ -36,9 +36,9 @@ state_dir = statedir.path  # where the modules that keep state look it up
 
 @dataclass
 class Step:
-    """One recorded step of an attach or release: ``state`` is ``started``, ``done`` or (a dpdk step whose undo
-    ran) ``undone``; ``undo`` holds
-    what is needed to reverse it."""
+    """One recorded step of an attach or release: ``state`` is ``planned`` (recorded with the plan, not started:
+    nothing to undo), ``started``, ``done`` or (a step whose exact undo ran) ``undone``; ``undo`` holds what is
+    needed to reverse it."""
 
     name: str
     state: str = "started"
@@ -142,6 +142,11 @@ class Leases(MutableMapping):
         body = '{"leases":{%s},"version":%d}' % (",".join(f"{json.dumps(k)}:{t}" for k, t in texts.items()),
                                                 FORMAT_VERSION)
         return _Parsed(body.encode(), settled, texts)
+
+
+def peeker(leases: Mapping[str, Lease]) -> Callable[[str], Dict[str, Any]]:
+    """``peek(key)``: a lease as its JSON dict, without converting it when ``leases`` is a :class:`Leases`."""
+    return leases.peek if isinstance(leases, Leases) else (lambda k: leases[k].to_dict())
 
 
 # compact on purpose: with ``indent`` json falls back to its pure-Python encoder, ten times slower
@@ -276,10 +281,13 @@ class Ledger:
             leases[key].updated = time.time()
 
     def advance(self, key: str, done: Optional[Dict[str, Dict[str, Any]]] = None,
-                begin: Sequence[Step] = (), params: Optional[Dict[str, Any]] = None, **changes: Any) -> Lease:
+                begin: Sequence[Step] = (), params: Optional[Dict[str, Any]] = None, plan: Sequence[Step] = (),
+                notes: Optional[Dict[str, Dict[str, Any]]] = None, **changes: Any) -> Lease:
         """One transaction for a step boundary: mark the steps in ``done`` done (each adding what was learned to
-        its undo data), record the steps ``begin`` as started (with their undo data), merge ``params`` into the
-        lease's params and set lease fields ``changes``. Saves the writes of separate
+        its undo data), record the steps ``begin`` as started (with their undo data; a step recorded already
+        keeps its place, the order the steps are undone in), add the steps of ``plan`` not recorded yet as they
+        are, replace the undo data of the steps in ``notes`` (their state kept: a planned step stays planned),
+        merge ``params`` into the lease's params and set lease fields ``changes``. Saves the writes of separate
         :meth:`end_step`/:meth:`begin_step` calls on hot paths."""
         with self.transaction() as leases:
             lease = leases[key]
@@ -289,9 +297,19 @@ class Ledger:
                     raise LedgerError(f"step {name!r} of {key} was never begun")
                 step.state = "done"
                 step.undo.update(learned or {})
-            names = {s.name for s in begin}
-            lease.steps = [s for s in lease.steps if s.name not in names] + [
-                Step(s.name, "started", dict(s.undo)) for s in begin]
+            for new in [Step(s.name, "started", dict(s.undo)) for s in begin] + [
+                    Step(s.name, s.state, dict(s.undo)) for s in plan if lease.step(s.name) is None]:
+                at = next((i for i, s in enumerate(lease.steps) if s.name == new.name), None)
+                if at is None:
+                    lease.steps.append(new)
+                else:
+                    lease.steps[at] = new
+            for name, data in (notes or {}).items():
+                step = lease.step(name)
+                if step is None:
+                    lease.steps.append(Step(name, "planned", dict(data)))
+                else:
+                    step.undo = dict(data)
             lease.params.update(params or {})
             for name, value in changes.items():
                 setattr(lease, name, value)

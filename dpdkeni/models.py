@@ -79,7 +79,8 @@ def register_model(name: str, vendor: str, devices: Iterable[str], kernel_driver
 
 
 def _config_path() -> str:
-    return os.environ.get("DPDKENI_MODELS", "/etc/dpdkeni/models.toml")
+    from . import host
+    return host.current().models
 
 
 def load_models_file(path: str) -> List[Model]:

@@ -16,10 +16,10 @@ release and recovery work even when the alias or the name was lost (a NIC back f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import struct
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
@@ -28,13 +28,16 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import netns as nsmod
+from . import steps as steps_mod
 from . import validate
-from .errors import Error, GuardError, InputError, NotFoundError, StepError
-from .ledger import Lease, Ledger, Step
+from .errors import Error, GuardError, InputError, NotFoundError
+from .ledger import Lease, Ledger, Step, peeker
+from .modes import Mode, target_of
 
 log = logging.getLogger(__name__)
 
-TEST_KILL_ENV = "DPDKENI_TEST_KILL_AFTER"  # test hook: SIGKILL this process right after the named step
+TEST_KILL_ENV = steps_mod.TEST_KILL_ENV  # the crash tests' kill switch (see dpdkeni.steps)
+
 IFF_UP = 1
 RTNH_F_ONLINK = 4
 IFA_F_NODAD = 0x02
@@ -117,71 +120,7 @@ def plan(original: Dict[str, Any], target: str, ifname: str, addresses: Sequence
 # --- steps ---------------------------------------------------------------------------------------------------------
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, NetlinkError):
-        return f"{os.strerror(exc.code)} (netlink errno {exc.code})"
-    if isinstance(exc, Error):
-        return exc.message
-    return str(exc) or type(exc).__name__
-
-
-def _test_hook(step: str) -> None:
-    if os.environ.get(TEST_KILL_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _best_effort(step: str, undo: Callable[[], Any], failed: List[Error]) -> None:
-    try:
-        undo()
-    except Exception as exc:  # an undo must not hide the error that started the unwinding: it rides along
-        log.error("undoing %s failed: %s", step, _why(exc))
-        failed.append(StepError(f"undo {step}", _why(exc)))
-
-
-class Steps:
-    """Run named steps: each is recorded in the ledger (``started``, with what its undo needs) before it runs,
-    its undo pushed on ``stack`` once it succeeded, a failure raised as StepError.
-
-    A step is recorded either ahead, with the lease when it was claimed (:func:`planned_steps`), or in a write
-    of its own; ``done`` marks wait for the next write (at the latest :meth:`finish`). Recovery treats a
-    ``started`` step as possibly done, so recording ahead is only more careful, and an attach costs two ledger
-    writes instead of one per step."""
-
-    def __init__(self, ledger: Ledger, lease: Lease, stack: contextlib.ExitStack) -> None:
-        self.ledger, self.key, self.stack = ledger, lease.key, stack
-        self.recorded = {s.name for s in lease.steps}
-        self.done: Dict[str, Dict[str, Any]] = {}  # steps run, not yet marked done in the ledger
-        self.undo_errors: List[Error] = []
-        stack.push(self._report_undo_errors)  # pushed first, so it runs after every undo
-
-    def _report_undo_errors(self, _type: Any, exc: Optional[BaseException], _tb: Any) -> None:
-        if exc is not None and self.undo_errors:
-            exc.undo_errors = list(self.undo_errors)  # type: ignore[attr-defined]
-
-    def run(self, name: str, fn: Callable[[], Optional[Dict[str, Any]]],
-            undo: Optional[Callable[[], Any]] = None, record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """Record ``name`` as started unless it is already, run ``fn``, push ``undo``; ``fn``'s dict result is
-        kept with the step."""
-        if name not in self.recorded:
-            self.ledger.advance(self.key, done=self.done, begin=[Step(name, "started", record or {})])
-            self.done = {}
-            self.recorded.add(name)
-        try:
-            result = fn()
-        except (StepError, GuardError):
-            raise
-        except (NetlinkError, OSError, Error) as exc:
-            raise StepError(name, _why(exc)) from exc
-        if undo is not None:
-            self.stack.callback(_best_effort, name, undo, self.undo_errors)
-        result = result if isinstance(result, dict) else {}
-        self.done[name] = result
-        _test_hook(name)
-        return result
-
-    def finish(self, **changes: Any) -> Lease:
-        """Mark the steps run done and set lease fields, in one write."""
-        done, self.done = self.done, {}
-        return self.ledger.advance(self.key, done=done, **changes)
+    return steps_mod.why(exc)
 
 
 def planned_steps(original: Dict[str, Any], target: "nsmod.Target", ifname: str, addresses: Sequence[str],
@@ -195,14 +134,15 @@ def planned_steps(original: Dict[str, Any], target: "nsmod.Target", ifname: str,
         steps.append(Step("addresses", undo={"addresses": list(addresses)}))
     steps.append(Step("up"))
     if gateway is not None or table:
-        steps.append(Step("routes", undo={"table": table}))
-    nets = validate.addresses(addresses)
-    if len([a for a in nets if a.version == 4]) > 1 or any(a.version == 6 for a in nets):
+        steps.append(Step("routes", undo={"table": table, "addresses": list(addresses)}))
+    if _announces(validate.addresses(addresses)):
         steps.append(Step("announce"))
     return steps
 
 
-RELEASE_PLAN = (Step("rules"), Step("return"))  # recorded with the ``releasing`` mark (see handoff.release)
+def _announces(nets: Sequence[Any]) -> bool:
+    """Whether the announce step runs: the kernel announces a single IPv4 address itself (arp_notify)."""
+    return len([a for a in nets if a.version == 4]) > 1 or any(a.version == 6 for a in nets)
 
 
 # --- attach --------------------------------------------------------------------------------------------------------
@@ -334,77 +274,63 @@ def index_in(ns_fd: int, ifname: str) -> Optional[int]:
 Addresses = Union[Sequence[str], Callable[[], Sequence[str]]]  # a function: called once the NIC moved
 
 
-def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifname: str,
-                  addresses: Addresses, gateway: Optional[str], mtu: Optional[int], table: Optional[int],
-                  dhcp: bool, root: Optional[IPRoute] = None) -> Lease:
-    """Hand the NIC of ``lease`` (in the root namespace, as ``lease.original``) to ``target``.
-
-    ``root``: a netlink socket in the root namespace to use (default: one of its own). ``addresses`` may be a
-    function, called right after the move (whatever it raises undoes the move). Returns the lease as stored,
-    state ``attached``, with ``params["index"]`` the link's index inside the target. On failure every step done
-    is undone and StepError names the failed one.
-    """
+def _attach_steps(steps: "steps_mod.Steps", lease: Lease, target: "nsmod.Target", req: Any) -> Dict[str, Any]:
+    """Run the netdev attach steps of ``lease`` (in the root namespace, as ``lease.original``) into ``target``
+    for request ``req``; returns the params the attached lease gets: ``index`` (the link's index inside the
+    target) and ``addresses``. A function for ``req.addresses`` is called right after the move (whatever it
+    raises undoes the move)."""
     orig = lease.original
-    later = addresses if callable(addresses) else None
-    addresses = [] if callable(addresses) else list(addresses)   # the list from here on (filled later if late)
-    nets = [] if later else validate.addresses(addresses)
-    gw = validate.gateway(gateway)
-    with contextlib.ExitStack() as stack:
-        steps = Steps(ledger, lease, stack)
-        if root is None:
-            root = stack.enter_context(IPRoute())
-        tfd = target.open()
-        stack.callback(os.close, tfd)
-        tip = nsmod.iproute_in(tfd)
-        stack.callback(tip.close)
-        if index_in(tfd, ifname) is not None:
-            raise InputError(f"target {target.spec} already has an interface named {ifname!r}",
-                             "pick another --ifname; nothing was changed")
-        index = orig["index"]
-        if orig.get("altnames"):
-            steps.run("altnames", lambda: root.link("property_del", index=index, altname=orig["altnames"]),
-                      undo=lambda: _readd_altnames(orig))
-        where: Dict[str, Any] = {}
+    root = steps.unwinding.live["root"]
+    addresses = list(req.given)  # the list from here on (filled after the move when the addresses come later)
+    nets = validate.addresses(addresses)
+    gw = validate.gateway(req.gateway)
+    table, ifname = lease.params.get("table"), req.ifname
+    tfd = target.open()
+    steps.callback(os.close, tfd)
+    tip = nsmod.iproute_in(tfd)
+    steps.callback(tip.close)
+    steps.unwinding.live["tip"] = tip
+    if index_in(tfd, ifname) is not None:
+        raise InputError(f"target {target.spec} already has an interface named {ifname!r}",
+                         "pick another --ifname; nothing was changed")
+    index = orig["index"]
+    if orig.get("altnames"):
+        steps.run("altnames", lambda: root.link("property_del", index=index, altname=orig["altnames"]))
 
-        def do_move() -> Dict[str, Any]:
-            try:
-                move_link(root, index, tfd, ifname, mtu)
-            except NetlinkError:
-                # the kernel moves first and renames after: a name taken meanwhile fails the rename with the NIC
-                # already inside, under its host name
-                stray = find_by_mac(tip, orig["mac"]) if orig.get("mac") else None
-                if stray is not None:
-                    return_home(lease, tip, stray["index"], force=True, root=root)
-                raise
-            where["index"] = index_in(tfd, ifname)
-            if where["index"] is None:
-                raise Error(f"{ifname} vanished from {target.spec} right after the move")
-            arp_notify_on(tfd, ifname)  # the kernel announces the first IPv4 address as the link comes up
-            return {"index": where["index"]}
+    def do_move() -> Dict[str, Any]:
+        try:
+            move_link(root, index, tfd, ifname, req.mtu)
+        except NetlinkError:
+            # the kernel moves first and renames after: a name taken meanwhile fails the rename with the NIC
+            # already inside, under its host name
+            stray = find_by_mac(tip, orig["mac"]) if orig.get("mac") else None
+            if stray is not None:
+                return_home(lease, tip, stray["index"], force=True, root=root)
+            raise
+        inside = index_in(tfd, ifname)
+        if inside is None:
+            raise Error(f"{ifname} vanished from {target.spec} right after the move")
+        arp_notify_on(tfd, ifname)  # the kernel announces the first IPv4 address as the link comes up
+        return {"index": inside}
 
-        steps.run("move", do_move, undo=lambda: return_home(lease, tip, where["index"], root=root),
-                  record={"ns_id": target.ns_id, "ifname": ifname})
-        tidx = where["index"]
-        if later is not None:  # the kernel's wait in the move is over: now the addresses are needed
-            addresses = list(later())
-            nets = validate.addresses(addresses)
-        if nets:
-            steps.run("addresses", lambda: add_addresses(tip, tidx, nets), record={"addresses": list(addresses)})
-        # up after the addresses (arp_notify announces the first IPv4 one), before routes (the kernel refuses
-        # routes through a link that is down)
-        steps.run("up", lambda: tip.link("set", index=tidx, state="up"))
-        if gw is not None or table:
-            steps.run("routes", lambda: add_routes(tip, tidx, nets, gw, table),
-                      undo=lambda: del_rules(tip, addresses, table), record={"table": table})
-        if len([a for a in nets if a.version == 4]) > 1 or any(a.version == 6 for a in nets):
-            steps.run("announce", lambda: _announce_quietly(tfd, ifname, tidx, orig["mac"], nets))
-        if dhcp:
-            from . import dhcp as dhcpmod
-            steps.run("dhcp", lambda: dhcpmod.start(lease, target, ifname),
-                      undo=lambda: dhcpmod.stop(ledger.get(lease.key) or lease))
-        done = steps.finish(state="attached", params={"index": tidx, "addresses": list(addresses)})
-        stack.pop_all()
-        return done
+    tidx = steps.run("move", do_move, record={"ns_id": target.ns_id, "ifname": ifname})["index"]
+    if req.later is not None:  # the kernel's wait in the move is over: now the addresses are needed
+        addresses = list(req.later())
+        nets = validate.addresses(addresses)
+    if nets:
+        steps.run("addresses", lambda: add_addresses(tip, tidx, nets), record={"addresses": list(addresses)})
+    # up after the addresses (arp_notify announces the first IPv4 one), before routes (the kernel refuses
+    # routes through a link that is down)
+    steps.run("up", lambda: tip.link("set", index=tidx, state="up"))
+    if gw is not None or table:
+        steps.run("routes", lambda: add_routes(tip, tidx, nets, gw, table),
+                  record={"table": table, "addresses": list(addresses)})
+    if _announces(nets):
+        steps.run("announce", lambda: _announce_quietly(tfd, ifname, tidx, orig["mac"], nets))
+    if req.dhcp:
+        from . import dhcp as dhcpmod
+        steps.run("dhcp", lambda: dhcpmod.start(lease, target, ifname))
+    return {"index": tidx, "addresses": list(addresses)}
 
 
 def _announce_quietly(fd: int, ifname: str, index: int, mac: str, nets: Sequence[Any]) -> None:
@@ -438,6 +364,23 @@ def _host_index(name: str) -> Optional[int]:
         return None
 
 
+def home_name(lease: Lease, force: bool) -> str:
+    """The name the NIC of ``lease`` gets back on the host: its original one, or when a link on the host has
+    that name a GuardError (the NIC stays where it is), unless ``force``: then ``dkr<index>``."""
+    orig = lease.original
+    name = orig["ifname"]
+    taken = _host_index(name)
+    if taken is None:
+        return name
+    if not force:
+        raise GuardError(f"cannot return {lease.key}: the host already has a link named {name!r} "
+                         f"(index {taken}); the NIC stays in {lease.target}",
+                         "rename or remove that link, or use --force to return the NIC as "
+                         f"{_fallback_name(orig)}")
+    log.warning("%s returns as %s: %s is taken on the host", lease.key, _fallback_name(orig), name)
+    return _fallback_name(orig)
+
+
 def return_home(lease: Lease, tip: IPRoute, index: int, force: bool = False,
                 root: Optional[IPRoute] = None) -> str:
     """Move link ``index`` (in tip's namespace) back to the root namespace under its original name and MTU,
@@ -448,19 +391,10 @@ def return_home(lease: Lease, tip: IPRoute, index: int, force: bool = False,
     where it is) unless ``force``: then the NIC comes back as ``dkr<index>``.
     """
     orig = lease.original
-    name = orig["ifname"]
+    name = home_name(lease, force)
     with contextlib.ExitStack() as stack:
         if root is None:
             root = stack.enter_context(IPRoute())
-        taken = _host_index(name)
-        if taken is not None:
-            if not force:
-                raise GuardError(f"cannot return {lease.key}: the host already has a link named {name!r} "
-                                 f"(index {taken}); the NIC stays in {lease.target}",
-                                 "rename or remove that link, or use --force to return the NIC as "
-                                 f"{_fallback_name(orig)}")
-            name = _fallback_name(orig)
-            log.warning("%s returns as %s: %s is taken on the host", lease.key, name, orig["ifname"])
         rfd = nsmod.open_root()
         try:
             tip.link("set", index=index, net_ns_fd=rfd, ifname=name, mtu=orig["mtu"])
@@ -512,34 +446,77 @@ def rename_home(root: IPRoute, link: Any, orig: Dict[str, Any], force: bool) -> 
     return name
 
 
+# --- the undo of each step, by name: a failed attach, a release and recover all run these -----------------------
+
+def _undo_altnames(u: steps_mod.Unwinding, data: Dict[str, Any]) -> None:
+    if u.lease.original.get("altnames"):
+        _readd_altnames(u.lease.original)
+
+
+def _undo_move(u: steps_mod.Unwinding, data: Dict[str, Any]) -> Optional[str]:
+    """Bring the NIC home: from the target (``tip`` in ``u.live``: the target is alive) under its original name,
+    or, when it is not there, from the host's namespace, where a dead container (or a move cut short) left it.
+    A NIC found nowhere is ``gone``; without ``force`` only when its name is free on the host (else that link
+    may be the NIC: refused, as for a NIC still in the target)."""
+    lease, orig = u.lease, u.lease.original
+    tip = u.live.get("tip")
+    if tip is not None:
+        link = _find_in(tip, data.get("index"), data.get("ifname"), orig.get("mac"))
+        if link is not None:
+            return_home(lease, tip, link["index"], force=u.force, root=u.live.get("root"))
+            u.outcome = "returned"
+            return "return"
+    with IPRoute() as root:
+        link = find_by_mac(root, orig["mac"]) if orig.get("mac") else None
+        if link is None:
+            if not u.force:
+                home_name(lease, False)
+            u.outcome = "gone"
+            return "gone"
+        u.mark("restore")
+        rename_home(root, link, orig, u.force)
+    u.outcome = "reclaimed"
+    return "restore"
+
+
+def _undo_routes(u: steps_mod.Unwinding, data: Dict[str, Any]) -> None:
+    tip = u.live.get("tip")
+    if tip is not None:
+        del_rules(tip, data.get("addresses", u.lease.params.get("addresses") or []),
+                  data.get("table", u.lease.params.get("table")))
+
+
+def _undo_dhcp(u: steps_mod.Unwinding, data: Dict[str, Any]) -> None:
+    from . import dhcp as dhcpmod
+    dhcpmod.stop(u.ledger.get(u.lease.key) or u.lease)  # the client's pid is recorded as it starts
+
+
+UNDO: steps_mod.UndoTable = {
+    "altnames": steps_mod.Undo(_undo_altnames),
+    "move": steps_mod.Undo(_undo_move, label="return"),
+    "routes": steps_mod.Undo(_undo_routes, label="rules"),
+    "dhcp": steps_mod.Undo(_undo_dhcp, label="dhcp-stop", mark=True),
+}  # addresses, up and announce go with the move: the NIC comes home with its original addresses
+
+
 def release_netdev(lease: Lease, ledger: Ledger, *, force: bool = False) -> str:
-    """Bring a leased NIC home: stop its DHCP client, drop its rules, move it back, restore its settings.
+    """Bring a leased NIC home: stop its DHCP client, drop its rules, move it back, restore its settings (the
+    undo of every recorded step, newest first).
 
     Works from any point of a half-done attach or release (recover uses it too). Returns what happened:
     ``returned``, ``reclaimed`` (it was already in the root namespace) or ``gone`` (it no longer exists).
     """
-    orig = lease.original
-    steps = Steps(ledger, lease, contextlib.ExitStack())  # going home has no undo: it is the undo
-    moved = lease.step("move")
-    if lease.params.get("dhcp") or lease.step("dhcp"):
-        from . import dhcp as dhcpmod
-        steps.run("dhcp-stop", lambda: dhcpmod.stop(lease))
-    target = nsmod.Target(lease.target, lease.params.get("target_path", ""), lease.target_id or "")
-    if moved is not None and target.path and target.alive():
-        with opened(target.path) as tfd, nsmod.iproute_in(tfd) as tip:
-            link = _find_in(tip, moved.undo.get("index"), moved.undo.get("ifname"), orig.get("mac"))
-            steps.run("rules", lambda: del_rules(tip, lease.params.get("addresses") or [],
-                                                 lease.params.get("table")))
-            if link is not None:
-                index = link["index"]
-                steps.run("return", lambda: {"as": return_home(lease, tip, index, force=force)})
-                return "returned"
-    with IPRoute() as root:
-        link = find_by_mac(root, orig["mac"]) if orig.get("mac") else None
-        if link is None:
-            return "gone"
-        steps.run("restore", lambda: {"as": rename_home(root, link, orig, force)})
-        return "reclaimed"
+    if lease.step("move") is None:  # claimed without a plan (an older ledger): the NIC may be home already
+        lease = dataclasses.replace(lease, steps=[Step("move"), *lease.steps])
+    u = steps_mod.Unwinding(ledger, lease, force=force)
+    target = target_of(lease)
+    with contextlib.ExitStack() as stack:
+        if target.path and target.alive():
+            tfd = stack.enter_context(opened(target.path))
+            u.live["tip"] = stack.enter_context(nsmod.iproute_in(tfd))
+        _, errors = steps_mod.unwind(u, UNDO, stop_on_guard=True)
+    steps_mod.raise_undo_errors("release", errors)
+    return u.outcome or "gone"
 
 
 def _find_in(ipr: IPRoute, index: Optional[int], name: Optional[str], mac: Optional[str]) -> Optional[Any]:
@@ -548,3 +525,81 @@ def _find_in(ipr: IPRoute, index: Optional[int], name: Optional[str], mac: Optio
     if link is not None and (not mac or (link.get_attr("IFLA_ADDRESS") or "").lower() == mac.lower()):
         return link
     return find_by_mac(ipr, mac) if mac else None
+
+
+# --- the mode ------------------------------------------------------------------------------------------------------
+
+def original(nic: Any, ipr: IPRoute) -> Dict[str, Any]:
+    """The NIC's state before the handoff, from netlink (its netdev, on ``ipr``: a root-namespace socket with
+    ``strict_check``) and the inventory; sets ``nic.active`` (an IPv4 or global IPv6 address, or a route through
+    it, as :mod:`dpdkeni.inventory` defines it). Both modes record it: release gives the NIC back as it was."""
+    from .inventory import has_routes
+    base: Dict[str, Any] = {"pci": nic.pci, "driver": nic.driver, "mac": nic.mac, "ifname": nic.ifname,
+                            "model": nic.model}
+    if not nic.ifname:
+        return base
+    base.update(snapshot(ipr, ifname=nic.ifname))
+    # a link that is down carries no routes (the kernel flushes them at down and refuses new ones): no dumps for
+    # the usual hot-plugged or stand-in NIC, two fewer netlink round trips on a pod's start
+    nic.active = bool(base["addresses"]) or (base["up"] and has_routes(ipr, base["index"]))
+    return base
+
+
+class NetdevMode(Mode):
+    """The NIC's netdev moved into the target's network namespace (see the module doc)."""
+
+    name = "netdev"
+    undo = UNDO
+
+    def params(self, req: Any, original: Dict[str, Any], leases: Any, target: "nsmod.Target",
+               key: str) -> Dict[str, Any]:
+        """``table``: policy routing when another NIC is already leased into the same namespace (the cross-VPC
+        case), unless the request sets one (0: never)."""
+        if req.table is not None:
+            return {"table": req.table or None}
+        peek = peeker(leases)
+        others = [k for k in leases if peek(k).get("target_id") == target.ns_id and k != key]
+        return {"table": TABLE_BASE + (original.get("index") or 0) if others else None}
+
+    def plan(self, lease: Lease, nic: Any, target: "nsmod.Target", req: Any) -> List[str]:
+        p = lease.params
+        return plan(lease.original, target.spec, p["ifname"], p["addresses"], p["gateway"], p["mtu"],
+                    p.get("table"), p["dhcp"])
+
+    def steps(self, lease: Lease, nic: Any, target: "nsmod.Target", req: Any) -> List[Step]:
+        return planned_steps(lease.original, target, req.ifname, list(req.given), req.gateway,
+                             lease.params.get("table"))
+
+    def attach(self, steps: "steps_mod.Steps", lease: Lease, nic: Any, target: "nsmod.Target",
+               req: Any) -> Dict[str, Any]:
+        return _attach_steps(steps, lease, target, req)
+
+    def release(self, lease: Lease, ledger: Ledger, force: bool) -> str:
+        return release_netdev(lease, ledger, force=force)
+
+    def recover(self, lease: Lease, ledger: Ledger) -> Dict[str, Any]:
+        """An attached NIC whose target lives is kept (its DHCP client restarted when it died); anything else
+        comes home: a half-done or failed attach rolled back, a half-done release finished, an attached NIC
+        whose target is gone reclaimed."""
+        target = target_of(lease)
+        if lease.state == "attached" and target.path and target.alive():
+            if lease.params.get("dhcp"):
+                from . import dhcp as dhcpmod
+                dhcpmod.ensure_running(lease, ledger)
+            return {"key": lease.key, "action": "kept", "detail": f"attached to {lease.target}"}
+        action = {"attaching": "rolled-back", "failed": "rolled-back", "releasing": "released"}.get(lease.state,
+                                                                                                   "reclaimed")
+        return self._home(lease, ledger, action)
+
+    def reclaim(self, lease: Lease, ledger: Ledger) -> Optional[Dict[str, Any]]:
+        return self._home(lease, ledger, "reclaimed")
+
+    def _home(self, lease: Lease, ledger: Ledger, action: str) -> Dict[str, Any]:
+        import time
+        lease = ledger.update(lease.key, state="releasing", owner_pid=os.getpid(), created=time.time())
+        outcome = release_netdev(lease, ledger, force=True)
+        ledger.remove(lease.key)
+        return {"key": lease.key, "action": action, "detail": outcome}
+
+
+MODE = NetdevMode()

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import models, specs, validate
 from .errors import InputError, PolicyError, StepError, TargetCommandTimeout
 from .inventory import Nic
+from .request import AttachRequest
 
 MATCH_KEYS = ("model", "mac", "pci", "ifname")
 RULE_KEYS = ("name", "match", "mode", "target", "target_command", "ifname", "addresses", "gateway", "mtu",
@@ -154,28 +155,21 @@ def _match(raw: Any) -> Dict[str, List[str]]:
     return out
 
 
-# rule key -> its validator in dpdkeni.validate (the same ones attach, --batch and the CNI plugin use)
-_CHECKS = {"ifname": validate.ifname, "addresses": lambda v: validate.addresses(_strings(v, "addresses")),
-           "gateway": validate.gateway, "mtu": validate.mtu, "table": validate.table,
-           "hugepages": validate.hugepages, "driver": lambda v: validate.choice(v, "driver", models.USER_DRIVERS)}
+SETTING_KEYS = ("ifname", "addresses", "gateway", "mtu", "table", "hugepages", "driver", "dhcp", "noiommu")
 
 
-def _settings(raw: Dict[str, Any]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for key, check in _CHECKS.items():
-        if key in raw:
-            try:
-                check(raw[key])
-            except InputError as exc:
-                raise ValueError(str(exc), key) from exc
-            out[key] = _strings(raw[key], key) if key == "addresses" else raw[key]
+def _settings(raw: Dict[str, Any], mode: str) -> Dict[str, Any]:
+    """A rule's attach settings, checked as an :class:`~dpdkeni.request.AttachRequest` (the same checks attach,
+    ``--batch`` and the CNI plugin run); a bad value names its key, for the line."""
+    out = {k: raw[k] for k in SETTING_KEYS if k in raw}
+    if "addresses" in out:
+        out["addresses"] = _strings(out["addresses"], "addresses")
+    try:
+        AttachRequest(mode=mode, **out)
+    except InputError as exc:
+        raise ValueError(str(exc), getattr(exc, "field", None)) from exc
     if "gateway" in out:
         out["gateway"] = str(validate.gateway(out["gateway"]))
-    for key in ("dhcp", "noiommu"):
-        if key in raw:
-            if not isinstance(raw[key], bool):
-                raise ValueError(f"{key} must be true or false", key)
-            out[key] = raw[key]
     return out
 
 
@@ -199,7 +193,7 @@ def _rule(raw: Any, index: int) -> Rule:
     if command is not None and (not isinstance(command, str) or not command.strip()):
         raise ValueError("target_command must be a command line", "target_command")
     return Rule(name=str(raw.get("name") or f"rule {index + 1}"), match=_match(raw.get("match")), mode=mode,
-                target=target, target_command=command, settings=_settings(raw))
+                target=target, target_command=command, settings=_settings(raw, mode))
 
 
 def parse(text: str, path: str = "<policy>") -> Policy:

@@ -15,15 +15,16 @@ import stat
 import tempfile
 from typing import Iterator, Optional
 
+from . import host
 from .errors import StateDirError
 
-DEFAULT = "/run/dpdkeni"
-ENV = "DPDKENI_STATE_DIR"
+DEFAULT = host.DEFAULT_STATE_DIR
+ENV = host.STATE_DIR_ENV
 
 
 def path() -> str:
-    """The state directory, read at call time (``DPDKENI_STATE_DIR`` or ``/run/dpdkeni``)."""
-    return os.environ.get(ENV) or DEFAULT
+    """The state directory of the current host (:mod:`dpdkeni.host`: ``DPDKENI_STATE_DIR`` or ``/run/dpdkeni``)."""
+    return host.current().state_dir
 
 
 def check(directory: str) -> None:

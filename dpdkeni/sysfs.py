@@ -10,14 +10,16 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+from . import host
 from .errors import os_error_message
 
 log = logging.getLogger(__name__)
 
 
 def default_root() -> str:
-    """The filesystem root that sysfs paths are resolved against (``DPDKENI_SYSFS_ROOT`` or ``/``)."""
-    return os.environ.get("DPDKENI_SYSFS_ROOT", "/")
+    """The filesystem root that sysfs paths are resolved against: the current host's (:mod:`dpdkeni.host`:
+    ``DPDKENI_SYSFS_ROOT`` or ``/``)."""
+    return host.current().sysfs_root
 
 
 @dataclass

@@ -384,6 +384,36 @@ def test_the_binary_hands_calls_to_the_resident_server(tmp_path, state_dir, netn
         assert call in log, log
 
 
+def test_the_clients_state_dir_decides_with_and_without_the_server(tmp_path, state_dir, netns_factory, stand_in,
+                                                                   cni_server):
+    """The server was started with the test's state dir; a client whose DPDKENI_STATE_DIR names another one gets
+    its lease, its CNI record and its netns pin there, and the same result document, exactly as the same client
+    with no server (the plugin in-process): the server serves each call with the host of the client's
+    environment (dpdkeni.host), not its own."""
+    sock, proc = cni_server
+    other = tmp_path / "client-state"
+    other.mkdir(mode=0o700)
+    ns = netns_factory()
+    conf = _conf(tmp_path, subnet="198.18.63.0/24", device=stand_in)
+    seen = []
+    for n, via in enumerate((sock, str(tmp_path / "no-server.sock"))):
+        env = {"DPDKENI_CNI_SOCKET": via, "DPDKENI_STATE_DIR": str(other)}
+        conf["ipam"]["dataDir"] = str(tmp_path / f"ipam{n}")  # host-local would hand out the next address
+        add = run_cni("ADD", conf, netns=f"/run/netns/{ns}", extra_env=env)
+        assert add.returncode == 0, add
+        leases = Ledger(str(other)).leases()
+        records = sorted(os.listdir(other / "cni"))
+        seen.append((add.doc, sorted(leases), [leases[k].target for k in leases], records))
+        assert Ledger(state_dir).leases() == {} and not os.path.exists(os.path.join(state_dir, "cni")), via
+        gone = run_cni("DEL", with_prev(conf, add.doc), netns=f"/run/netns/{ns}", extra_env=env)
+        assert gone.returncode == 0 and Ledger(str(other)).leases() == {} and os.listdir(other / "cni") == []
+    assert seen[0] == seen[1] and seen[0][1] == [f"if:{stand_in}"] and len(seen[0][3]) == 2  # record + pin
+    proc.send_signal(15)
+    assert proc.wait(timeout=30) == 0
+    log = proc.stderr.read()
+    assert log.count("ADD c0ffee net1 -> 0") == 1 and log.count("DEL c0ffee net1 -> 0") == 1, log  # 1st only
+
+
 def test_an_ipam_failure_during_add_leaves_the_nic_home_and_nothing_behind(tmp_path, state_dir, stand_in_models,
                                                                            netns_factory, stand_in):
     """IPAM runs while the kernel moves the NIC: when it fails (here host-local with a range outside its

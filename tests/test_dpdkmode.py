@@ -326,3 +326,65 @@ def test_an_undo_that_fails_keeps_the_error_and_a_failed_lease_that_recover_fini
     assert Ledger().leases() == {} and k.driver(BDF3) == "virtio-pci"
     for layer in layers(cgs):
         assert probe(layer, ZERO) == {ZERO: errno.EPERM}, layer
+
+
+def test_what_the_ledger_holds_at_each_kill_point(world, monkeypatch):
+    """At each attach step's kill point (DPDKENI_TEST_KILL_AFTER, as tests/vm/test_crash_vm.py kills there) the
+    lease is still ``attaching``, that step and every one before it ``done``, and the steps after it ``planned``:
+    never started, so ``recover`` leaves them alone (a planned ``devnodes`` must not remove nodes the container
+    had). Snapshots taken by the hook itself, for every step in one attach."""
+    from dpdkeni import steps as stepsmod
+    k, c, cgs, target, lease, ledger, before, nic = begin(world)
+    seen = {}
+
+    def hook(name):
+        held = Ledger().get(BDF)
+        seen[name] = (held.state, [(s.name, s.state) for s in held.steps])
+    monkeypatch.setattr(stepsmod, "test_hook", hook)
+    monkeypatch.setenv(stepsmod.TEST_KILL_ENV, "devnodes")  # the last one: its done mark is written on its own
+    dpdkmode.attach_dpdk(nic, target, lease, ledger, hugepages="4M", sysfs=k.sysfs())
+    try:
+        names = list(dpdkmode.ATTACH_STEPS)
+        assert list(seen) == names
+        for i, name in enumerate(names):
+            assert seen[name] == ("attaching", [(n, "done") for n in names[:i + 1]] +
+                                  [(n, "started") for n in names[i + 1:i + 2]] +
+                                  [(n, "planned") for n in names[i + 2:]]), name
+    finally:
+        dpdkmode.recover_dpdk(ledger.get(BDF), ledger)
+
+
+def test_recover_leaves_a_planned_step_alone(world):
+    """A crash right after the bind leaves devnodes ``planned`` with the paths it would make noted: the container's
+    own node at such a path (made by its runtime) stays; only the started bind is undone."""
+    k, c, cgs, target, lease, ledger, before, nic = begin(world)
+    dc.make_nodes(c.pid, [("/dev/vfio/vfio", dc.rule_for(ZERO))])  # the runtime's, before any attach
+    dpdkmode.attach_dpdk(nic, target, lease, ledger, hugepages="0", sysfs=k.sysfs())
+    with ledger.transaction() as leases:  # as a crash after the bind leaves it
+        held = leases[BDF]
+        held.steps = [held.step("bind"), held.step("devnodes")]
+        held.steps[1].state = "planned"
+        assert held.steps[1].undo["paths"] == ["/dev/vfio/vfio", "/dev/vfio/7"]
+    assert dpdkmode.recover_dpdk(ledger.get(BDF), ledger) == "undid bind"
+    assert k.driver(BDF) == "virtio-pci" and c.run("ls", "/dev/vfio").stdout.split() == ["7", "vfio"]
+
+
+def test_killed_after_the_last_step_the_lease_is_not_attached_yet(world, monkeypatch):
+    """Through handoff.attach, the kill point after ``devnodes`` (the last step) sees it done and the lease still
+    ``attaching``: "attached" comes in a write after it (only when the hook is armed; else with the done mark)."""
+    from dpdkeni import handoff, steps as stepsmod
+    k, c, cgs = world
+    k.add_nic(BDF3, "virtio-net", ifname=None, iommu_group=9)
+    os.mknod(k.tree.p("dev/vfio/9"), stat.S_IFCHR | 0o666, os.makedev(1, 9))
+    monkeypatch.setenv("DPDKENI_SYSFS_ROOT", k.tree.root)
+    monkeypatch.setattr(dpdkmode, "Sysfs", lambda *a, **kw: k.sysfs())
+    seen = {}
+    monkeypatch.setattr(stepsmod, "test_hook", lambda name: seen.setdefault(name, Ledger().get(BDF3).state))
+    monkeypatch.setenv(stepsmod.TEST_KILL_ENV, "devnodes")
+    lease = handoff.attach(BDF3, c.target, mode="dpdk", hugepages="0")
+    try:
+        assert seen == {"bind": "attaching", "devcgroup": "attaching", "devnodes": "attaching"}
+        assert lease.state == "attached" and Ledger().get(BDF3).state == "attached"
+    finally:
+        handoff.release(BDF3)
+    assert Ledger().leases() == {} and k.driver(BDF3) == "virtio-pci"

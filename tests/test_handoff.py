@@ -411,7 +411,7 @@ def test_attach_many_and_release_many(env, veth_factory, container_factory):
 
 
 def test_a_route_alone_makes_an_up_link_active_and_a_down_link_is_read_without_route_dumps(netns_factory):
-    """The active guard's snapshot (handoff._original) in a namespace of the test: a link that is up with only a
+    """The active guard's snapshot (netdev.original) in a namespace of the test: a link that is up with only a
     route through it is active; a link that is down is not, and is decided without dumping routes (the kernel
     flushed them at down)."""
     from dpdkeni import netns as nsmod
@@ -427,16 +427,16 @@ def test_a_route_alone_makes_an_up_link_active_and_a_down_link_is_read_without_r
         ipr.link("add", ifname="dkr0", kind="veth", peer="dkr1")
         idx, peer = ipr.link_lookup(ifname="dkr0")[0], ipr.link_lookup(ifname="dkr1")[0]
         nic = Nic(pci=None, model="veth", ifname="dkr0")
-        handoff._original(nic, ipr)
+        netdev.original(nic, ipr)
         assert not nic.active
         for i in (peer, idx):
             ipr.link("set", index=i, state="up")
         ipr.route("add", dst="198.18.12.0/24", oif=idx)
-        handoff._original(nic, ipr)
+        netdev.original(nic, ipr)
         assert nic.active, "a route through it: it carries traffic"
         ipr.link("set", index=idx, state="down")
         assert list(ipr.get_routes(family=2, oif=idx)) == [], "the kernel flushed the route at down"
-        handoff._original(nic, ipr)
+        netdev.original(nic, ipr)
         assert not nic.active
 
 

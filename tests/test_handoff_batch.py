@@ -104,3 +104,24 @@ def test_bad_batch_files_are_refused_before_anything_changes(env, veth_factory, 
     r = cli("attach", a)
     assert r.returncode == 2 and "--to TARGET" in r.stderr
     assert host_state(a) is not None and no_leases(cli)
+
+
+def test_attach_many_atomic_in_the_library(env, veth_factory, container_factory):
+    """attach_many(atomic=True): one request fails, so the NIC attached is released again (its lease returned
+    with params["released_again"]) and nothing stays leased; a malformed request is its InputError, in place."""
+    from dpdkeni import handoff
+    from dpdkeni.errors import InputError, NotFoundError
+    from dpdkeni.ledger import Ledger
+    from dpdkeni.request import AttachRequest
+    (a, _), = [veth_factory()]
+    prepare_nic(a, mtu=1400)
+    before = host_state(a)
+    c = container_factory()
+    out = handoff.attach_many([AttachRequest(nic=a, target=c.target), {"nic": "dkno0such", "target": c.target},
+                               {"nic": a, "target": c.target, "mtu": 7}], atomic=True)
+    assert out[0].state == "attached" and out[0].params["released_again"] is True
+    assert isinstance(out[1], NotFoundError) and isinstance(out[2], InputError) and "mtu 7" in str(out[2])
+    assert host_state(a) == before and Ledger().leases() == {}
+    out = handoff.attach_many([{"nic": a, "target": c.target}, {"nic": "dkno0such", "target": c.target}])
+    assert out[0].state == "attached" and "released_again" not in out[0].params  # not atomic: it stays
+    assert handoff.release(a).params["outcome"] == "returned" and host_state(a) == before

@@ -117,9 +117,9 @@ def test_two_processes_race_for_one_nic(env, veth_factory, container_factory, cl
 
 _STOPPED_ATTACH = r"""
 import os, signal, sys
-from dpdkeni import netdev
+from dpdkeni import steps
 from dpdkeni.cli import main
-netdev._test_hook = lambda step: os.kill(os.getpid(), signal.SIGSTOP) if step == "addresses" else None
+steps.test_hook = lambda step: os.kill(os.getpid(), signal.SIGSTOP) if step == "addresses" else None
 sys.exit(main(sys.argv[1:]))
 """
 

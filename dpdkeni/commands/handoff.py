@@ -43,13 +43,13 @@ def _batch_value_ok(key: str, value: Any) -> bool:
     return isinstance(value, want) and not (want is int and isinstance(value, bool))
 
 
-def read_batch(path: str) -> List[Dict[str, Any]]:
+def read_batch(path: str) -> List[Any]:
     """The attach requests of a ``--batch`` file (``-``: standard input): a JSON array of objects with the keys
     of :data:`BATCH_KEYS`; ``nic`` and ``to`` are required. Every item is checked before anything is done."""
     import json
 
-    from .. import handoff
     from ..errors import InputError
+    from ..request import AttachRequest
     try:
         if path == "-":
             text = sys.stdin.read()
@@ -80,15 +80,14 @@ def read_batch(path: str) -> List[Dict[str, Any]]:
             if not _batch_value_ok(key, value):
                 raise InputError(f"--batch item {n}: {key!r} must be {_KIND[BATCH_KEYS[key][1]]}"
                                  + (" or a list of strings" if key == "addresses" else "") + f", not {value!r}")
-        req = {BATCH_KEYS[k][0]: v for k, v in item.items() if v is not None}
-        if isinstance(req.get("addresses"), str):
-            req["addresses"] = [req["addresses"]]
+        values = {BATCH_KEYS[k][0]: v for k, v in item.items() if v is not None}
+        if isinstance(values.get("addresses"), str):
+            values["addresses"] = [values["addresses"]]
         try:
-            handoff.check_request(**req)
+            requests.append(AttachRequest(**values))
         except InputError as exc:
             raise InputError(f"--batch item {n}: {exc.message}", exc.hint) from None
-        requests.append(req)
-    nics = [r["nic"] for r in requests]
+    nics = [r.nic for r in requests]
     twice = sorted({x for x in nics if nics.count(x) > 1})
     if twice:
         raise InputError(f"--batch {path}: {twice[0]} is asked for more than once")
@@ -98,31 +97,27 @@ def read_batch(path: str) -> List[Dict[str, Any]]:
 def cmd_attach_batch(args: argparse.Namespace) -> int:
     """``attach --batch FILE``: every request at once (handoff.attach_many); with --atomic, NICs attached before
     one failed are released again."""
+    import dataclasses
+
     from .. import handoff
     from ..errors import Error
-    requests = read_batch(args.batch)
-    for r in requests:
-        r["dry_run"] = args.dry_run
-    results = handoff.attach_many(requests)
+    requests = [dataclasses.replace(r, dry_run=args.dry_run) for r in read_batch(args.batch)]
+    results = handoff.attach_many(requests, atomic=args.atomic)
     failed = [(r, x) for r, x in zip(requests, results) if isinstance(x, Error)]
-    undone = set()      # indexes of requests attached, then released again (--atomic)
-    if failed and args.atomic and not args.dry_run:
-        done = [i for i, x in enumerate(results) if not isinstance(x, Error)]
-        back = handoff.release_many([requests[i]["nic"] for i in done])
-        undone = {i for i, x in zip(done, back) if not isinstance(x, Error)}
+    again = [not isinstance(x, Error) and bool(x.params.pop("released_again", False)) for x in results]
     if args.json:
-        _emit([{"nic": r["nic"], "error": str(x), "exit_code": x.exit_code} if isinstance(x, Error)
-               else dict(x.to_dict(), released_again=i in undone) for i, (r, x) in enumerate(zip(requests, results))])
+        _emit([{"nic": r.nic, "error": str(x), "exit_code": x.exit_code} if isinstance(x, Error)
+               else dict(x.to_dict(), released_again=a) for r, x, a in zip(requests, results, again)])
     else:
-        for i, (r, x) in enumerate(zip(requests, results)):
+        for r, x, a in zip(requests, results, again):
             if isinstance(x, Error):
-                print(f"dpdkeni: error: {r['nic']}: {x}", file=sys.stderr)
+                print(f"dpdkeni: error: {r.nic}: {x}", file=sys.stderr)
             else:
                 print(_attached(x, "planned" if args.dry_run else "attached")
-                      + (" (released again: --atomic)" if i in undone else ""))
+                      + (" (released again: --atomic)" if a else ""))
         if failed:
             print(f"dpdkeni: {len(failed)} of {len(requests)} failed"
-                  + (f"; {len(undone)} attached ones released again (--atomic)" if args.atomic else ""),
+                  + (f"; {sum(again)} attached ones released again (--atomic)" if args.atomic else ""),
                   file=sys.stderr)
     return max((x.exit_code for _, x in failed), default=0)
 
@@ -130,6 +125,7 @@ def cmd_attach_batch(args: argparse.Namespace) -> int:
 def cmd_attach(args: argparse.Namespace) -> int:
     from .. import handoff
     from ..errors import InputError
+    from ..request import AttachRequest
     if args.batch:
         if args.nic or args.to:
             raise InputError("--batch takes the NICs and targets from its file: give no NIC and no --to")
@@ -138,10 +134,11 @@ def cmd_attach(args: argparse.Namespace) -> int:
         raise InputError("attach needs a NIC and --to TARGET (or --batch FILE)")
     if args.atomic:
         raise InputError("--atomic is for --batch")
-    lease = handoff.attach(args.nic, args.to, mode=args.mode, ifname=args.ifname, addresses=args.address,
-                           gateway=args.gateway, mtu=args.mtu, dhcp=args.dhcp, hugepages=args.hugepages,
-                           driver=args.driver, noiommu=args.noiommu, force=args.force, dry_run=args.dry_run,
-                           table=args.table)
+    req = AttachRequest(nic=args.nic, target=args.to, mode=args.mode, ifname=args.ifname, addresses=args.address,
+                        gateway=args.gateway, mtu=args.mtu, dhcp=args.dhcp, hugepages=args.hugepages,
+                        driver=args.driver, noiommu=args.noiommu, force=args.force, dry_run=args.dry_run,
+                        table=args.table)
+    lease = handoff.attach(req.nic, req.target, **req.kwargs())
     if args.json:
         _emit(lease.to_dict())
     elif args.dry_run:
