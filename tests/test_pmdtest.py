@@ -135,8 +135,27 @@ def direct():
 def test_no_reflector_is_said_before_the_search(direct):
     out = dpdkeni_cli("pmdtest", "--port", "a0", "--target", direct.target("a"), timeout=60)
     assert out.returncode == 1, out.stderr
-    assert "no test frame came back" in out.stderr and "reflector" in out.stderr
-    assert "trial" not in out.stdout
+    assert out.stderr.startswith("dpdkeni: error: no reflector: no test frame came back in 1.5 s (500 sent to "
+                                 "02:00:00:00:00:02, 500 to the broadcast address)"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "trial" not in out.stdout
+
+
+@needs_root
+def test_a_wrong_mac_is_said_before_the_search(direct):
+    # the reflector takes frames to b0's MAC and broadcast only, like a NIC out of promiscuous mode
+    mirred(direct, only_to=(direct.macs["b0"], "ff:ff:ff:ff:ff:ff"))
+    out = dpdkeni_cli("pmdtest", "--port", "a0", "--target", direct.target("a"), timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == ("dpdkeni: error: wrong MAC: no test frame sent to 02:00:00:00:00:02 came back, but 500 "
+                          "of 500 sent to the broadcast address did: the DUT takes frames to its own MAC only (give "
+                          "--peer with the MAC of the DUT's port)\n")
+    assert out.stdout == "DUT: none (a reflector behind the port, or no DUT)\n"     # no trial line: no search
+    # with its MAC the search runs
+    out = dpdkeni_cli("pmdtest", "--port", "a0", "--target", direct.target("a"), "--peer", direct.macs["b0"],
+                      "--max-rate", "3000", "--duration", "0.3", "--initial", "0.3", "--warmup", "0", "--drain",
+                      "0.2", "--max-trials", "4", "--precision", "0.3", "--json", timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["results"][0]["searches"][0]["ndr"] > 0
 
 
 @needs_root
@@ -223,3 +242,14 @@ def test_testpmd_counts_equal_ours_below_ndr(direct):
     # testpmd's own port counters: it received our 2000 and sent 2000 back (nothing else is on the link)
     assert counters["rx"] == counters["tx"] == 2000, counters
     assert counters["rx_dropped"] == 0
+
+
+@needs_root
+def test_a_wrong_mac_names_the_dut_ports_mac_where_it_is_known(direct):
+    mirred(direct, only_to=(direct.macs["b0"], "ff:ff:ff:ff:ff:ff"))
+    with Stream(["a0"], target=direct.target("a")) as s:
+        pt = PmdTest(s, [], dut_mac=direct.macs["b0"])
+        with pytest.raises(InputError) as err:
+            pt.check_reflection([64])
+    assert str(err.value).endswith(f"the DUT takes frames to its own MAC ({direct.macs['b0']}) only "
+                                   f"(give --peer {direct.macs['b0']})")
