@@ -70,7 +70,8 @@ def test_dpdkeni_starts_testpmd_on_the_handed_over_port(handed):
     name, gen, port, mac = handed
     # another interface in the container, not handed over by dpdkeni: the lease says which port is the DUT's
     pid = json.loads(subprocess.run([RUNC, "state", name], capture_output=True, text=True, check=True).stdout)["pid"]
-    subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "link", "add", "aaa0", "type", "dummy"], check=True)
+    subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "link", "add", "aaa0", "type", "veth", "peer",
+                    "name", "aaa1"], check=True)
     out = dpdkeni_cli("pmdtest", "--port", port, "--target", f"netns:{gen}", "--dut", f"container:{name}",
                       "--dut-mode", "macswap", *QUICK, "--json", timeout=240)
     assert out.returncode == 0, out.stderr
