@@ -127,7 +127,8 @@ def trial_line(t: TrialResult, index: int) -> str:
     """One live line per trial."""
     lat = t.latency.summary() if t.latency and t.latency.count else None
     lat_text = f"p50 {lat['p50_us']:.1f} us p99 {lat['p99_us']:.1f} us" if lat else "no latency samples"
-    flags = [] if t.rate_ok else [f"rate NOT offered: {t.offered_pps:.0f} pps"]
+    # an interrupted trial stopped early: its offered rate over the whole duration means nothing
+    flags = [] if t.rate_ok or t.interrupted else [f"rate NOT offered: {t.offered_pps:.0f} pps"]
     if t.reordered or t.duplicates:
         flags.append(f"reorder {t.reordered} dup {t.duplicates}")
     if t.note:

@@ -30,6 +30,9 @@ def _check(args: argparse.Namespace) -> None:
             raise InputError(f"bad --{fname} {fvalue}: must be {flo}..{fhi}")
     if len(args.port) > 2:
         raise InputError("give one --port (the DUT's link) or two (the second receives: a loop)")
+    if args.plot is not None:
+        from ..pmdplot import check
+        check(args.plot)
 
 
 def cmd_pmdtest(args: argparse.Namespace) -> int:
@@ -69,6 +72,10 @@ def cmd_pmdtest(args: argparse.Namespace) -> int:
     report.settings.update({"ports": args.port, "target": args.target, "dut": args.dut,
                             "peer": ":".join(f"{x:02x}" for x in stream.peer or b""),
                             "dut_description": dut.description, "dut_counters": report_dut})
+    if args.plot is not None:
+        from ..pmdplot import plot
+        report.settings["plot"] = {"file": args.plot, "series": plot(report, args.plot)}
+        line(f"plot: {args.plot}")
     if args.json:
         from ..cli import emit_json
         emit_json(report.to_dict())
@@ -109,4 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-trials", type=int, default=30, help="trials per search at most")
     p.add_argument("--quiet", action="store_true", help="no live lines")
     p.add_argument("--json", action="store_true", help="the report as one JSON document on stdout")
+    p.add_argument("--plot", metavar="FILE", default=None,
+                   help="throughput against frame size and latency CDFs, FILE.png or FILE.svg (needs matplotlib: "
+                        "pip install 'dpdkeni[bench]')")
     p.set_defaults(func=cmd_pmdtest)
