@@ -167,6 +167,20 @@ def _cmdline(pid: int) -> List[str]:
         return []
 
 
+def memlock_limit(status: str = "/proc/self/status") -> int:
+    """RLIMIT_MEMLOCK for testpmd (vfio pins its hugepages): unlimited where we hold CAP_SYS_RESOURCE (runc then
+    raises it), else our own hard limit (runc cannot go above it)."""
+    try:
+        with open(status, encoding="ascii") as f:
+            eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        eff = 0
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    if eff >> 24 & 1 or hard == resource.RLIM_INFINITY:          # CAP_SYS_RESOURCE is capability 24
+        return 2 ** 63 - 1
+    return hard
+
+
 class ContainerDut:
     """dpdk-testpmd in runc container ``name`` on its handed-over port (started there, or the one running)."""
 
@@ -217,8 +231,7 @@ class ContainerDut:
                 "--total-num-mbufs=8192", "--nb-cores=1"]
 
     def _process_json(self) -> str:
-        hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]     # a hard limit is not raised by runc exec
-        hard = 2 ** 63 - 1 if hard == resource.RLIM_INFINITY else hard
+        hard = memlock_limit()
         caps = sorted(CAPS)
         proc = {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": self.argv(), "cwd": "/",
                 "env": ["PATH=" + ":".join(_PATH)], "noNewPrivileges": True,

@@ -48,6 +48,23 @@ def parse_sizes(text: str) -> List[Tuple[str, List[int]]]:
     return out
 
 
+EMULATED = ("QEMU TCG", "QEMU Virtual CPU")
+
+
+def emulation_note(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """A warning when this CPU is emulated (QEMU's TCG: the lab), else "": its rates are the emulator's."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            models = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
+    except OSError:
+        return ""
+    slow = sorted(m for m in models if any(e in m for e in EMULATED))
+    if not slow:
+        return ""
+    return (f"the CPU is emulated ({slow[0]}): these rates and latencies are the emulator's, orders of magnitude "
+            "below the PMD's on hardware; the method is the same")
+
+
 def mean_size(cycle: Sequence[int]) -> float:
     return sum(cycle) / len(cycle)
 
@@ -265,4 +282,6 @@ def table(report: Report) -> str:
                      + " | ".join(lat) + " |")
     if report.interrupted:
         lines.append("(interrupted: partial report)")
+    if report.settings.get("slow"):
+        lines.append(f"(slow: {report.settings['slow']})")
     return "\n".join(lines)

@@ -126,3 +126,14 @@ def test_containers_that_do_not_exist_are_exit_2(spec, says):
     out = dpdkeni_cli("pmdtest", "--port", "lo", "--dut", spec)
     assert out.returncode == 2 and says in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and out.stdout == ""
+
+
+def test_testpmd_gets_unlimited_locked_memory_only_where_runc_can_raise_it(tmp_path):
+    import resource
+    from dpdkeni.pmdcontainer import memlock_limit
+    status = tmp_path / "status"
+    status.write_text("Name:\tx\nCapEff:\t000001ffffffffff\n")             # CAP_SYS_RESOURCE (24) held
+    assert memlock_limit(str(status)) == 2 ** 63 - 1
+    status.write_text("Name:\tx\nCapEff:\t000001fffeffffff\n")             # all but CAP_SYS_RESOURCE
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    assert memlock_limit(str(status)) == (2 ** 63 - 1 if hard == resource.RLIM_INFINITY else hard)

@@ -300,3 +300,15 @@ def test_a_wrong_mac_names_the_dut_ports_mac_where_it_is_known(direct):
             pt.check_reflection([64])
     assert str(err.value).endswith(f"the DUT takes frames to its own MAC ({direct.macs['b0']}) only "
                                    f"(give --peer {direct.macs['b0']})")
+
+
+def test_an_emulated_cpu_is_said(tmp_path):
+    from dpdkeni.pmdtest import emulation_note
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: QEMU TCG CPU version 2.5+\n\nprocessor\t: 1\n"
+                    "model name\t: QEMU TCG CPU version 2.5+\n")
+    assert emulation_note(str(info)) == (
+        "the CPU is emulated (QEMU TCG CPU version 2.5+): these rates and latencies are the emulator's, orders of "
+        "magnitude below the PMD's on hardware; the method is the same")
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\n")
+    assert emulation_note(str(info)) == ""

@@ -10,7 +10,7 @@ from typing import Tuple
 from ..errors import InputError
 from ..pmddut import MODES, make
 from ..pmdstream import Stream
-from ..pmdtest import KernelCounters, PmdTest, parse_sizes, table
+from ..pmdtest import KernelCounters, PmdTest, emulation_note, parse_sizes, table
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -54,12 +54,15 @@ def cmd_pmdtest(args: argparse.Namespace) -> int:
                    drain=args.drain, max_rate=args.max_rate, min_rate=args.min_rate, precision=args.precision,
                    repeat=args.repeat, max_trials=args.max_trials, counters=counters, dut_mac=dut.peer_mac,
                    on_line=line)
+    slow = emulation_note()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, lambda *_: stream.stop())
     try:
         stream.open()
         line(f"DUT: {dut.description}")
+        if slow:
+            line(f"note: {slow}")
         dut.start()
         try:
             report = test.run()
@@ -71,7 +74,7 @@ def cmd_pmdtest(args: argparse.Namespace) -> int:
         stream.close()
     report.settings.update({"ports": args.port, "target": args.target, "dut": args.dut,
                             "peer": ":".join(f"{x:02x}" for x in stream.peer or b""),
-                            "dut_description": dut.description, "dut_counters": report_dut})
+                            "dut_description": dut.description, "dut_counters": report_dut, "slow": slow})
     if args.plot is not None:
         from ..pmdplot import plot
         report.settings["plot"] = {"file": args.plot, "series": plot(report, args.plot)}
