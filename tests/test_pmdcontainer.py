@@ -137,3 +137,26 @@ def test_testpmd_gets_unlimited_locked_memory_only_where_runc_can_raise_it(tmp_p
     status.write_text("Name:\tx\nCapEff:\t000001fffeffffff\n")             # all but CAP_SYS_RESOURCE
     hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
     assert memlock_limit(str(status)) == (2 ** 63 - 1 if hard == resource.RLIM_INFINITY else hard)
+
+
+@needs_root
+def test_a_dpdk_lease_makes_testpmd_probe_the_pci_device(state_dir, runc_box):
+    # the ledger says a PCI NIC was handed to the container in dpdk mode (the lab runs this on a real vfio e1000;
+    # this host has no vfio): testpmd gets that device and the hugepages, and frames go to the NIC's MAC
+    from dpdkeni.ledger import Lease, Ledger
+    from dpdkeni.netns import resolve_target
+    from dpdkeni.pmdcontainer import ContainerDut
+    name = runc_box()
+    tgt = resolve_target(f"container:{name}")
+    with Ledger().transaction() as leases:
+        leases["0000:00:09.0"] = Lease(key="0000:00:09.0", mode="dpdk", target=tgt.spec, target_id=tgt.ns_id,
+                                       original={"mac": "52:54:00:7e:00:99", "ifname": "ens9"}, state="attached",
+                                       params={"hugepages": "128M"})
+    dut = ContainerDut(name, "io")
+    assert dut.peer_mac == "52:54:00:7e:00:99" and dut.running is None
+    argv = dut.argv()
+    assert argv[argv.index("--lcores"):] == ["--lcores", "0-1", "-a", "0000:00:09.0", "--in-memory", "--",
+                                              "--forward-mode=io", "--auto-start", "--stats-period", "1",
+                                              "--total-num-mbufs=8192", "--nb-cores=1"]
+    assert dut.description == (f"dpdk-testpmd --forward-mode=io started by dpdkeni in runc container {name} on "
+                               "dpdk port 0000:00:09.0")
