@@ -122,7 +122,9 @@ def test_sizes():
 @needs_root
 @pytest.mark.parametrize("args", [
     ["--sizes", "63"], ["--sizes", "imix,jumbo"], ["--max-rate", "0"], ["--min-rate", "5000", "--max-rate", "5000"],
-    ["--max-rate", "-3"], ["--duration", "0"], ["--repeat", "0"], ["--precision", "2"],
+    ["--max-rate", "-3"], ["--max-rate", "100000001"], ["--min-rate", "0"], ["--max-rate", "fast"],
+    ["--sizes", "64,"], ["--sizes", "0x40"], ["--dut", "container:dkpt-no-such"], ["--dut", "container:"],
+    ["--plot", "x.jpg"], ["--duration", "0"], ["--repeat", "0"], ["--precision", "2"],
     ["--dut", "bogus"], ["--dut", "testpmd:b0@netns:dkpt-no-such-ns"], ["--dut", "fwd:b0@netns:dkpt-no-such-ns"],
     ["--dut", "testpmd:nosuchif0@TARGET"], ["--port", "a0", "--port", "a0", "--port", "a0"],
     ["--peer", "zz:zz"], ["--dut", "testpmd:b0@TARGET", "--dut-cpu", "64"], ["--cpu", "-1"],
