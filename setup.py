@@ -57,7 +57,7 @@ setup(
     install_requires=["cffi>=1.15", "pyroute2>=0.7", "pyudev>=0.24", "psutil>=5.9"],
     extras_require={"test": ["pytest>=7", "jsonschema>=4", "pyyaml>=6", "ruff>=0.6", "mypy>=1.10",
                              "grpcio>=1.50", "grpcio-tools>=1.50"],  # tests/crirun.py: a CRI client
-                    "bench": ["matplotlib>=3.5"]},   # benchmarks/seed_table.py --plot only
+                    "bench": ["matplotlib>=3.5"]},   # pmdtest --plot, benchmarks/seed_table.py --plot
     entry_points={"console_scripts": ["dpdkeni=dpdkeni.cli:run", "dpdkeni-hook=dpdkeni.udev:main",
                                       "dpdkeni-cni-py=dpdkeni.cni_client:run"]},
     scripts=[CNI_BINARY],

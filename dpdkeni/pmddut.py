@@ -3,6 +3,8 @@
 - ``fwd:IF@TARGET``: dpdkeni's own forwarder in macswap mode on IF in TARGET's netns (a kernel-side reflector);
 - ``testpmd:IF@TARGET``: ``dpdk-testpmd`` with ``net_af_packet`` on IF, in a runc container joined to TARGET's
   netns (the host's /usr and /etc read-only, no hugepages: ``--no-huge -m``), macswap or io mode;
+- ``container:NAME``: ``dpdk-testpmd`` in runc container NAME on the port handed to it (:mod:`dpdkeni.pmdcontainer`):
+  started there by dpdkeni, or the one already running there;
 - ``none``: whatever reflects frames behind the generator's port (a testpmd already running in a container, a
   hardware loop), or no DUT at all with a second ``--port`` (the loop that shows the generator's headroom).
 
@@ -17,25 +19,27 @@ import resource
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 from .errors import Error, InputError, NotFoundError
 from .fastpath import Forwarder
+from .pmdcontainer import ContainerDut, TestpmdOutput
 
 MODES = ("macswap", "io")
-_STATS = re.compile(r"RX-packets:\s*(\d+)\s+RX-dropped:\s*(\d+).*?\n\s*TX-packets:\s*(\d+)\s+TX-dropped:\s*(\d+)")
 
 
 def parse_spec(spec: str) -> tuple:
-    """``kind:IF@TARGET`` -> (kind, ifname, target); ``none`` -> ("none", None, None). Bad forms: InputError."""
+    """``kind:IF@TARGET`` -> (kind, ifname, target); ``none`` -> ("none", None, None); ``container:NAME`` ->
+    ("container", None, NAME). Bad forms: InputError."""
     from . import validate
     if spec == "none":
         return "none", None, None
+    if isinstance(spec, str) and spec.startswith("container:"):
+        return "container", None, validate.container_id(spec[len("container:"):])
     m = re.fullmatch(r"(fwd|testpmd):([^@]+)@(.+)", spec or "")
     if not m:
-        raise InputError(f"bad --dut {spec!r}: none, fwd:IF@TARGET or testpmd:IF@TARGET "
+        raise InputError(f"bad --dut {spec!r}: none, container:NAME, fwd:IF@TARGET or testpmd:IF@TARGET "
                          "(TARGET: netns:NAME, pid:N, container:ID)")
     kind, ifname, target = m.groups()
     validate.ifname(ifname)
@@ -47,6 +51,7 @@ class Dut:
     """Base: a DUT dpdkeni does not manage."""
 
     description = "none (a reflector behind the port, or no DUT)"
+    peer_mac: Optional[str] = None      # the DUT port's MAC where dpdkeni knows it
 
     def start(self) -> "Dut":
         return self
@@ -97,8 +102,7 @@ class TestpmdDut(Dut):
                             f"--forward-mode={mode}, in runc container {self.name} (netns of {target})")
         self.bundle: Optional[str] = None
         self.proc: Optional[subprocess.Popen] = None
-        self.lines: List[str] = []
-        self._ready = threading.Event()
+        self.output: Optional[TestpmdOutput] = None
 
     def _check_ifname(self) -> None:
         from .netns import iproute_in
@@ -118,56 +122,19 @@ class TestpmdDut(Dut):
                 "--total-num-mbufs=16384", "--nb-cores=1"]
 
     def _write_bundle(self) -> str:
-        bundle = tempfile.mkdtemp(prefix="dpdkeni-testpmd-")
-        root = os.path.join(bundle, "rootfs")
-        for d in ("usr", "etc", "proc", "dev", "sys", "tmp", "run"):
-            os.makedirs(os.path.join(root, d))
-        for d in ("bin", "lib", "lib64", "sbin"):
-            os.symlink(f"usr/{d}", os.path.join(root, d))
-        subprocess.run([self.runc, "spec", "--bundle", bundle], check=True, capture_output=True)
-        path = os.path.join(bundle, "config.json")
-        with open(path) as f:
-            spec = json.load(f)
-        spec["root"] = {"path": "rootfs", "readonly": True}
-        proc = spec["process"]
-        proc["terminal"] = False
-        proc["args"] = ["stdbuf", "-oL", *self._argv()]
-        # as much locked memory as we may have (DPDK locks its memory; the hard limit cannot be raised here)
-        hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
-        hard = 2 ** 63 - 1 if hard == resource.RLIM_INFINITY else hard
-        proc["rlimits"] = proc.get("rlimits", []) + [{"type": "RLIMIT_MEMLOCK", "hard": hard, "soft": hard}]
-        caps = {"CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_IPC_LOCK", "CAP_SYS_NICE"}
-        for kind in ("bounding", "effective", "permitted"):
-            proc["capabilities"][kind] = sorted(set(proc["capabilities"][kind]) | caps)
-        spec["mounts"] += [{"destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]}
-                           for d in ("/usr", "/etc")]
-        spec["mounts"] += [{"destination": d, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
-                           for d in ("/run", "/tmp")]
-        spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"] + \
-            [{"type": "network", "path": self.target.path}]
-        spec["hostname"] = "testpmd"
-        with open(path, "w") as f:
-            json.dump(spec, f)
-        return bundle
+        return host_bundle(self.runc, ["stdbuf", "-oL", *self._argv()], self.target.path)
 
     def start(self, timeout: float = 60.0) -> "TestpmdDut":
         self.bundle = self._write_bundle()
         self.proc = subprocess.Popen([self.runc, "run", "--bundle", self.bundle, self.name],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      text=True)
-        threading.Thread(target=self._read, daemon=True).start()
-        self._ready.wait(timeout)
-        if self.proc.poll() is not None or not self._ready.is_set():
-            tail = "".join(self.lines[-5:]).strip()
+        self.output = TestpmdOutput(self.proc)
+        failed = self.output.wait_ready(timeout)
+        if failed is not None:
             self.stop()
-            raise Error(f"testpmd did not start forwarding in its container: {tail or 'no output'}")
+            raise Error(f"testpmd did not start forwarding in its container: {failed}")
         return self
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            self.lines.append(line)
-            if "Port statistics" in line or "Press enter to exit" in line:
-                self._ready.set()
 
     def stop(self) -> Dict[str, int]:
         """SIGINT (testpmd prints its totals), then remove the container and its bundle; testpmd's counters."""
@@ -188,14 +155,48 @@ class TestpmdDut(Dut):
     def counters(self) -> Dict[str, int]:
         """testpmd's own totals for the port, from its end-of-run statistics (the first block with RX-dropped:
         the periodic --stats-period blocks say RX-missed)."""
-        m = _STATS.search("".join(self.lines))
-        if not m:
-            return {}
-        return {"rx": int(m.group(1)), "rx_dropped": int(m.group(2)), "tx": int(m.group(3)),
-                "tx_dropped": int(m.group(4))}
+        return self.output.counters() if self.output else {}
 
 
-def make(spec: str, mode: str = "macswap", cpu: Optional[int] = None) -> Dut:
+def host_bundle(runc: str, args: List[str], netns_path: Optional[str] = None) -> str:
+    """An OCI bundle (a temporary directory; the caller removes it) whose root is the host's /usr and /etc
+    read-only, running ``args`` as root with the capabilities and locked memory DPDK needs, in the network
+    namespace at ``netns_path`` (None: a new one)."""
+    bundle = tempfile.mkdtemp(prefix="dpdkeni-testpmd-")
+    root = os.path.join(bundle, "rootfs")
+    for d in ("usr", "etc", "proc", "dev", "sys", "tmp", "run"):
+        os.makedirs(os.path.join(root, d))
+    for d in ("bin", "lib", "lib64", "sbin"):
+        os.symlink(f"usr/{d}", os.path.join(root, d))
+    subprocess.run([runc, "spec", "--bundle", bundle], check=True, capture_output=True)
+    path = os.path.join(bundle, "config.json")
+    with open(path) as f:
+        spec = json.load(f)
+    spec["root"] = {"path": "rootfs", "readonly": True}
+    proc = spec["process"]
+    proc["terminal"] = False
+    proc["args"] = list(args)
+    # as much locked memory as we may have (DPDK locks its memory; the hard limit cannot be raised here)
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    hard = 2 ** 63 - 1 if hard == resource.RLIM_INFINITY else hard
+    proc["rlimits"] = proc.get("rlimits", []) + [{"type": "RLIMIT_MEMLOCK", "hard": hard, "soft": hard}]
+    caps = {"CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_IPC_LOCK", "CAP_SYS_NICE"}
+    for kind in ("bounding", "effective", "permitted"):
+        proc["capabilities"][kind] = sorted(set(proc["capabilities"][kind]) | caps)
+    spec["mounts"] += [{"destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]}
+                       for d in ("/usr", "/etc")]
+    spec["mounts"] += [{"destination": d, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
+                       for d in ("/run", "/tmp")]
+    if netns_path:
+        spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"] + \
+            [{"type": "network", "path": netns_path}]
+    spec["hostname"] = "testpmd"
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    return bundle
+
+
+def make(spec: str, mode: str = "macswap", cpu: Optional[int] = None) -> Union[Dut, ContainerDut]:
     """The DUT a ``--dut`` spec names (checked: a bad form or a missing target/interface is an InputError)."""
     kind, ifname, target = parse_spec(spec)
     ncpu = os.cpu_count() or 1
@@ -203,6 +204,8 @@ def make(spec: str, mode: str = "macswap", cpu: Optional[int] = None) -> Dut:
         raise InputError(f"bad DUT cpu {cpu!r}: 0..{ncpu - 1}")
     if kind == "none":
         return Dut()
+    if kind == "container":
+        return ContainerDut(target, mode, cpu)
     if kind == "fwd":
         from .netns import resolve_target
         resolve_target(target)

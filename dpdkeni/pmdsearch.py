@@ -136,8 +136,16 @@ def search(measure: Callable[[int, float], TrialLike], max_rate: int, min_rate: 
     except StopIteration:
         res.note = f"stopped after {max_trials} trials"
     ndr, pdr = goals
-    res.ndr = ndr.lower if ndr.lower_seconds >= final_seconds or not res.complete else 0
-    res.pdr = pdr.lower if pdr.lower_seconds >= final_seconds or not res.complete else 0
+
+    def measured(g: Bounds) -> bool:
+        """A trial passed at the lower bound, at the final duration (any, for an interrupted search's partial
+        result): min_rate is only assumed to pass until a trial says so."""
+        least = final_seconds if res.complete else 0.0
+        return any(t.rate == g.lower and t.seconds >= least and t.rate_ok and not t.interrupted
+                   and g.passes(t.loss_ratio) for t in res.trials)
+
+    res.ndr = ndr.lower if measured(ndr) else 0
+    res.pdr = pdr.lower if measured(pdr) else 0
     res.ndr_upper, res.pdr_upper = ndr.upper, pdr.upper
     # the lowest rate failing means no rate found: say 0 rather than min_rate
     for g, name in ((ndr, "ndr"), (pdr, "pdr")):

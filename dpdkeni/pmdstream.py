@@ -208,9 +208,10 @@ class Stream:
         return self.fwd.mac(port)
 
     def trial(self, rate: int, seconds: float, sizes: Sequence[int] = (64,), drain: float = 0.5,
-              streams: int = 1, max_frames: int = 0) -> TrialResult:
+              streams: int = 1, max_frames: int = 0, peer: Optional[str] = None) -> TrialResult:
         """Offer ``rate`` frames/s (0: as fast as possible) of the size cycle ``sizes`` for ``seconds``, then
-        receive for ``drain`` seconds more. Ctrl-C in the main thread stops it (``interrupted``)."""
+        receive for ``drain`` seconds more; ``peer``: another destination MAC for this trial only. Ctrl-C in the
+        main thread stops it (``interrupted``)."""
         if isinstance(rate, bool) or not isinstance(rate, int) or not 0 <= rate <= 10 ** 9:
             raise InputError(f"bad rate {rate!r}: 0..1000000000 frames/s")
         if not isinstance(seconds, (int, float)) or not 0 <= seconds <= 3600:
@@ -222,7 +223,8 @@ class Stream:
         self._epoch = (self._epoch + 1) % 256
         spec = ffi.new("struct dk_pt_spec *")
         spec.rate, spec.max_frames, spec.seconds, spec.drain = rate, max_frames, float(seconds), float(drain)
-        spec.peer = self.peer
+        from .fastpath import _check_mac
+        spec.peer = _check_mac(peer, "peer") if peer else self.peer
         spec.nstreams, spec.npattern, spec.epoch = streams, len(pattern), self._epoch
         for i, n in enumerate(pattern):
             spec.pattern[i] = n

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 LATENCY_LOADS = (("min", 0.0), ("10%", 0.10), ("50%", 0.50), ("90%", 0.90))
 PDR_RATIO = 0.005
+BROADCAST = "ff:ff:ff:ff:ff:ff"
 
 
 def parse_sizes(text: str) -> List[Tuple[str, List[int]]]:
@@ -45,6 +46,23 @@ def parse_sizes(text: str) -> List[Tuple[str, List[int]]]:
     if len(out) != len({label for label, _ in out}):
         raise InputError(f"bad --sizes {text!r}: a size is given twice")
     return out
+
+
+EMULATED = ("QEMU TCG", "QEMU Virtual CPU")
+
+
+def emulation_note(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """A warning when this CPU is emulated (QEMU's TCG: the lab), else "": its rates are the emulator's."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            models = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
+    except OSError:
+        return ""
+    slow = sorted(m for m in models if any(e in m for e in EMULATED))
+    if not slow:
+        return ""
+    return (f"the CPU is emulated ({slow[0]}): these rates and latencies are the emulator's, orders of magnitude "
+            "below the PMD's on hardware; the method is the same")
 
 
 def mean_size(cycle: Sequence[int]) -> float:
@@ -126,7 +144,8 @@ def trial_line(t: TrialResult, index: int) -> str:
     """One live line per trial."""
     lat = t.latency.summary() if t.latency and t.latency.count else None
     lat_text = f"p50 {lat['p50_us']:.1f} us p99 {lat['p99_us']:.1f} us" if lat else "no latency samples"
-    flags = [] if t.rate_ok else [f"rate NOT offered: {t.offered_pps:.0f} pps"]
+    # an interrupted trial stopped early: its offered rate over the whole duration means nothing
+    flags = [] if t.rate_ok or t.interrupted else [f"rate NOT offered: {t.offered_pps:.0f} pps"]
     if t.reordered or t.duplicates:
         flags.append(f"reorder {t.reordered} dup {t.duplicates}")
     if t.note:
@@ -143,12 +162,13 @@ class PmdTest:
     def __init__(self, stream: Stream, sizes: List[Tuple[str, List[int]]], *, duration: float = 2.0,
                  initial: float = 1.0, warmup: float = 0.5, drain: float = 0.5, max_rate: int = 1_000_000,
                  min_rate: int = 1000, precision: float = 0.02, repeat: int = 1, max_trials: int = 30,
-                 counters: Optional[KernelCounters] = None,
+                 counters: Optional[KernelCounters] = None, dut_mac: Optional[str] = None,
                  on_line: Callable[[str], None] = lambda line: None) -> None:
         self.stream, self.sizes = stream, sizes
         self.duration, self.initial, self.warmup, self.drain = duration, initial, warmup, drain
         self.max_rate, self.min_rate, self.precision = max_rate, min_rate, precision
         self.repeat, self.max_trials, self.counters, self.on_line = repeat, max_trials, counters, on_line
+        self.dut_mac = dut_mac
         self._n = 0
 
     def _trial_of(self, cycle: List[int], rate: int, seconds: float) -> TrialResult:
@@ -172,15 +192,26 @@ class PmdTest:
         return t
 
     def check_reflection(self, cycle: List[int]) -> TrialResult:
-        """A short low-rate trial: frames must come back before any search (else an Error saying so)."""
-        t = self.stream.trial(max(self.min_rate, 1000), 0.5, cycle, drain=1.0)
-        if t.interrupted:
+        """A short low-rate trial: frames must come back before any search. When none does, the same frames to
+        the broadcast address tell a wrong destination MAC (they come back: InputError naming the DUT port's MAC
+        where it is known) from no reflector at all (Error)."""
+        rate = max(self.min_rate, 1000)
+        t = self.stream.trial(rate, 0.5, cycle, drain=1.0)
+        if t.interrupted or t.rx_packets:
             return t
-        if t.rx_packets == 0:
-            seen = f"; {t.rx_other} other frames came in" if t.rx_other else ""
-            raise Error(f"no test frame came back in 1.5 s ({t.tx_packets} sent){seen}",
-                        "is the reflector running on the other end, forwarding back out of the same link?")
-        return t
+        seen = f"; {t.rx_other} other frames came in" if t.rx_other else ""
+        b = self.stream.trial(rate, 0.5, cycle, drain=1.0, peer=BROADCAST)
+        if b.interrupted:
+            return b
+        peer = ":".join(f"{x:02x}" for x in self.stream.peer or b"")
+        if b.rx_packets:
+            hint = f"give --peer {self.dut_mac}" if self.dut_mac else "give --peer with the MAC of the DUT's port"
+            raise InputError(f"wrong MAC: no test frame sent to {peer} came back, but {b.rx_packets} of "
+                             f"{b.tx_packets} sent to the broadcast address did: the DUT takes frames to its own "
+                             f"MAC{' (' + self.dut_mac + ')' if self.dut_mac else ''} only", hint)
+        raise Error(f"no reflector: no test frame came back in 1.5 s ({t.tx_packets} sent to {peer}, "
+                    f"{b.tx_packets} to the broadcast address){seen}",
+                    "is the reflector running on the other end, forwarding back out of the same link?")
 
     def run(self) -> Report:
         report = Report(settings={"duration_s": self.duration, "initial_s": self.initial, "warmup_s": self.warmup,
@@ -251,4 +282,6 @@ def table(report: Report) -> str:
                      + " | ".join(lat) + " |")
     if report.interrupted:
         lines.append("(interrupted: partial report)")
+    if report.settings.get("slow"):
+        lines.append(f"(slow: {report.settings['slow']})")
     return "\n".join(lines)

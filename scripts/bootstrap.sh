@@ -24,5 +24,5 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel cffi
 echo "bootstrap: installing dpdkeni (editable, with the native build)" >&2
-"$VENV/bin/python" -m pip install -q -e '.[test]'
+"$VENV/bin/python" -m pip install -q -e '.[test,bench]'
 touch "$VENV/.installed"

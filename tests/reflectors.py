@@ -13,15 +13,17 @@ BPF_PROG_TYPE_SCHED_CLS = 3
 CLSACT_INGRESS = 0xFFFFFFF2
 
 
-def mirred(topo, role: str = "b", ifname: str = "b0", twice: bool = False) -> None:
+def mirred(topo, role: str = "b", ifname: str = "b0", twice: bool = False, only_to: tuple = ()) -> None:
     """Everything ``ifname`` receives goes straight back out of it (clsact ingress, u32 match-all, mirred egress
     redirect), through its root qdisc: an impairment there is on the reflector's link. ``twice``: a copy goes
-    back first (mirred mirror), so every frame returns twice."""
+    back first (mirred mirror), so every frame returns twice. ``only_to``: only frames to these destination MACs
+    (a reflector that filters like a NIC out of promiscuous mode)."""
     copy = ["action", "mirred", "egress", "mirror", "dev", ifname] if twice else []
     subprocess.run(topo.exec(role, "tc", "qdisc", "add", "dev", ifname, "clsact"), check=True)
-    subprocess.run(topo.exec(role, "tc", "filter", "add", "dev", ifname, "ingress", "prio", "2", "u32", "match",
-                             "u32", "0", "0", *copy, "action", "mirred", "egress", "redirect", "dev", ifname),
-                   check=True)
+    matches = [["match", "ether", "dst", mac] for mac in only_to] or [["match", "u32", "0", "0"]]
+    for match in matches:
+        subprocess.run(topo.exec(role, "tc", "filter", "add", "dev", ifname, "ingress", "prio", "2", "u32", *match,
+                                 *copy, "action", "mirred", "egress", "redirect", "dev", ifname), check=True)
 
 
 def random_drop(topo, ratio: float, role: str = "b", ifname: str = "b0") -> None:

@@ -91,6 +91,24 @@ def test_search_stops_with_a_partial_result_when_interrupted():
     assert not r.complete and r.note.startswith("interrupted") and len(calls) == 4
 
 
+@pytest.mark.parametrize("stop_after,ndr,pdr", [(1, 0, 0), (3, 0, 0), (4, 68750, 68750), (6, 85687, 102625)])
+def test_an_interrupted_search_claims_only_rates_a_trial_passed(stop_after, ndr, pdr):
+    # trials: 1M loses, 136500 (what it forwarded) loses, 68750 passes, 102625 passes PDR only, 85687 passes,
+    # and the trial number stop_after is interrupted; min_rate (1000) was never tried, so it is never claimed
+    measure, calls = fake_dut(100_000, 130_000, stop_after=stop_after)
+    r = search(measure, 1_000_000, 1000, final_seconds=2.0, initial_seconds=0.5)
+    assert (r.ndr, r.pdr, r.complete, len(calls)) == (ndr, pdr, False, stop_after)
+
+
+def test_a_search_with_equal_durations_does_not_claim_an_untried_minimal_rate():
+    # a DUT that loses just above 999 pps: every rate tried loses, the bounds close in on min_rate (1000) from
+    # above, and min_rate itself, assumed to pass and never tried, would lose too
+    measure, calls = fake_dut(999, 999)
+    r = search(measure, 1_000_000, 1000, final_seconds=1.0, initial_seconds=1.0)
+    assert r.complete and 1000 not in [rate for rate, _ in calls]
+    assert (r.ndr, r.pdr) == (0, 0) and r.ndr_upper <= 1020
+
+
 def test_sizes():
     assert [label for label, _ in parse_sizes("64,512,1518,imix")] == ["64", "512", "1518", "imix"]
     assert parse_sizes("imix")[0][1].count(1518) == 4
@@ -104,7 +122,9 @@ def test_sizes():
 @needs_root
 @pytest.mark.parametrize("args", [
     ["--sizes", "63"], ["--sizes", "imix,jumbo"], ["--max-rate", "0"], ["--min-rate", "5000", "--max-rate", "5000"],
-    ["--max-rate", "-3"], ["--duration", "0"], ["--repeat", "0"], ["--precision", "2"],
+    ["--max-rate", "-3"], ["--max-rate", "100000001"], ["--min-rate", "0"], ["--max-rate", "fast"],
+    ["--sizes", "64,"], ["--sizes", "0x40"], ["--dut", "container:dkpt-no-such"], ["--dut", "container:"],
+    ["--plot", "x.jpg"], ["--duration", "0"], ["--repeat", "0"], ["--precision", "2"],
     ["--dut", "bogus"], ["--dut", "testpmd:b0@netns:dkpt-no-such-ns"], ["--dut", "fwd:b0@netns:dkpt-no-such-ns"],
     ["--dut", "testpmd:nosuchif0@TARGET"], ["--port", "a0", "--port", "a0", "--port", "a0"],
     ["--peer", "zz:zz"], ["--dut", "testpmd:b0@TARGET", "--dut-cpu", "64"], ["--cpu", "-1"],
@@ -135,8 +155,27 @@ def direct():
 def test_no_reflector_is_said_before_the_search(direct):
     out = dpdkeni_cli("pmdtest", "--port", "a0", "--target", direct.target("a"), timeout=60)
     assert out.returncode == 1, out.stderr
-    assert "no test frame came back" in out.stderr and "reflector" in out.stderr
-    assert "trial" not in out.stdout
+    assert out.stderr.startswith("dpdkeni: error: no reflector: no test frame came back in 1.5 s (500 sent to "
+                                 "02:00:00:00:00:02, 500 to the broadcast address)"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "trial" not in out.stdout
+
+
+@needs_root
+def test_a_wrong_mac_is_said_before_the_search(direct):
+    # the reflector takes frames to b0's MAC and broadcast only, like a NIC out of promiscuous mode
+    mirred(direct, only_to=(direct.macs["b0"], "ff:ff:ff:ff:ff:ff"))
+    out = dpdkeni_cli("pmdtest", "--port", "a0", "--target", direct.target("a"), timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == ("dpdkeni: error: wrong MAC: no test frame sent to 02:00:00:00:00:02 came back, but 500 "
+                          "of 500 sent to the broadcast address did: the DUT takes frames to its own MAC only (give "
+                          "--peer with the MAC of the DUT's port)\n")
+    assert out.stdout == "DUT: none (a reflector behind the port, or no DUT)\n"     # no trial line: no search
+    # with its MAC the search runs
+    out = dpdkeni_cli("pmdtest", "--port", "a0", "--target", direct.target("a"), "--peer", direct.macs["b0"],
+                      "--max-rate", "3000", "--duration", "0.3", "--initial", "0.3", "--warmup", "0", "--drain",
+                      "0.2", "--max-trials", "4", "--precision", "0.3", "--json", timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["results"][0]["searches"][0]["ndr"] > 0
 
 
 @needs_root
@@ -175,32 +214,61 @@ def test_cli_search_with_dpdkeni_reflector_json_and_live_lines(direct):
     assert doc["settings"]["dut_counters"]["rx"] == doc["settings"]["dut_counters"]["tx"] > 0
 
 
-@needs_root
-def test_ctrl_c_gives_the_partial_report(direct):
-    mirred(direct)
+def _ctrl_c_mid_search(direct, *extra: str, live: str = "stdout"):
+    """A real ``dpdkeni pmdtest`` whose search's first trial lasts 30 s; SIGINT once that trial has begun (its
+    "search 1/1" line read from the ``live`` stream). Returns (exit status, stdout, stderr)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "dpdkeni", "pmdtest", "--port", "a0", "--target",
                              direct.target("a"), "--max-rate", "20000", "--duration", "30", "--initial", "30",
-                             "--warmup", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "--warmup", "0", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    stream = proc.stdout if live == "stdout" else proc.stderr
     seen = ""
     try:
-        # once the search runs (its first 30 s trial started after the reflection check), press Ctrl-C
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline and "search 1/1" not in seen and proc.poll() is None:
-            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            ready, _, _ = select.select([stream], [], [], 0.5)
             if ready:
-                seen += proc.stdout.readline()
+                seen += stream.readline()
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
-        out = seen + out
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, err
+    return (proc.returncode, seen + out, err) if live == "stdout" else (proc.returncode, out, seen + err)
+
+
+@needs_root
+def test_ctrl_c_gives_the_partial_report(direct):
+    mirred(direct)
+    rc, out, err = _ctrl_c_mid_search(direct)
+    assert rc == 130, err
     assert "| 64 |" in out and "(interrupted: partial report)" in out
     assert "interrupted" in out + err
+
+
+@needs_root
+def test_ctrl_c_gives_the_partial_json_and_plot(direct, tmp_path):
+    mirred(direct)
+    plot = str(tmp_path / "partial.svg")
+    rc, out, err = _ctrl_c_mid_search(direct, "--json", "--plot", plot, live="stderr")
+    assert rc == 130, err
+    doc = json.loads(out)
+    assert doc["interrupted"] is True
+    (size,) = doc["results"]
+    assert size["size"] == "64" and size["latency"] == {}
+    (search,) = size["searches"]
+    assert search["complete"] is False and search["note"] == "interrupted: partial result"
+    # the trial under way when Ctrl-C came is the last one, and it says so; it counted what it sent
+    # nothing passed yet: no NDR or PDR is claimed (min-rate was never measured)
+    assert (search["ndr"], search["pdr"], search["trials"]) == (0, 0, 1)
+    trial = search["trial_list"][-1]
+    assert trial["interrupted"] is True and trial["rate"] == 20000 and 0 < trial["tx_packets"] < 20000 * 30
+    assert doc["settings"]["plot"] == {"file": plot, "series": []} and os.path.getsize(plot) > 0
+    live = err.splitlines()
+    assert any(line.strip().startswith("trial  1:") and line.endswith("[interrupted]") for line in live), err
 
 
 # -- testpmd in a runc container as the DUT ---------------------------------------------------------------------------
@@ -223,3 +291,26 @@ def test_testpmd_counts_equal_ours_below_ndr(direct):
     # testpmd's own port counters: it received our 2000 and sent 2000 back (nothing else is on the link)
     assert counters["rx"] == counters["tx"] == 2000, counters
     assert counters["rx_dropped"] == 0
+
+
+@needs_root
+def test_a_wrong_mac_names_the_dut_ports_mac_where_it_is_known(direct):
+    mirred(direct, only_to=(direct.macs["b0"], "ff:ff:ff:ff:ff:ff"))
+    with Stream(["a0"], target=direct.target("a")) as s:
+        pt = PmdTest(s, [], dut_mac=direct.macs["b0"])
+        with pytest.raises(InputError) as err:
+            pt.check_reflection([64])
+    assert str(err.value).endswith(f"the DUT takes frames to its own MAC ({direct.macs['b0']}) only "
+                                   f"(give --peer {direct.macs['b0']})")
+
+
+def test_an_emulated_cpu_is_said(tmp_path):
+    from dpdkeni.pmdtest import emulation_note
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: QEMU TCG CPU version 2.5+\n\nprocessor\t: 1\n"
+                    "model name\t: QEMU TCG CPU version 2.5+\n")
+    assert emulation_note(str(info)) == (
+        "the CPU is emulated (QEMU TCG CPU version 2.5+): these rates and latencies are the emulator's, orders of "
+        "magnitude below the PMD's on hardware; the method is the same")
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\n")
+    assert emulation_note(str(info)) == ""

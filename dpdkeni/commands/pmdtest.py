@@ -10,7 +10,7 @@ from typing import Tuple
 from ..errors import InputError
 from ..pmddut import MODES, make
 from ..pmdstream import Stream
-from ..pmdtest import KernelCounters, PmdTest, parse_sizes, table
+from ..pmdtest import KernelCounters, PmdTest, emulation_note, parse_sizes, table
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -30,15 +30,20 @@ def _check(args: argparse.Namespace) -> None:
             raise InputError(f"bad --{fname} {fvalue}: must be {flo}..{fhi}")
     if len(args.port) > 2:
         raise InputError("give one --port (the DUT's link) or two (the second receives: a loop)")
+    if args.plot is not None:
+        from ..pmdplot import check
+        check(args.plot)
 
 
 def cmd_pmdtest(args: argparse.Namespace) -> int:
     _check(args)
     sizes = parse_sizes(args.sizes)
-    stream = Stream(args.port, target=args.target, peer=args.peer, cpu=args.cpu)
+    Stream(args.port, target=args.target, peer=args.peer, cpu=args.cpu)      # the generator's input checked
     counters = KernelCounters(args.port, args.target)
     counters.read()                                  # the ports exist (exit 2 if not) before the DUT starts
     dut = make(args.dut, args.dut_mode, args.dut_cpu)
+    # test frames go to the DUT port's MAC where dpdkeni knows it (a container's handed-over port)
+    stream = Stream(args.port, target=args.target, peer=args.peer or dut.peer_mac, cpu=args.cpu)
     live = sys.stderr if args.json else sys.stdout
 
     def line(text: str) -> None:
@@ -47,13 +52,17 @@ def cmd_pmdtest(args: argparse.Namespace) -> int:
 
     test = PmdTest(stream, sizes, duration=args.duration, initial=args.initial, warmup=args.warmup,
                    drain=args.drain, max_rate=args.max_rate, min_rate=args.min_rate, precision=args.precision,
-                   repeat=args.repeat, max_trials=args.max_trials, counters=counters, on_line=line)
+                   repeat=args.repeat, max_trials=args.max_trials, counters=counters, dut_mac=dut.peer_mac,
+                   on_line=line)
+    slow = emulation_note()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, lambda *_: stream.stop())
     try:
         stream.open()
         line(f"DUT: {dut.description}")
+        if slow:
+            line(f"note: {slow}")
         dut.start()
         try:
             report = test.run()
@@ -64,7 +73,12 @@ def cmd_pmdtest(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous)
         stream.close()
     report.settings.update({"ports": args.port, "target": args.target, "dut": args.dut,
-                            "dut_description": dut.description, "dut_counters": report_dut})
+                            "peer": ":".join(f"{x:02x}" for x in stream.peer or b""),
+                            "dut_description": dut.description, "dut_counters": report_dut, "slow": slow})
+    if args.plot is not None:
+        from ..pmdplot import plot
+        report.settings["plot"] = {"file": args.plot, "series": plot(report, args.plot)}
+        line(f"plot: {args.plot}")
     if args.json:
         from ..cli import emit_json
         emit_json(report.to_dict())
@@ -83,9 +97,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the generator's port (frames go out and come back on it); a second --port receives "
                         "instead (a loop with no DUT: the generator's headroom)")
     p.add_argument("--target", default=None, help="the generator's netns (netns:NAME, pid:N, container:ID)")
-    p.add_argument("--peer", metavar="MAC", default=None, help="destination MAC of test frames")
-    p.add_argument("--dut", default="none", help="none (default), fwd:IF@TARGET (dpdkeni's macswap reflector) "
-                                                 "or testpmd:IF@TARGET (dpdk-testpmd net_af_packet in runc)")
+    p.add_argument("--peer", metavar="MAC", default=None,
+                   help="destination MAC of test frames (default: the port handed to --dut container:NAME, else "
+                        "02:00:00:00:00:02)")
+    p.add_argument("--dut", default="none", help="none (default), container:NAME (dpdk-testpmd in runc container "
+                                                 "NAME on the port handed to it: started there, or the one running), "
+                                                 "fwd:IF@TARGET (dpdkeni's macswap reflector) or testpmd:IF@TARGET "
+                                                 "(dpdk-testpmd net_af_packet in a runc container of its own)")
     p.add_argument("--dut-mode", default="macswap", choices=list(MODES), help="testpmd/fwd forwarding mode")
     p.add_argument("--dut-cpu", type=int, default=None, help="pin the DUT's forwarding to this CPU")
     p.add_argument("--cpu", type=int, default=None, help="pin the generator to this CPU")
@@ -101,4 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-trials", type=int, default=30, help="trials per search at most")
     p.add_argument("--quiet", action="store_true", help="no live lines")
     p.add_argument("--json", action="store_true", help="the report as one JSON document on stdout")
+    p.add_argument("--plot", metavar="FILE", default=None,
+                   help="throughput against frame size and latency CDFs, FILE.png or FILE.svg (needs matplotlib: "
+                        "pip install 'dpdkeni[bench]')")
     p.set_defaults(func=cmd_pmdtest)
