@@ -88,7 +88,7 @@ CONFIG = """
 prefix = "dpdkeni.io"
 hugepages_mount = "{hugetlbfs}"
 cdi_spec = "{cdi}"
-release_grace = 0.5
+release_grace = {grace}
 
 [[pool]]
 name = "virtio"
@@ -105,7 +105,7 @@ pci = "0000:00:0[0-6].0"
 class Node:
     """A simulated node: the PCI tree, the plugin running in a thread, the kubelet stand-in."""
 
-    def __init__(self, tmp_path, sysfs_tree, active=None) -> None:
+    def __init__(self, tmp_path, sysfs_tree, active=None, grace=0.5) -> None:
         self.kernel = SimKernel(sysfs_tree)
         self.tree = sysfs_tree
         self.dir = str(tmp_path / "device-plugins")
@@ -114,7 +114,7 @@ class Node:
         os.makedirs(self.hugetlbfs)
         path = str(tmp_path / "pools.toml")
         with open(path, "w") as f:
-            f.write(CONFIG.format(hugetlbfs=self.hugetlbfs, cdi=self.cdi))
+            f.write(CONFIG.format(hugetlbfs=self.hugetlbfs, cdi=self.cdi, grace=grace))
         self.config = pools.load(path)
         self.active = active
         self.kubelet = Kubelet(self.dir).start()
@@ -239,6 +239,8 @@ def test_allocate_answer_field_by_field_and_the_pods_end(node, state_dir):
     assert out.returncode == 0, out.stderr
     assert [(x["key"], x["target"], x["state"]) for x in json.loads(out.stdout)] == [
         (V1, "k8s:dpdkeni.io/virtio", "attached")]
+    time.sleep(2.0)  # allocated, not opened yet (the container may still start): stays bound past the grace
+    assert node.kernel.driver(V1) == "vfio-pci" and Ledger().get(V1).state == "attached"
     # the pod runs: it opens the group; the lease names it
     pod = Pod(node.tree.p("dev/vfio/11"))
     deadline = time.monotonic() + 10
@@ -257,6 +259,42 @@ def test_allocate_answer_field_by_field_and_the_pods_end(node, state_dir):
     assert Ledger().get(V1) is None
     assert node.kernel.driver(V1) == "virtio-pci" and os.path.islink(node.tree.p("sys/class/net/eth1"))
     assert virtio.last()[1] == [(V1, "Healthy", [0])]
+
+
+def _held_by(pod, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while Ledger().get(V1).params.get("holder") != f"sleep[{pod.proc.pid}]" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert Ledger().get(V1).params.get("holder") == f"sleep[{pod.proc.pid}]"
+
+
+def test_a_container_restart_within_the_grace_keeps_the_nic(tmp_path, sysfs_tree, state_dir):
+    n = Node(tmp_path, sysfs_tree, grace=5)
+    try:
+        n.plug(V1, ifname="eth1", mac="52:54:00:aa:00:01", group=11, feed=False)
+        n.start()
+        n.kubelet.wait_registered(2)
+        virtio = _virtio(n)
+        virtio.wait_list(lambda d: d == [(V1, "Healthy", [0])])
+        virtio.allocate(V1)
+        first = Pod(n.tree.p("dev/vfio/11"))
+        _held_by(first)
+        first.end()
+        time.sleep(2.0)  # the holder check (every 1 s) has seen the node free at least once
+        second = Pod(n.tree.p("dev/vfio/11"))  # the container restarted within the 5 s grace
+        _held_by(second)
+        time.sleep(4.0)  # past the grace counted from the first pod's end
+        assert n.kernel.driver(V1) == "vfio-pci" and Ledger().get(V1).state == "attached"
+        t0 = time.monotonic()
+        second.end()
+        deadline = time.monotonic() + 20
+        while Ledger().get(V1) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        freed = time.monotonic() - t0
+        assert Ledger().get(V1) is None and n.kernel.driver(V1) == "virtio-pci"
+        assert freed >= 5.0, f"freed {freed:.1f} s after the pod ended, before the 5 s grace"
+    finally:
+        n.close()
 
 
 def test_unplug_of_a_held_nic_is_unhealthy_until_its_pod_ends(node):
@@ -293,11 +331,49 @@ def test_allocate_of_an_active_nic_is_refused_with_the_guards_line(tmp_path, sys
                                        "namespace, so it carries the host's traffic (use --force (force=True) "
                                        "to override)")
         assert n.kernel.driver(V1) == "virtio-pci" and Ledger().get(V1) is None
+        # all or nothing: V2 is bound first, V1 is refused, so V2 goes back and no lease is left
+        n.plug(V2, ifname="eth2", mac="52:54:00:aa:00:02", group=12)
+        virtio.wait_list(lambda d: len(d) == 2)
+        with pytest.raises(grpc.RpcError) as err:
+            virtio.allocate(V2, V1)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "is active" in err.value.details()
+        assert (n.kernel.driver(V2), n.kernel.driver(V1)) == ("virtio-pci", "virtio-pci")
+        assert os.path.islink(n.tree.p("sys/class/net/eth2")) and dict(Ledger().leases()) == {}
         with pytest.raises(grpc.RpcError) as err:
             virtio.allocate("0000:00:09.0")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         n.close()
+
+
+def test_a_nic_leased_by_something_else_is_unhealthy_and_refused(node):
+    from dpdkeni.ledger import Lease
+    with Ledger().transaction() as leases:  # as `dpdkeni attach` leaves it: another target holds the NIC
+        leases[V1] = Lease(V1, "netdev", "netns:web1", {"ifname": "eth1"}, "attached")
+    node.start()
+    node.kubelet.wait_registered(2)
+    virtio = _virtio(node)
+    assert virtio.wait_list(lambda d: True)[1] == [(V1, "Unhealthy", [0])]
+    with pytest.raises(grpc.RpcError) as err:
+        virtio.allocate(V1)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == f"{V1} is leased to netns:web1 (attached) (release it first: dpdkeni release {V1})"
+    assert node.kernel.driver(V1) == "virtio-pci" and Ledger().get(V1).target == "netns:web1"
+
+
+def test_a_restarted_plugin_adopts_its_allocations_and_frees_the_ended_ones(node):
+    node.start()
+    node.kubelet.wait_registered(2)
+    _virtio(node).allocate(V1)
+    node.plugin.stopping.set()  # the plugin stops (SIGTERM): the NIC stays bound for its pod
+    node.thread.join(10)
+    assert node.kernel.driver(V1) == "vfio-pci" and not os.path.exists(os.path.join(node.dir, "dpdkeni-virtio.sock"))
+    node.start()  # no process holds the NIC now: its pod ended while the plugin was down
+    assert node.plugin.claims.pcis() == {V1}
+    deadline = time.monotonic() + 20
+    while Ledger().get(V1) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert Ledger().get(V1) is None and node.kernel.driver(V1) == "virtio-pci"
 
 
 def test_preferred_allocation_keeps_to_the_numa_node(node):
