@@ -163,6 +163,20 @@ def _virtio(node):
     return node.kubelet.plugin("dpdkeni.io/virtio")
 
 
+def _wait_freed(timeout: float) -> None:
+    """Until V1's lease is gone (the plugin freed it), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while Ledger().get(V1) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _held_by(pod, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while Ledger().get(V1).params.get("holder") != f"sleep[{pod.proc.pid}]" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert Ledger().get(V1).params.get("holder") == f"sleep[{pod.proc.pid}]"
+
+
 class Pod:
     """A pod's DPDK process: a real process holding the vfio group node open."""
 
@@ -243,9 +257,7 @@ def test_allocate_answer_field_by_field_and_the_pods_end(node, state_dir):
     assert node.kernel.driver(V1) == "vfio-pci" and Ledger().get(V1).state == "attached"
     # the pod runs: it opens the group; the lease names it
     pod = Pod(node.tree.p("dev/vfio/11"))
-    deadline = time.monotonic() + 10
-    while Ledger().get(V1).params.get("holder") is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _held_by(pod)
     held = Ledger().get(V1)
     assert held.params["holder"] == f"sleep[{pod.proc.pid}]"
     assert held.params["target_path"] == f"/proc/{pod.proc.pid}/ns/net"
@@ -253,19 +265,10 @@ def test_allocate_answer_field_by_field_and_the_pods_end(node, state_dir):
     assert node.kernel.driver(V1) == "vfio-pci"
     # the pod ends: after the grace the NIC is back on virtio-pci under its name, the lease gone, still listed
     pod.end()
-    deadline = time.monotonic() + 10
-    while Ledger().get(V1) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_freed(10)
     assert Ledger().get(V1) is None
     assert node.kernel.driver(V1) == "virtio-pci" and os.path.islink(node.tree.p("sys/class/net/eth1"))
     assert virtio.last()[1] == [(V1, "Healthy", [0])]
-
-
-def _held_by(pod, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while Ledger().get(V1).params.get("holder") != f"sleep[{pod.proc.pid}]" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert Ledger().get(V1).params.get("holder") == f"sleep[{pod.proc.pid}]"
 
 
 def test_a_container_restart_within_the_grace_keeps_the_nic(tmp_path, sysfs_tree, state_dir):
@@ -287,9 +290,7 @@ def test_a_container_restart_within_the_grace_keeps_the_nic(tmp_path, sysfs_tree
         assert n.kernel.driver(V1) == "vfio-pci" and Ledger().get(V1).state == "attached"
         t0 = time.monotonic()
         second.end()
-        deadline = time.monotonic() + 20
-        while Ledger().get(V1) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _wait_freed(20)
         freed = time.monotonic() - t0
         assert Ledger().get(V1) is None and n.kernel.driver(V1) == "virtio-pci"
         assert freed >= 5.0, f"freed {freed:.1f} s after the pod ended, before the 5 s grace"
@@ -304,9 +305,7 @@ def test_unplug_of_a_held_nic_is_unhealthy_until_its_pod_ends(node):
     virtio.wait_list(lambda d: d == [(V1, "Healthy", [0])])
     virtio.allocate(V1)
     pod = Pod(node.tree.p("dev/vfio/11"))
-    deadline = time.monotonic() + 10
-    while Ledger().get(V1).params.get("holder") is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _held_by(pod)
     t0 = time.monotonic()
     node.unplug(V1)
     at, devices = virtio.wait_list(lambda d: d == [(V1, "Unhealthy", [0])])
@@ -370,9 +369,7 @@ def test_a_restarted_plugin_adopts_its_allocations_and_frees_the_ended_ones(node
     assert node.kernel.driver(V1) == "vfio-pci" and not os.path.exists(os.path.join(node.dir, "dpdkeni-virtio.sock"))
     node.start()  # no process holds the NIC now: its pod ended while the plugin was down
     assert node.plugin.claims.pcis() == {V1}
-    deadline = time.monotonic() + 20
-    while Ledger().get(V1) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_freed(20)
     assert Ledger().get(V1) is None and node.kernel.driver(V1) == "virtio-pci"
 
 
