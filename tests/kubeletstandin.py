@@ -83,13 +83,15 @@ class _Plugin:
 class Kubelet:
     """The stand-in: ``plugins`` by resource name (the latest registration of each), ``registrations`` all."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, refuse: int = 0) -> None:
         self.dir = directory
+        self.refuse = refuse  # the first this many Register calls fail (UNAVAILABLE), as a kubelet starting up
         self.pb, self.grpc_mod = api.stubs()
         self.registrations: List[Tuple[float, Any]] = []
         self.plugins: Dict[str, _Plugin] = {}
         self.cond = threading.Condition()
         self.server: Any = None
+        self.refused = 0
 
     @property
     def socket(self) -> str:
@@ -100,6 +102,11 @@ class Kubelet:
 
         class Registration(self.grpc_mod.RegistrationServicer):
             def Register(self, request: Any, context: Any) -> Any:
+                with kubelet.cond:
+                    refuse = kubelet.refused < kubelet.refuse
+                    kubelet.refused += refuse
+                if refuse:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "device manager not ready")
                 plugin = _Plugin(kubelet, request)  # the kubelet dials back before it answers
                 with kubelet.cond:
                     old = kubelet.plugins.get(request.resource_name)

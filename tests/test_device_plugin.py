@@ -315,6 +315,18 @@ def test_unplug_of_a_held_nic_is_unhealthy_until_its_pod_ends(node):
     assert Ledger().get(V1) is None
 
 
+def test_an_allocated_nic_unplugged_before_its_pod_opened_it_leaves_the_list(node):
+    node.start()
+    node.kubelet.wait_registered(2)
+    virtio = _virtio(node)
+    virtio.wait_list(lambda d: d == [(V1, "Healthy", [0])])
+    virtio.allocate(V1)
+    node.unplug(V1)
+    virtio.wait_list(lambda d: d == [], timeout=5)  # the holder check runs once a second
+    _wait_freed(5)
+    assert Ledger().get(V1) is None and node.plugin.claims.pcis() == set()
+
+
 def test_allocate_of_an_active_nic_is_refused_with_the_guards_line(tmp_path, sysfs_tree, state_dir):
     n = Node(tmp_path, sysfs_tree, active=lambda: {"eth1"})
     try:
@@ -398,6 +410,30 @@ def test_registers_again_when_kubelet_sock_is_recreated(node):
     assert regs[3][0] - t0 < 3.0  # the loop stats kubelet.sock every 0.25 s; registering takes a round trip
     assert _virtio(node).wait_list(lambda d: True)[1] == [(V1, "Healthy", [0])]
     assert os.path.exists(os.path.join(node.dir, "dpdkeni-virtio.sock"))
+
+
+def test_a_kubelet_that_comes_after_the_plugin_is_registered_with(node):
+    node.kubelet.stop()  # gRPC removes its socket
+    assert not os.path.exists(node.kubelet.socket)
+    node.start()
+    time.sleep(1.0)  # the plugin serves; no kubelet to register with
+    assert node.kubelet.registrations == [] and os.path.exists(os.path.join(node.dir, "dpdkeni-virtio.sock"))
+    t0 = time.monotonic()
+    node.kubelet.start()
+    regs = node.kubelet.wait_registered(2)
+    assert sorted(r.resource_name for _, r in regs) == ["dpdkeni.io/e1000", "dpdkeni.io/virtio"]
+    assert regs[1][0] - t0 < 3.0
+    assert _virtio(node).wait_list(lambda d: True)[1] == [(V1, "Healthy", [0])]
+
+
+def test_a_refused_registration_is_tried_again(node):
+    node.kubelet.refuse = 1  # the first Register fails (UNAVAILABLE), as from a kubelet still starting
+    t0 = time.monotonic()
+    node.start()
+    regs = node.kubelet.wait_registered(2)
+    assert node.kubelet.refused == 1
+    assert sorted(r.resource_name for _, r in regs) == ["dpdkeni.io/e1000", "dpdkeni.io/virtio"]
+    assert regs[1][0] - t0 < 4.0  # retried after 1 s
 
 
 def test_proto_matches_the_official_field_table():

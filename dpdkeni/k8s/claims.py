@@ -13,7 +13,7 @@ nodes: a claimed NIC whose vfio group node (``/dev/vfio/N``; uio: ``/dev/uioN``)
 process has open for ``release_grace`` seconds (a container restart reopens it within that) is freed: unbound
 back to its kernel driver under its original name, its lease ended, and it is ``Healthy`` in the pool again. A NIC
 allocated but never opened stays bound (the kubelet may still start the container). A claimed NIC that was
-unplugged is dropped the same way when its last holder lets go.
+unplugged is dropped the same way when its last holder lets go, and at once when it never had one.
 """
 from __future__ import annotations
 
@@ -226,6 +226,9 @@ class Claims:
                     if not claim.held or claim.holder not in {p.pid for p in procs}:
                         self._held_by(claim, procs[0].pid, procs[0].info.get("name") or "?")
                     claim.held, claim.free_since = True, None
+                elif not self.fs.exists(f"sys/bus/pci/devices/{claim.pci}") and not claim.held:
+                    self._free(self.items.pop(claim.pci), "unplugged before its pod opened it")
+                    freed = True
                 elif claim.held:
                     claim.free_since = claim.free_since if claim.free_since is not None else now
                     if now - claim.free_since >= self.config.release_grace:

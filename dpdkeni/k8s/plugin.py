@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 LOOP_S = 0.25          # the longest the loop waits for uevents between its other checks
 CHECK_S = 1.0          # how often the holders of claimed NICs are looked at
 REGISTER_TIMEOUT_S = 5.0
+REGISTER_RETRY_S = 1.0   # a kubelet that refused or did not answer is asked again this much later
 
 
 def preferred(available: List[str], must: List[str], size: int, numa_of: Callable[[str], Optional[int]]) -> List[str]:
@@ -146,6 +147,7 @@ class DevicePlugin:
         self._sockets: Dict[str, Tuple[int, int]] = {}
         self._kubelet: Optional[Tuple[int, int]] = None
         self._registered: Dict[str, bool] = {}
+        self._retry_at = 0.0
         self.registrations = 0
 
     @property
@@ -221,7 +223,7 @@ class DevicePlugin:
                 log.info("kubelet.sock is gone: registering again when it is back")
             self._kubelet = None
             return
-        if kubelet == self._kubelet and not lost:
+        if (kubelet == self._kubelet and not lost) or time.monotonic() < self._retry_at:
             return
         for pool in self.config.pools:
             try:
@@ -231,7 +233,8 @@ class DevicePlugin:
                     log.warning("%s: the kubelet did not take the registration (%s); retrying", pool.resource,
                                 exc.details() if hasattr(exc, "details") else exc)
                 self._registered[pool.name] = False
-                return  # tried again at the next pass
+                self._retry_at = time.monotonic() + REGISTER_RETRY_S
+                return
             self._registered[pool.name] = True
         self._kubelet = kubelet
 
