@@ -163,6 +163,15 @@ def _virtio(node):
     return node.kubelet.plugin("dpdkeni.io/virtio")
 
 
+def _started(node):
+    """Start the plugin, wait for its registrations and the virtio pool's first list (V1 alone); its plugin."""
+    node.start()
+    node.kubelet.wait_registered(2)
+    virtio = _virtio(node)
+    virtio.wait_list(lambda d: d == [(V1, "Healthy", [0])])
+    return virtio
+
+
 def _wait_freed(timeout: float) -> None:
     """Until V1's lease is gone (the plugin freed it), at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -225,10 +234,7 @@ def at_after(plugin, t0):
 
 
 def test_allocate_answer_field_by_field_and_the_pods_end(node, state_dir):
-    node.start()
-    node.kubelet.wait_registered(2)
-    virtio = _virtio(node)
-    virtio.wait_list(lambda d: d == [(V1, "Healthy", [0])])
+    virtio = _started(node)
     resp = virtio.allocate(V1)
     (c,) = resp.container_responses
     assert [(d.container_path, d.host_path, d.permissions) for d in c.devices] == [
@@ -275,10 +281,7 @@ def test_a_container_restart_within_the_grace_keeps_the_nic(tmp_path, sysfs_tree
     n = Node(tmp_path, sysfs_tree, grace=5)
     try:
         n.plug(V1, ifname="eth1", mac="52:54:00:aa:00:01", group=11, feed=False)
-        n.start()
-        n.kubelet.wait_registered(2)
-        virtio = _virtio(n)
-        virtio.wait_list(lambda d: d == [(V1, "Healthy", [0])])
+        virtio = _started(n)
         virtio.allocate(V1)
         first = Pod(n.tree.p("dev/vfio/11"))
         _held_by(first)
@@ -299,10 +302,7 @@ def test_a_container_restart_within_the_grace_keeps_the_nic(tmp_path, sysfs_tree
 
 
 def test_unplug_of_a_held_nic_is_unhealthy_until_its_pod_ends(node):
-    node.start()
-    node.kubelet.wait_registered(2)
-    virtio = _virtio(node)
-    virtio.wait_list(lambda d: d == [(V1, "Healthy", [0])])
+    virtio = _started(node)
     virtio.allocate(V1)
     pod = Pod(node.tree.p("dev/vfio/11"))
     _held_by(pod)
@@ -316,10 +316,7 @@ def test_unplug_of_a_held_nic_is_unhealthy_until_its_pod_ends(node):
 
 
 def test_an_allocated_nic_unplugged_before_its_pod_opened_it_leaves_the_list(node):
-    node.start()
-    node.kubelet.wait_registered(2)
-    virtio = _virtio(node)
-    virtio.wait_list(lambda d: d == [(V1, "Healthy", [0])])
+    virtio = _started(node)
     virtio.allocate(V1)
     node.unplug(V1)
     virtio.wait_list(lambda d: d == [], timeout=5)  # the holder check runs once a second
