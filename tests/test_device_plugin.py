@@ -382,6 +382,23 @@ def test_a_restarted_plugin_adopts_its_allocations_and_frees_the_ended_ones(node
     assert Ledger().get(V1) is None and node.kernel.driver(V1) == "virtio-pci"
 
 
+def test_recover_keeps_a_held_nic_and_undoes_it_once_its_pod_is_gone(node, monkeypatch):
+    from dpdkeni import dpdkmode, handoff
+    monkeypatch.setattr(dpdkmode, "sysfs_for", lambda root: node.kernel.sysfs())  # undo through the simulation
+    virtio = _started(node)
+    virtio.allocate(V1)
+    pod = Pod(node.tree.p("dev/vfio/11"))
+    _held_by(pod)
+    node.plugin.stopping.set()  # the plugin is gone; `dpdkeni recover` is what is left
+    node.thread.join(10)
+    assert [(r["key"], r["detail"]) for r in handoff.recover()] == [(V1, "kept: attached to k8s:dpdkeni.io/virtio")]
+    assert node.kernel.driver(V1) == "vfio-pci"
+    pod.end()
+    assert [(r["key"], r["detail"]) for r in handoff.recover()] == [(V1, "undid bind")]
+    assert Ledger().get(V1) is None and node.kernel.driver(V1) == "virtio-pci"
+    assert os.path.islink(node.tree.p("sys/class/net/eth1"))
+
+
 def test_preferred_allocation_keeps_to_the_numa_node(node):
     node.plug(V2, ifname="eth2", mac="52:54:00:aa:00:02", group=12, numa=1, feed=False)
     node.plug("0000:00:08.0", ifname="eth5", mac="52:54:00:aa:00:05", group=15, numa=1, feed=False)
