@@ -28,7 +28,7 @@ def cmd_device_plugin(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``k8s``."""
-    p = sub.add_parser("k8s", help="Kubernetes: the device plugin for DPDK NICs")
+    p = sub.add_parser("k8s", help="the kubelet device plugin for DPDK NICs (hot-plug aware)")
     ks = p.add_subparsers(dest="k8s_command", metavar="K8S_COMMAND")
     ks.required = True
     d = ks.add_parser("device-plugin", help="offer the node's NICs to DPDK pods as extended resources "

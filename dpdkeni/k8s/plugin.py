@@ -164,10 +164,8 @@ class DevicePlugin:
         import grpc
         self._stop_server(pool)
         path = self.socket_path(pool)
+        self._check_socket_path(path)
         try:
-            st = os.lstat(path)
-            if not stat.S_ISSOCK(st.st_mode):
-                raise InputError(f"{path} exists and is not a socket: not replacing it")
             os.unlink(path)  # a socket left by an earlier run
         except FileNotFoundError:
             pass
@@ -179,6 +177,16 @@ class DevicePlugin:
         self.servers[pool.name] = server
         self._sockets[pool.name] = (st.st_ino, st.st_ctime_ns)
         log.info("%s: serving on %s", pool.resource, path)
+
+    @staticmethod
+    def _check_socket_path(path: str) -> None:
+        """Refuse (InputError) to replace anything at ``path`` but a socket."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise InputError(f"{path} exists and is not a socket: not replacing it")
 
     def _stop_server(self, pool: Pool) -> None:
         server = self.servers.pop(pool.name, None)
@@ -241,6 +249,10 @@ class DevicePlugin:
     # ----- lifecycle
     def start(self) -> None:
         """Adopt an earlier run's allocations, read the pools, start the watcher and the servers."""
+        if not os.path.isabs(self.dir) or (os.path.lexists(self.dir) and not os.path.isdir(self.dir)):
+            raise InputError(f"the device-plugins dir {self.dir!r} must be an absolute path to a directory")
+        for pool in self.config.pools:  # bad input is refused before anything starts
+            self._check_socket_path(self.socket_path(pool))
         os.makedirs(self.dir, exist_ok=True)
         adopted = self.claims.adopt()
         if adopted:
