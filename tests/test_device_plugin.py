@@ -503,21 +503,22 @@ BAD = [
 @pytest.mark.parametrize("where", ["relative", "file", "not-a-socket"])
 def test_a_bad_plugin_dir_or_socket_is_one_line_exit_2_and_nothing_starts(tmp_path, state_dir, where):
     config = tmp_path / "pools.toml"
-    config.write_text('[[pool]]\nname = "virtio"\nmodel = "virtio-net"\n')
+    config.write_text('[[pool]]\nname = "virtio"\nmodel = "virtio-net"\n[[pool]]\nname = "e1000"\nmodel = "e1000"\n')
     plugin_dir = {"relative": "device-plugins", "file": str(tmp_path / "f"),
                   "not-a-socket": str(tmp_path / "dp")}[where]
     (tmp_path / "f").write_text("")
     (tmp_path / "dp").mkdir()
-    (tmp_path / "dp" / "dpdkeni-virtio.sock").write_text("keep me")
+    (tmp_path / "dp" / "dpdkeni-e1000.sock").write_text("keep me")
     out = subprocess.run([sys.executable, "-m", "dpdkeni", "k8s", "device-plugin", "--config", str(config),
                           "--plugin-dir", plugin_dir], capture_output=True, text=True, timeout=60, cwd=tmp_path,
                          env={**os.environ, "DPDKENI_STATE_DIR": state_dir})
     assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
     want = {"relative": "the device-plugins dir 'device-plugins' must be an absolute path to a directory",
             "file": f"the device-plugins dir '{tmp_path}/f' must be an absolute path to a directory",
-            "not-a-socket": f"{tmp_path}/dp/dpdkeni-virtio.sock exists and is not a socket: not replacing it"}[where]
+            "not-a-socket": f"{tmp_path}/dp/dpdkeni-e1000.sock exists and is not a socket: not replacing it"}[where]
     assert out.stderr == f"dpdkeni: error: {want}\n"
-    assert (tmp_path / "dp" / "dpdkeni-virtio.sock").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path / "dp")) == ["dpdkeni-e1000.sock"]  # the first pool did not start either
+    assert (tmp_path / "dp" / "dpdkeni-e1000.sock").read_text() == "keep me"
     assert not (tmp_path / "device-plugins").exists()
 
 
