@@ -72,11 +72,11 @@ class PoolService:
         return self.pb.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
 
     def ListAndWatch(self, request: Any, context: Any) -> Iterator[Any]:
-        table, seen = self.plugin.table, -1
+        table, seen, sent = self.plugin.table, -1, None
         while not self.plugin.stopping.is_set() and context.is_active():
-            version, rows = table.rows(self.pool.name)
-            if version != seen:
-                seen = version
+            seen, rows = table.rows(self.pool.name)
+            if rows != sent:  # another pool's change bumps the version too: send only this pool's changes
+                sent = rows
                 log.debug("ListAndWatch %s: %s", self.pool.resource, rows)
                 yield self.pb.ListAndWatchResponse(devices=[self._device(*row) for row in rows])
             table.wait(seen, LOOP_S)
