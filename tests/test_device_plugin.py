@@ -235,6 +235,22 @@ def at_after(plugin, t0):
     return last is not None and last[0] >= t0
 
 
+def test_a_pass_that_fails_is_logged_and_the_loop_goes_on(node, state_dir, caplog):
+    virtio = _started(node)
+    ledger = os.path.join(state_dir, "leases.json")
+    with open(ledger, "w") as f:
+        f.write("{not json")  # the re-read after the next uevent fails
+    node.plug(V2, ifname="eth2", mac="52:54:00:aa:00:02", group=12)
+    deadline = time.monotonic() + 10
+    while "re-reading the pools failed" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "re-reading the pools failed" in caplog.text and "is unreadable" in caplog.text
+    os.unlink(ledger)
+    node.plugin.watcher.feed(pci("bind", V2))  # the next uevent: the loop still runs
+    assert virtio.wait_list(lambda d: len(d) == 2)[1] == [(V1, "Healthy", [0]), (V2, "Healthy", [0])]
+    assert node.thread.is_alive()
+
+
 def test_allocate_answer_field_by_field_and_the_pods_end(node, state_dir):
     virtio = _started(node)
     resp = virtio.allocate(V1)

@@ -272,13 +272,22 @@ class DevicePlugin:
                 self.watcher.poll(timeout=LOOP_S)
                 if self.watcher.stats["uevents"] != uevents:  # any NIC uevent, settled or not
                     uevents = self.watcher.stats["uevents"]
-                    self.table.rescan()
-                self._watch_kubelet()
+                    self._guarded("re-reading the pools", self.table.rescan)
+                self._guarded("watching the kubelet", self._watch_kubelet)
                 if time.monotonic() >= next_check:
-                    self.claims.check()
+                    self._guarded("checking the claimed NICs' holders", self.claims.check)
                     next_check = time.monotonic() + CHECK_S
         finally:
             self.close()
+
+    @staticmethod
+    def _guarded(what: str, step: Callable[[], Any]) -> None:
+        """One step of the loop: a failure (a ledger that cannot be read now, sysfs changing under a read) is
+        logged with its traceback and the loop goes on; the next pass tries again."""
+        try:
+            step()
+        except Exception:  # the plugin keeps serving the kubelet whatever one pass met
+            log.exception("%s failed", what)
 
     def close(self) -> None:
         """Stop the servers (their sockets are removed) and the watcher; NICs pods hold stay bound."""
