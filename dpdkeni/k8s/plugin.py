@@ -20,7 +20,7 @@ import time
 from concurrent import futures
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from ..errors import Error, GuardError, InputError, NotFoundError
+from ..errors import Error, GuardError, InputError, NotFoundError, as_error
 from ..events import Watcher
 from ..sysfs import Sysfs
 from . import api
@@ -104,9 +104,12 @@ class PoolService:
         for req in request.container_requests:
             try:
                 answer = self.plugin.claims.allocate(self.pool, list(req.devices_ids))
-            except Error as exc:
-                log.error("Allocate %s %s: %s", self.pool.resource, list(req.devices_ids), exc)
-                context.abort(_status(exc), str(exc))
+            except Exception as exc:  # a system error (OSError, netlink) is one line too, never a traceback
+                err = as_error(exc, "allocate")
+                if err is None:
+                    raise
+                log.error("Allocate %s %s: %s", self.pool.resource, list(req.devices_ids), err)
+                context.abort(_status(err), str(err))
             out.container_responses.append(self._response(answer))
         return out
 
