@@ -439,7 +439,8 @@ def test_registers_again_when_kubelet_sock_is_recreated(node):
     node.kubelet.restart()  # kubelet.sock and the plugins' sockets deleted, kubelet.sock made anew
     regs = node.kubelet.wait_registered(4)
     assert sorted(r.resource_name for _, r in regs[2:]) == ["dpdkeni.io/e1000", "dpdkeni.io/virtio"]
-    assert regs[3][0] - t0 < 3.0  # the loop stats kubelet.sock every 0.25 s; registering takes a round trip
+    # no tight bound (a loaded 2-core host): the loop stats kubelet.sock every 0.25 s, a pass is ~0.3 s here
+    assert regs[3][0] - t0 < 10.0
     assert _virtio(node).wait_list(lambda d: True)[1] == [(V1, "Healthy", [0])]
     assert os.path.exists(os.path.join(node.dir, "dpdkeni-virtio.sock"))
 
@@ -454,7 +455,7 @@ def test_a_kubelet_that_comes_after_the_plugin_is_registered_with(node):
     node.kubelet.start()
     regs = node.kubelet.wait_registered(2)
     assert sorted(r.resource_name for _, r in regs) == ["dpdkeni.io/e1000", "dpdkeni.io/virtio"]
-    assert regs[1][0] - t0 < 3.0
+    assert regs[1][0] - t0 < 10.0  # a loose bound: it is about 0.3 s here
     assert _virtio(node).wait_list(lambda d: True)[1] == [(V1, "Healthy", [0])]
 
 
@@ -465,7 +466,7 @@ def test_a_refused_registration_is_tried_again(node):
     regs = node.kubelet.wait_registered(2)
     assert node.kubelet.refused == 1
     assert sorted(r.resource_name for _, r in regs) == ["dpdkeni.io/e1000", "dpdkeni.io/virtio"]
-    assert regs[1][0] - t0 < 4.0  # retried after 1 s
+    assert regs[1][0] - t0 < 10.0  # retried after 1 s; loose for a loaded host
 
 
 def test_proto_matches_the_official_field_table():
