@@ -519,6 +519,20 @@ BAD = [
 ]
 
 
+def test_without_grpc_it_is_one_line_exit_1(tmp_path, state_dir):
+    config = tmp_path / "pools.toml"
+    config.write_text('[[pool]]\nname = "virtio"\nmodel = "virtio-net"\n')
+    code = ("import sys; sys.modules['grpc'] = None; from dpdkeni.cli import main; "  # grpcio not installed
+            f"sys.exit(main(['k8s', 'device-plugin', '--config', {str(config)!r}, '--plugin-dir', "
+            f"{str(tmp_path / 'dp')!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "DPDKENI_STATE_DIR": state_dir})
+    assert out.returncode == 1 and out.stderr.startswith(
+        "dpdkeni: error: this needs grpcio and grpcio-tools, which cannot be imported: "), out.stderr
+    assert out.stderr.endswith("(pip install 'dpdkeni[k8s]')\n") and len(out.stderr.splitlines()) == 1
+    assert not (tmp_path / "dp").exists()
+
+
 @pytest.mark.parametrize("where", ["relative", "file", "not-a-socket"])
 def test_a_bad_plugin_dir_or_socket_is_one_line_exit_2_and_nothing_starts(tmp_path, state_dir, where):
     config = tmp_path / "pools.toml"

@@ -35,9 +35,11 @@ def compile_proto(proto_dir: str, proto: str) -> Tuple[Any, Any]:
         if f"{name}_pb2_grpc" in sys.modules:
             return sys.modules[f"{name}_pb2"], sys.modules[f"{name}_pb2_grpc"]
         try:
+            import grpc  # noqa: F401  (the generated services import it)
             from grpc_tools import protoc
-        except ImportError:
-            raise Error("this needs grpcio and grpcio-tools", "pip install 'dpdkeni[k8s]'") from None
+        except ImportError as exc:
+            raise Error(f"this needs grpcio and grpcio-tools, which cannot be imported: {exc}",
+                        "pip install 'dpdkeni[k8s]'") from None
         out = tempfile.mkdtemp(prefix="dpdkeni-proto-")
         try:
             rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}",

@@ -136,8 +136,7 @@ class DevicePlugin:
     def __init__(self, config: Config, plugin_dir: str = api.DEVICE_PLUGIN_PATH, *, sysfs: Optional[Sysfs] = None,
                  active: Optional[Callable[[], Set[str]]] = None, watcher: Optional[Watcher] = None,
                  source: str = "auto") -> None:
-        import grpc  # noqa: F401  (the k8s extra: fail here, before anything starts)
-        self.pb, self.grpc_mod = api.stubs()
+        self.pb, self.grpc_mod = api.stubs()  # the k8s extra: fails here, one line, before anything starts
         self.config = config
         self.dir = plugin_dir
         self.fs = sysfs or Sysfs()
