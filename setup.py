@@ -51,12 +51,13 @@ setup(
     python_requires=">=3.11",  # tomllib (policies, models files); CI runs 3.11
     packages=find_packages(include=["dpdkeni", "dpdkeni.*"]),
     include_package_data=True,
-    package_data={"dpdkeni": ["py.typed"]},
+    package_data={"dpdkeni": ["py.typed", "k8s/protos/*.proto"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["native/build_ffi.py:ffi"],
     install_requires=["cffi>=1.15", "pyroute2>=0.7", "pyudev>=0.24", "psutil>=5.9"],
     extras_require={"test": ["pytest>=7", "jsonschema>=4", "pyyaml>=6", "ruff>=0.6", "mypy>=1.10",
                              "grpcio>=1.50", "grpcio-tools>=1.50"],  # tests/crirun.py: a CRI client
+                    "k8s": ["grpcio>=1.50", "grpcio-tools>=1.50"],  # dpdkeni k8s device-plugin
                     "bench": ["matplotlib>=3.5"]},   # pmdtest --plot, benchmarks/seed_table.py --plot
     entry_points={"console_scripts": ["dpdkeni=dpdkeni.cli:run", "dpdkeni-hook=dpdkeni.udev:main",
                                       "dpdkeni-cni-py=dpdkeni.cni_client:run"]},

@@ -49,6 +49,11 @@ def nic_var(pci: str) -> str:
     return "DPDKENI_NIC_" + re.sub(r"[^0-9A-Za-z]", "_", pci)
 
 
+def device_info(pci: str, group_path: str) -> Dict[str, Dict[str, str]]:
+    """sriov-network-device-plugin's ``…_INFO`` entry of one vfio NIC (the device plugin's answer uses it too)."""
+    return {"generic": {"deviceID": pci}, "vfio": {"dev-mount": group_path, "mount": "/dev/vfio/vfio"}}
+
+
 def _node(fs: Sysfs, group: int) -> Dict[str, object]:
     host = next((p for p in (f"/dev/vfio/{group}", f"/dev/vfio/noiommu-{group}") if fs.exists(p)),
                 f"/dev/vfio/{group}")
@@ -70,8 +75,7 @@ def device(nic: Nic, fs: Sysfs, prefix: str = DEFAULT_PREFIX, resource: str = DE
         raise Error(f"{nic.name} has no IOMMU group; it is not usable through vfio")
     node = _node(fs, nic.iommu_group)
     var = env_name(prefix, resource)
-    info = {nic.pci: {"generic": {"deviceID": nic.pci},
-                      "vfio": {"dev-mount": node["path"], "mount": "/dev/vfio/vfio"}}}
+    info = {nic.pci: device_info(nic.pci or "", str(node["path"]))}
     env = [f"DPDKENI_PCI_ADDRESS={nic.pci}", f"DPDKENI_IOMMU_GROUP={nic.iommu_group}",
            f"DPDKENI_MAC={nic.mac or ''}",
            f"DPDKENI_NUMA_NODE={'' if nic.numa_node is None else nic.numa_node}",

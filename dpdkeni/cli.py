@@ -35,7 +35,7 @@ COMMAND_GROUPS = (
     ("DPDK pieces", ("bind", "unbind", "hugepages", "cdi")),
     ("events and daemon", ("watch", "wait", "daemon", "udev")),
     ("measure", ("fwd", "pmdtest")),
-    ("Kubernetes", ("cni",)),
+    ("Kubernetes", ("cni", "k8s")),
     ("lab", ("lab",)),
 )
 

@@ -95,8 +95,9 @@ class Policy:
 
 
 # ----- locating lines (tomllib and json report positions only for syntax errors)
-def _toml_rule_lines(text: str) -> List[int]:
-    return [i + 1 for i, line in enumerate(text.splitlines()) if re.match(r"^\s*\[\[\s*rule\s*\]\]", line)]
+def _toml_rule_lines(text: str, table: str = "rule") -> List[int]:
+    pat = re.compile(r"^\s*\[\[\s*%s\s*\]\]" % re.escape(table))
+    return [i + 1 for i, line in enumerate(text.splitlines()) if pat.match(line)]
 
 
 def _json_rule_lines(text: str) -> List[int]:
@@ -117,6 +118,17 @@ def _json_rule_lines(text: str) -> List[int]:
         elif ch in "]}":
             depth -= 1
     return lines
+
+
+def table_lines(text: str, table: str, is_json: bool) -> List[int]:
+    """The line of each ``[[table]]`` of a TOML file, or of each object in the top-level array of a JSON one
+    (other config files with a policy's layout, the device plugin's pools, locate their errors with it)."""
+    return _json_rule_lines(text) if is_json else _toml_rule_lines(text, table)
+
+
+def key_line(text: str, start: int, end: Optional[int], key: str) -> int:
+    """The line of ``key`` between lines ``start`` and ``end`` (1-based; ``start`` when not found)."""
+    return _key_line(text, start, end, key)
 
 
 def _key_line(text: str, start: int, end: Optional[int], key: str) -> int:
@@ -173,12 +185,17 @@ def _settings(raw: Dict[str, Any], mode: str) -> Dict[str, Any]:
     return out
 
 
-def _rule(raw: Any, index: int) -> Rule:
+def check_table(raw: Any, what: str, keys: Sequence[str]) -> None:
+    """A ValueError (message, key) unless ``raw`` is a table of only ``keys`` (the pools file checks with it)."""
     if not isinstance(raw, dict):
-        raise ValueError("a rule must be a table")
-    unknown = [k for k in raw if k not in RULE_KEYS]
+        raise ValueError(f"a {what} must be a table")
+    unknown = [k for k in raw if k not in keys]
     if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(RULE_KEYS)})", unknown[0])
+        raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(keys)})", unknown[0])
+
+
+def _rule(raw: Any, index: int) -> Rule:
+    check_table(raw, "rule", RULE_KEYS)
     mode = raw.get("mode", "netdev")
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} must be netdev or dpdk", "mode")
@@ -199,13 +216,7 @@ def _rule(raw: Any, index: int) -> Rule:
 def parse(text: str, path: str = "<policy>") -> Policy:
     """Parse and check a policy; a PolicyError names ``path`` and the line of the offending rule or key."""
     is_json = path.endswith(".json")
-    try:
-        data = json.loads(text) if is_json else _toml(text)
-    except json.JSONDecodeError as exc:
-        raise PolicyError(f"{path}:{exc.lineno}: {exc.msg}") from exc
-    except ValueError as exc:  # tomllib.TOMLDecodeError: "... (at line N, column M)"
-        m = re.search(r"at line (\d+)", str(exc))
-        raise PolicyError(f"{path}:{m.group(1) if m else 1}: {exc}") from exc
+    data = load_syntax(text, path, is_json)
     raw_rules = data.get("rule") if isinstance(data, dict) else None
     if not isinstance(raw_rules, list) or not raw_rules:
         raise PolicyError(f"{path}:1: no rules: expected one or more [[rule]] tables (JSON: \"rule\": [...])")
@@ -225,18 +236,31 @@ def parse(text: str, path: str = "<policy>") -> Policy:
     return Policy(rules, path)
 
 
-def _toml(text: str) -> Dict[str, Any]:
-    return tomllib.loads(text)
+def load_syntax(text: str, path: str, is_json: bool) -> Any:
+    """The document in ``text`` (JSON or TOML); a syntax error is a PolicyError ``path:line: ...``."""
+    try:
+        return json.loads(text) if is_json else tomllib.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"{path}:{exc.lineno}: {exc.msg}") from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError: "... (at line N, column M)"
+        m = re.search(r"at line (\d+)", str(exc))
+        raise PolicyError(f"{path}:{m.group(1) if m else 1}: {exc}") from None
+
+
+def read_text(path: str, what: str = "policy") -> str:
+    """A config file's text; unreadable or not UTF-8: a one-line PolicyError naming ``path``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the {what}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
 def load(path: str) -> Policy:
     """Read and parse a policy file (TOML, or JSON by the ``.json`` extension)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read the policy: {exc.strerror}") from exc
-    return parse(text, path)
+    return parse(read_text(path), path)
 
 
 def attach_kwargs(rule: Rule) -> Dict[str, Any]:

@@ -2,11 +2,7 @@
 tests/cri/runtime_v1_subset.proto, compiled here with grpcio-tools on first use)."""
 from __future__ import annotations
 
-import importlib
 import os
-import shutil
-import sys
-import tempfile
 from typing import Any, Dict, Optional
 
 PROTO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cri")
@@ -14,23 +10,9 @@ PROTO = "runtime_v1_subset.proto"
 
 
 def stubs() -> tuple:
-    """(messages module, grpc module) generated from the proto into a temp dir (cached for this process)."""
-    cached = sys.modules.get("runtime_v1_subset_pb2")
-    if cached is not None:
-        return cached, sys.modules["runtime_v1_subset_pb2_grpc"]
-    from grpc_tools import protoc
-
-    out = tempfile.mkdtemp(prefix="dkcri")
-    rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      os.path.join(PROTO_DIR, PROTO)])
-    if rc != 0:
-        raise RuntimeError(f"protoc failed on {PROTO} ({rc})")
-    sys.path.insert(0, out)
-    try:
-        return importlib.import_module("runtime_v1_subset_pb2"), importlib.import_module("runtime_v1_subset_pb2_grpc")
-    finally:
-        sys.path.remove(out)
-        shutil.rmtree(out, ignore_errors=True)  # the modules are loaded
+    """(messages module, grpc module) generated from the proto on first use (cached for this process)."""
+    from dpdkeni.k8s.api import compile_proto
+    return compile_proto(PROTO_DIR, PROTO)
 
 
 class Cri:

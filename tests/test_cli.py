@@ -119,7 +119,7 @@ def test_help_groups_the_commands_by_what_a_person_does(cli):
                      "hand over:", "attach", "release", "recover",
                      "DPDK pieces:", "bind", "unbind", "hugepages", "cdi",
                      "events and daemon:", "watch", "wait", "daemon", "udev",
-                     "measure:", "fwd", "pmdtest", "Kubernetes:", "cni", "lab:", "lab"]
+                     "measure:", "fwd", "pmdtest", "Kubernetes:", "cni", "k8s", "lab:", "lab"]
     assert lines[lines.index("    hand over:") + 1].startswith("      attach          hand a NIC to a container")
 
 

@@ -78,6 +78,24 @@ def test_testpmd_pod_uses_a_dpdk_nad_and_the_image_built_here():
         assert container["image"].split(":")[0] in f.read().split("podman build -t ")[1]
 
 
+def test_device_plugin_daemonset_runs_the_plugin_on_the_configmaps_pools():
+    from dpdkeni.cli import build_parser
+    from dpdkeni.k8s import pools
+    docs = {d["kind"]: d for name, d in _k8s_docs() if name == "device-plugin.yaml"}
+    assert sorted(docs) == ["ConfigMap", "DaemonSet"]
+    config = pools.parse(docs["ConfigMap"]["data"]["pools.toml"], "pools.toml")
+    assert [p.resource for p in config.pools] == ["dpdkeni.io/virtio", "dpdkeni.io/e1000"]
+    pod = docs["DaemonSet"]["spec"]["template"]["spec"]
+    assert pod["hostPID"] and pod["hostNetwork"]  # the holders' /proc and the host's addresses
+    (container,) = pod["containers"]
+    args = build_parser().parse_args(container["command"][1:])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts[os.path.dirname(args.config)]]["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
+    assert volumes[mounts["/var/lib/kubelet/device-plugins"]]["hostPath"]["path"] == "/var/lib/kubelet/device-plugins"
+    assert args.plugin_dir is None  # the default: /var/lib/kubelet/device-plugins/
+
+
 # --- examples/orchestrator.py --------------------------------------------------------------------------------
 
 
