@@ -138,8 +138,11 @@ def main() -> None:
         subprocess.run(["runc", "delete", "--force", name], timeout=60)  # the pod ends
     result["testpmd_log"] = open(log).read()[-6000:]
     t0 = time.monotonic()
-    wait_until(lambda: all(driver_of(p) not in ("", "vfio-pci") and ifname_of(p) for p in pcis), 300,
-               "the NICs back on their kernel drivers")
+    # back on the kernel driver under the name it had (the plugin's unbind gives it back: a bare 'eth0' seen
+    # between the probe and that rename is not the end)
+    home = {p: tuple(v) for p, v in result["drivers_before"].items()}
+    wait_until(lambda: all((driver_of(p), ifname_of(p)) == home[p] for p in pcis), 300,
+               "the NICs back on their kernel drivers under their names")
     result["freed_after_s"] = round(time.monotonic() - t0, 1)
     result["drivers_after"] = {p: (driver_of(p), ifname_of(p)) for p in pcis}
     leases = subprocess.run([sys.executable, "-m", "dpdkeni", "leases", "--json"], capture_output=True,

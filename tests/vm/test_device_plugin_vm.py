@@ -35,8 +35,10 @@ def test_hotplugged_nics_allocated_run_testpmd_in_runc_and_go_home(lab, plugged,
              f'[[pool]]\nname = "lab"\nmac = ["{mac_a}", "{mac_b}"]\n')
     lab.sh(f"rm -rf {work} && mkdir -p {work}/py {work}/state && chmod 700 {work}/state && "
            f"for m in grpc grpc_tools google typing_extensions.py; do ln -s {SITE}/$m {work}/py/$m; done && "
-           "mkdir -p /dev/hugepages && (mountpoint -q /dev/hugepages || mount -t hugetlbfs nodev /dev/hugepages)",
-           check=True)
+           "mkdir -p /dev/hugepages", check=True)
+    # the host's hugetlbfs that Allocate hands to pods; the guest is shared, so it goes again after the test
+    mounted = lab.sh("if ! mountpoint -q /dev/hugepages; then mount -t hugetlbfs nodev /dev/hugepages && "
+                     "echo mounted; fi", check=True).stdout.strip() == "mounted"
     lab.write(f"{work}/pools.toml", pools)
     # grpcio's extension needs libstdc++, which the lab image lacks: the host's (the same Debian 12) through the share
     libdir = os.path.join(lab.share, ".venv", "lab-guest-lib")
@@ -70,6 +72,8 @@ def test_hotplugged_nics_allocated_run_testpmd_in_runc_and_go_home(lab, plugged,
         lab.kill(plugin)
         lab.kill(guest, signal=9)
         lab.sh(f"echo {pages_before} > {POOL}")
+        if mounted:
+            lab.sh("umount /dev/hugepages", check=True)
     print(json.dumps({"list_latency_s": res["list_latency"], "freed_after_s": res["freed_after_s"],
                       "testpmd_rx_tx": _totals(res["testpmd_log"])}))  # shown with -rP
     assert res["register"] == [["v1beta1", "dpdkeni-lab.sock", "dpdkeni.io/lab"]]
