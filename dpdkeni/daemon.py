@@ -41,14 +41,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from . import handoff, sdnotify, statedir, udev, unixsock
+from . import daemon_status, handoff, sdnotify, statedir, udev, unixsock
 from .errors import Error, GuardError, NotFoundError, PolicyError, StepError, TargetCommandTimeout
 from .events import NicEvent, Watcher
 from .inventory import Nic
 from .lanes import Lanes
 from .ledger import Lease, Ledger
 from .netns import resolve_target
-from .policy import Policy, Rule, attach_kwargs, load
+from .policy import Policy, Rule, attach_kwargs, describe, load
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ DEAD_TTL_S = 600.0  # how long an exited target is remembered (not attached to a
 DEAD_KEPT = 4096  # at most this many exited targets remembered
 WORKERS = 8  # handoffs running at once (each NIC's work in order, in its own lane)
 TARGET_COMMAND_TIMEOUT_S = 10.0  # a rule's target_command running longer is killed, and its NIC not retried
+METRICS_INTERVAL_S = 5.0  # how often the --metrics file is rewritten
 
 
 @dataclass
@@ -70,6 +71,7 @@ class _Waiting:
     nic: Nic
     rule: Rule
     due: float
+    why: str = ""
 
 
 @dataclass
@@ -86,8 +88,13 @@ class Daemon:
     """Apply ``policy`` to NICs as they appear. ``watcher`` defaults to ``Watcher(existing=True)``."""
 
     def __init__(self, policy: Policy, *, watcher: Optional[Watcher] = None, source: str = "auto",
-                 state: Optional[str] = None) -> None:
+                 state: Optional[str] = None, metrics: Optional[str] = None) -> None:
         self.policy = policy
+        self.metrics = metrics  # a node_exporter textfile, rewritten every METRICS_INTERVAL_S (None: none)
+        self.counters = daemon_status.Counters()
+        self._started = time.monotonic()
+        self._status: Optional[daemon_status.StatusServer] = None
+        self._metrics_due = 0.0
         self.state = state or statedir.path()
         self.watcher = watcher or Watcher(source, existing=True)
         self._hook_events: Deque[Dict[str, str]] = collections.deque(maxlen=HOOK_EVENTS_KEPT)
@@ -122,8 +129,13 @@ class Daemon:
         """Open the socket, reconcile with the ledger, take the pending hook events, start watching."""
         statedir.ensure(self.state)
         os.chmod(self.state, 0o700)  # the socket's datagrams are taken from root only; nobody else may list it
+        if self.metrics:
+            daemon_status.check_metrics_path(self.metrics)  # bad input: refused before anything is started
         self._lock()
+        self._started = time.monotonic()
         self._open_socket()
+        self._status = daemon_status.StatusServer(daemon_status.socket_path(self.state), self.status)
+        self._status.start()
         self._lanes = Lanes(WORKERS, "dpdkeni-nic")
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._poller.register(self._wake, select.POLLIN)
@@ -137,6 +149,7 @@ class Daemon:
         log.info("daemon ready: %d rules, socket %s", len(self.policy.rules), udev.socket_path(self.state))
         sdnotify.notify(f"READY=1\nSTATUS=serving {len(self.policy.rules)} rules\nMAINPID={os.getpid()}")
         self._watchdog()
+        self._write_metrics()
 
     def _lock(self) -> None:
         """Hold ``<state>/daemon.lock`` (flock) for the daemon's life, or refuse: another daemon serves this
@@ -175,6 +188,10 @@ class Daemon:
         if self._lanes is not None:
             self._lanes.close()
             self._lanes = None
+        if self._status is not None:
+            self._status.close()
+            self._status = None
+        self._write_metrics(force=True)
         if self._wake >= 0:
             os.close(self._wake)
             self._wake = -1
@@ -220,6 +237,7 @@ class Daemon:
             self.reload.clear()
             self._reload()
         self._watchdog()
+        self._write_metrics()
 
     def _take_attached(self) -> None:
         """Watch the targets of the leases the workers made (the poller is this thread's only)."""
@@ -255,8 +273,39 @@ class Daemon:
         self.policy = policy
         self._decide("reloaded", policy=policy.path, rules=len(policy.rules))
 
+    # ----- status
+    def status(self, last: int = daemon_status.DEFAULT_LAST) -> Dict[str, Any]:
+        """The status document: uptime, rules, leases held, NICs waiting (and why) or at work, the ``last``
+        decisions, the counters. Safe to call from another thread."""
+        leases = Ledger(self.state).leases()
+        waiting = [{"nic": k, "rule": w.rule.name, "why": w.why} for k, w in list(self._waiting.items())]
+        return {"pid": os.getpid(), "state": self.state, "uptime_s": round(time.monotonic() - self._started, 1),
+                "policy": self.policy.path, "rules": describe(self.policy.rules),
+                "counters": self.counters.snapshot(),
+                "leases": [{"nic": k, "mode": v.mode, "target": v.target, "state": v.state}
+                           for k, v in sorted(leases.items())],
+                "waiting": waiting, "busy": self._lanes.keys() if self._lanes is not None else [],
+                "decisions": self.decisions[-last:] if last > 0 else []}
+
+    def _write_metrics(self, force: bool = False) -> None:
+        """Rewrite the metrics file when due (every METRICS_INTERVAL_S); a failed write is logged, not fatal."""
+        if not self.metrics or (not force and time.monotonic() < self._metrics_due):
+            return
+        self._metrics_due = time.monotonic() + METRICS_INTERVAL_S
+        try:
+            text = daemon_status.render_metrics(self.counters.snapshot(), len(Ledger(self.state).leases()),
+                                                len(self._waiting), time.monotonic() - self._started)
+            daemon_status.write_metrics(self.metrics, text)
+        except (Error, OSError) as exc:
+            log.error("metrics not written to %s: %s", self.metrics, exc)
+
     # ----- decisions
-    def _decide(self, what: str, **fields: Any) -> None:
+    def _decide(self, what: str, count: Optional[str] = None, **fields: Any) -> None:
+        """Record and log a decision; ``count`` names the counter it bumps when not its own name (a release
+        that is a reclaim)."""
+        counter = count or ("failed" if what.endswith("-failed") else what)
+        if counter in daemon_status.COUNTERS:
+            self.counters.add(counter)
         self._decisions.append({"decision": what, **fields})
         log.info("%s: %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
 
@@ -275,6 +324,7 @@ class Daemon:
         """A NIC appeared (or came back): apply the first rule that matches it. A leased NIC unplugged from
         the machine ends its lease. Guarded: a failure is this NIC's ``*-failed`` decision."""
         key = handoff.lease_key(event.nic)
+        self.counters.add("events")
         self._guarded("release" if event.action == "removed" else "attach", key, self._on_event, event, key)
 
     def _on_event(self, event: NicEvent, key: str) -> None:
@@ -358,7 +408,7 @@ class Daemon:
     def _wait_for_target(self, nic: Nic, key: str, rule: Rule, exc: Error) -> None:
         if key not in self._waiting:
             self._decide("waiting", nic=key, rule=rule.name, why=str(exc))
-        self._waiting[key] = _Waiting(nic, rule, time.monotonic() + RETRY_S)
+        self._waiting[key] = _Waiting(nic, rule, time.monotonic() + RETRY_S, str(exc))
 
     def _retry_waiting(self) -> None:
         now = time.monotonic()
@@ -451,7 +501,7 @@ class Daemon:
             except Error as exc:
                 self._decide("release-failed", nic=key, why=why, error=str(exc))
                 continue
-            self._decide("released", nic=key, why=why, outcome=outcome)
+            self._decide("released", count="reclaimed", nic=key, why=why, outcome=outcome)
 
     def _reconcile(self) -> None:
         """Finish what a crash left half-done, reclaim NICs whose target died, watch the live ones."""

@@ -60,8 +60,8 @@ def running(state_dir):
     """Start a Daemon in a thread (``running(policy_text, watcher)``); stopped at teardown."""
     made = []
 
-    def start(policy_text, watcher):
-        daemon = Daemon(parse(policy_text, "test.toml"), watcher=watcher, state=state_dir)
+    def start(policy_text, watcher, **kw):
+        daemon = Daemon(parse(policy_text, "test.toml"), watcher=watcher, state=state_dir, **kw)
         th = threading.Thread(target=daemon.serve, daemon=True)
         th.start()
         made.append((daemon, th))
@@ -266,17 +266,27 @@ def test_daemon_waits_for_a_target_that_is_not_there_yet(state_dir, stand_in_mod
                 break
 
 
-def test_daemon_drops_a_non_root_senders_datagram(open_dir, monkeypatch, caplog):
-    """A real uid 65534 process: the 0700 state dir, and then the 0600 socket alone, refuse its datagram; with both
-    opened up to it, the daemon reads the sender's credentials (SCM_CREDENTIALS) and drops it. Root's gets in."""
-    import errno
-    from conftest import as_nobody
+@contextlib.contextmanager
+def daemon_in(open_dir, monkeypatch):
+    """A Daemon (no rule matches) serving a state dir under ``open_dir`` in a thread: yields (daemon, state)."""
     state = os.path.join(open_dir, "state")
     monkeypatch.setenv("DPDKENI_STATE_DIR", state)
     daemon = Daemon(parse(NO_MATCH_POLICY, "test.toml"), watcher=Watcher(source="kernel"), state=state)
     th = threading.Thread(target=daemon.serve, daemon=True)
     th.start()
     try:
+        yield daemon, state
+    finally:
+        daemon.stop.set()
+        th.join(10)
+
+
+def test_daemon_drops_a_non_root_senders_datagram(open_dir, monkeypatch, caplog):
+    """A real uid 65534 process: the 0700 state dir, and then the 0600 socket alone, refuse its datagram; with both
+    opened up to it, the daemon reads the sender's credentials (SCM_CREDENTIALS) and drops it. Root's gets in."""
+    import errno
+    from conftest import as_nobody
+    with daemon_in(open_dir, monkeypatch) as (daemon, state):
         sock = udev.socket_path(state)
         wait_until(lambda: os.path.exists(sock), "daemon socket")
         forged = json.dumps({**VIRTIO_NET_ADD, "SEQNUM": "6666"}).encode()
@@ -290,9 +300,6 @@ def test_daemon_drops_a_non_root_senders_datagram(open_dir, monkeypatch, caplog)
             wait_until(lambda: daemon.hook_events, "root's hook event in the daemon")
         assert [e["SEQNUM"] for e in daemon.hook_events] == ["2291"]                  # ... and dropped
         assert "hook message from uid 65534 ignored (root only)" in caplog.text
-    finally:
-        daemon.stop.set()
-        th.join(10)
 
 
 # ----- the daemon as a production service (issue 16)
