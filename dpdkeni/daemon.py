@@ -41,13 +41,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from . import daemon_status, handoff, sdnotify, statedir, udev, unixsock
+from . import cancel, daemon_status, handoff, netdev, sdnotify, statedir, udev, unixsock
 from .errors import Error, GuardError, NotFoundError, PolicyError, StepError, TargetCommandTimeout
 from .events import NicEvent, Watcher
 from .inventory import Nic
 from .lanes import Lanes
 from .ledger import Lease, Ledger
-from .netns import resolve_target
+from .netns import iproute_in, resolve_target
 from .policy import Policy, Rule, attach_kwargs, describe, load
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,9 @@ class Daemon:
         # pid:N of target processes that exited (not attached to again) -> when; oldest first
         self._dead: Dict[str, float] = collections.OrderedDict()
         self._waiting: Dict[str, _Waiting] = {}  # lease key -> a NIC waiting for its target
+        # lease key -> the cancel tokens of its attaches queued or running (an unplug cancels them)
+        self._tokens: Dict[str, List[cancel.Token]] = {}
+        self._tokens_lock = threading.Lock()
         self._sock: Optional[socket.socket] = None
         self._poller = select.poll()
         self._lock_fd = -1
@@ -331,6 +334,7 @@ class Daemon:
         nic = event.nic
         if event.action == "removed":
             self._waiting.pop(key, None)
+            self._cancel(key, nic, "removed")  # the unplug wins over an attach in progress: it is undone first
             if self._unplugged(nic):
                 self._submit(key, "release", self._end_unplugged, nic, key)
             return
@@ -340,7 +344,64 @@ class Daemon:
         if rule is None:
             self._decide("ignore", nic=key, model=nic.model, why="no rule matches")
             return
-        self._submit(key, "attach", self._attach_unleased, nic, key, rule)
+        self._submit_attach(key, self._attach_unleased, nic, key, rule)
+
+    def _submit_attach(self, key: str, func: Callable[..., None], *args: Any) -> None:
+        """Queue an attach of NIC ``key`` in its lane, cancellable (:meth:`_cancel`) while queued or running."""
+        token = cancel.Token()
+        with self._tokens_lock:
+            self._tokens.setdefault(key, []).append(token)
+        self._submit(key, "attach", self._cancellable, key, token, func, *args)
+
+    def _cancellable(self, key: str, token: cancel.Token, func: Callable[..., None], *args: Any) -> None:
+        try:
+            with cancel.scope(token):
+                if token.cancelled():  # cancelled while queued: the NIC is gone, nothing was done
+                    self._decide("attach-cancelled", nic=key, why=token.why)
+                    return
+                func(*args)
+        finally:
+            with self._tokens_lock:
+                left = [t for t in self._tokens.get(key, []) if t is not token]
+                if left:
+                    self._tokens[key] = left
+                else:
+                    self._tokens.pop(key, None)
+
+    def _cancel(self, key: str, nic: Nic, why: str) -> None:
+        """Cancel the attaches of NIC ``key`` queued or running, when the NIC is really gone: each stops at its
+        next step or wait and is undone (``attach-cancelled``)."""
+        with self._tokens_lock:
+            tokens = list(self._tokens.get(key, []))
+        for token in tokens:
+            if self._gone(nic, token):
+                token.cancel(why)
+
+    def _gone(self, nic: Nic, token: cancel.Token) -> bool:
+        """Whether a NIC reported removed left the machine: a PCI device gone from sysfs; a virtual link that is
+        not in the netns its attach moves it to (there, it was our own move that took it from this netns)."""
+        if nic.pci:
+            return self._unplugged(nic)
+        if not token.target_path or not nic.mac:
+            return True
+        try:
+            fd = os.open(token.target_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return True
+        try:
+            with iproute_in(fd) as tip:
+                return netdev.find_by_mac(tip, nic.mac) is None
+        finally:
+            os.close(fd)
+
+    def _given_up(self, key: str, rule: Rule) -> bool:
+        """Whether this thread's attach was cancelled (said once, as ``attach-cancelled``)."""
+        token = cancel.current()
+        if token is None or not token.cancelled():
+            return False
+        self._waiting.pop(key, None)
+        self._decide("attach-cancelled", nic=key, rule=rule.name, why=token.why)
+        return True
 
     def _attach_unleased(self, nic: Nic, key: str, rule: Rule) -> None:
         """:meth:`_attach` unless the NIC is leased (checked in its lane: after its earlier handoffs)."""
@@ -378,6 +439,8 @@ class Daemon:
                 return
             target = resolve_target(spec)
         except Error as exc:
+            if self._given_up(key, rule):
+                return
             if self._may_come(rule, exc):
                 self._wait_for_target(nic, key, rule, exc)
                 return
@@ -385,10 +448,16 @@ class Daemon:
             self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
             return
         self._waiting.pop(key, None)
+        token = cancel.current()
+        if token is not None:
+            token.target_path = target.path
+            if target.pid:
+                token.watch_pid(target.pid)  # the container's death wins over its attach in progress
         try:
             lease = handoff.attach(nic, target, **attach_kwargs(rule))
         except Error as exc:  # a failed handoff is undone and said once, never retried in a loop
-            self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
+            if not self._given_up(key, rule):
+                self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
             return
         self._decide("attached", nic=key, rule=rule.name, mode=rule.mode, target=spec)
         self._done.put(lease)
@@ -428,7 +497,7 @@ class Daemon:
         if handoff.find_lease(current, Ledger(self.state)) is not None:
             self._waiting.pop(key, None)
             return
-        self._submit(key, "attach", self._attach, current, key, waiting.rule)
+        self._submit_attach(key, self._attach, current, key, waiting.rule)
 
     def _mark_dead(self, spec: str) -> None:
         self._dead.pop(spec, None)

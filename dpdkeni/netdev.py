@@ -27,8 +27,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from . import cancel, validate
 from . import netns as nsmod
-from . import validate
 from .errors import Error, GuardError, InputError, NotFoundError, StepError
 from .ledger import Lease, Ledger, Step
 
@@ -160,7 +160,8 @@ class Steps:
     def run(self, name: str, fn: Callable[[], Optional[Dict[str, Any]]],
             undo: Optional[Callable[[], Any]] = None, record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Record ``name`` as started unless it is already, run ``fn``, push ``undo``; ``fn``'s dict result is
-        kept with the step."""
+        kept with the step. A handoff cancelled meanwhile (:mod:`dpdkeni.cancel`) stops here, undone."""
+        cancel.check()
         if name not in self.recorded:
             self.ledger.advance(self.key, done=self.done, begin=[Step(name, "started", record or {})])
             self.done = {}

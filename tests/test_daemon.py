@@ -593,3 +593,70 @@ def test_lanes_keep_one_keys_jobs_in_order_and_bound_the_workers():
     assert [i for key, i, _ in done if key == "a"] == [0, 1, 2, 3, 4]
     when = {(key, i): t for key, i, t in done}
     assert when[("b", 0)] < when[("a", 1)] and most[0] == 2 and len(done) == 9
+
+
+# ----- unplug, container death and reclaim win over a handoff in progress
+def _children(name):
+    """Our child processes (the in-thread daemon's) whose command line starts with ``name``."""
+    import psutil
+    return [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] == [name]]
+
+
+def test_a_nic_deleted_while_its_target_command_hangs_is_given_up_at_once(
+        state_dir, stand_in_models, prefix, running):
+    """The NIC's handoff is stuck in a target command (10 s to its timeout); the NIC is deleted: the daemon kills
+    the command and records the attach cancelled within a second or two, not after the timeout; nothing is left
+    (no process, no lease), and the next NIC is placed as usual."""
+    from pyroute2 import IPRoute
+    policy = f'[[rule]]\nname = "stuck"\nmatch = {{ ifname = "{prefix}c" }}\ntarget_command = "sleep 60"\n'
+    mine = lambda nic: nic.model == "veth" and (nic.ifname or "").startswith(prefix)  # noqa: E731
+    daemon = running(policy, Watcher(source="kernel", models=mine, existing=True))
+    key = f"if:{prefix}c"
+    with IPRoute() as ipr:
+        _veth(ipr, prefix + "c", prefix + "d")
+        wait_until(lambda: key in daemon.status()["busy"] and _children("sleep"), "the command running")
+        t0 = time.monotonic()
+        ipr.link("del", ifname=prefix + "c")
+    wait_until(lambda: any(d.get("nic") == key for d in daemon.decisions), "the decision", timeout=15)
+    took = time.monotonic() - t0
+    log.info("deleted NIC's attach given up after %.2f s", took)
+    assert [d for d in daemon.decisions if d.get("nic") == key] == [
+        {"decision": "attach-cancelled", "nic": key, "rule": "stuck", "why": "removed"}]
+    # the cancel is looked at every 0.1 s; the rest is the uevent's way to the loop: 2 s leaves a loaded
+    # 2-core machine 10x margin and is still 5x under the command's 10 s timeout
+    assert took < 2.0, f"given up after {took:.1f} s"
+    assert _children("sleep") == [] and daemon.status()["busy"] == []
+    from dpdkeni.ledger import Ledger
+    assert Ledger(state_dir).leases() == {}
+
+
+def test_the_containers_death_wins_over_its_nics_dhcp_in_progress(
+        state_dir, stand_in_models, container_factory, prefix, running):
+    """The NIC is in the container and its DHCP client waits for a lease no server gives (20 s); the container's
+    process dies: the attach is given up within a second or two, the DHCP client stopped, the NIC back on the
+    host under its own name and no lease left."""
+    from pyroute2 import IPRoute
+    box = container_factory()
+    policy = (f'[[rule]]\nname = "dhcp"\nmatch = {{ ifname = "{prefix}a" }}\ntarget = "{box.target}"\n'
+              f'ifname = "eth4"\ndhcp = true\n')
+    mine = lambda nic: nic.model == "veth" and (nic.ifname or "").startswith(prefix)  # noqa: E731
+    daemon = running(policy, Watcher(source="kernel", models=mine, existing=True))
+    key = f"if:{prefix}a"
+    with IPRoute() as ipr:
+        _veth(ipr, prefix + "a", prefix + "b")
+    wait_until(lambda: "eth4" in box.run("ip", "-o", "link").stdout and _children(sys.executable),
+               "the NIC in the container and its DHCP client running")
+    assert key in daemon.status()["busy"] and not any(d.get("nic") == key for d in daemon.decisions)
+    t0 = time.monotonic()
+    box.kill()
+    wait_until(lambda: any(d.get("nic") == key for d in daemon.decisions), "the decision", timeout=30)
+    took = time.monotonic() - t0
+    log.info("attach given up %.2f s after the container died; decisions %s", took, daemon.decisions)
+    assert [d for d in daemon.decisions if d.get("nic") == key][0] == {
+        "decision": "attach-cancelled", "nic": key, "rule": "dhcp", "why": "target process exited"}
+    assert took < 2.0, f"given up after {took:.1f} s"  # as above: 0.1 s polls, the undo, a loaded machine
+    assert _children(sys.executable) == []
+    with IPRoute() as ipr:
+        assert ipr.link_lookup(ifname=prefix + "a"), "back on the host under its own name"
+    from dpdkeni.ledger import Ledger
+    assert Ledger(state_dir).leases() == {}
