@@ -417,16 +417,18 @@ class Daemon:
         return bool(nic.pci) and not os.path.exists(os.path.join("/sys/bus/pci/devices", nic.pci or ""))
 
     def _end_unplugged(self, nic: Nic, key: str) -> None:
+        """End the lease of a NIC that left the machine: netdev (its link is gone with it) or dpdk (its cgroup
+        rules revoked, hugepages share freed, the hugetlbfs mount shrunk or removed, its device nodes gone)."""
         lease = handoff.find_lease(nic, Ledger(self.state))
-        if lease is None or lease.mode != "netdev":
+        if lease is None:
             return
         try:
             done = handoff.release(lease.key, force=True)
         except Error as exc:
             self._decide("release-failed", nic=key, why="unplugged", error=str(exc))
             return
-        self._decide("released", nic=key, why="unplugged", outcome=(done.params.get("outcome") if done else None)
-                     or "released")
+        outcome = "gone" if lease.mode == "dpdk" else (done.params.get("outcome") if done else None) or "released"
+        self._decide("released", nic=key, why="unplugged", outcome=outcome)
 
     def _attach(self, nic: Nic, key: str, rule: Rule) -> None:
         """Resolve the rule's target and hand ``nic`` over; a target that may still come makes the NIC wait

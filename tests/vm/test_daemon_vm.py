@@ -160,3 +160,59 @@ def test_daemon_hands_a_hot_plugged_nic_to_testpmd_and_takes_it_back(lab, plugge
     finally:
         lab.kill(daemon)
         lab.runc_delete(name)
+
+
+# dpdkeni's device rules in the device programs of a cgroup (v1 lines; [] when none of its programs carries our block)
+OUR_CGROUP_RULES = """
+import json, os, sys
+from dpdkeni import devcgroup as dc
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+rules = []
+for prog in dc.query(fd)[1]:
+    pfd = dc.prog_fd(prog)
+    rules += [r.v1() for r in dc.split_program(dc.prog_info(pfd).insns)[0]]
+    os.close(pfd)
+print(json.dumps(rules))
+"""
+DPDK_UNPLUG_POLICY = """
+[[rule]]
+name = "gone"
+match = {{ mac = "{mac}" }}
+mode = "dpdk"
+target = "pid:{pid}"
+hugepages = "64M"
+"""
+POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+
+
+def test_a_dpdk_lease_ends_when_its_nic_is_unplugged(lab, plugged, lab_mac, cgroup_container):
+    """Issue 16: a NIC handed to a container in dpdk mode is unplugged; the daemon ends the lease and nothing is
+    left: no lease, the hugepage pool as before, no hugetlbfs mount and no device node in the container, no
+    rule of ours in its cgroup's device program, no bind record."""
+    mac = lab_mac()
+    pid, cgroup = cgroup_container
+    before = lab.sh(f"cat {POOL}", check=True).stdout.strip()
+    lab.write("/tmp/dk-lab-dpdk-unplug.toml", DPDK_UNPLUG_POLICY.format(mac=mac, pid=pid))
+    daemon = lab.spawn(["python3", "-m", "dpdkeni", "-v", "daemon", "--policy", "/tmp/dk-lab-dpdk-unplug.toml"])
+    try:
+        lab.wait(daemon, timeout=120, until="daemon ready")
+        nic = plugged("virtio-net", mac=mac, wait=False)
+        out = str(lab.wait(daemon, timeout=300, until=" rule=gone mode=dpdk ")["output"])
+        pci = re.search(r"attached: nic=(\S+) rule=gone mode=dpdk", out).group(1)
+        assert lab.sh(f"basename $(readlink /sys/bus/pci/devices/{pci}/driver)").stdout.strip() == "vfio-pci"
+        assert int(lab.sh(f"cat {POOL}").stdout) == int(before) + 32
+        assert f"size={64 << 20}" in lab.sh(f"grep hugetlbfs /proc/{pid}/mounts").stdout
+        assert "vfio" in lab.sh(f"nsenter -t {pid} -m ls /dev/vfio").stdout.split()
+        assert lab.run(["python3", "-c", OUR_CGROUP_RULES, cgroup]).json() != []
+
+        lab.unplug(nic.id)
+        lab.wait(daemon, timeout=120, until=f"released: nic={pci} why=unplugged outcome=gone")
+        assert lab.python(LEASES).json() == []
+        assert lab.sh(f"cat {POOL}").stdout.strip() == before
+        assert f"size={64 << 20}" not in lab.sh(f"grep hugetlbfs /proc/{pid}/mounts").stdout
+        assert lab.sh(f"nsenter -t {pid} -m ls /dev/vfio").stdout.strip() == ""
+        assert lab.run(["python3", "-c", OUR_CGROUP_RULES, cgroup]).json() == []
+        assert lab.sh(f"ls /run/dpdkeni/bound/{pci}.json").rc != 0
+        assert "release-failed" not in str(lab.poll(daemon)["output"])
+    finally:
+        lab.kill(daemon)
