@@ -206,6 +206,10 @@ def test_udev_rules_text(cli, tmp_path):
     dest = tmp_path / "rules.d" / "90-dpdkeni.rules"
     out = cli("udev", "rules", "--install", "--path", str(dest))
     assert out.returncode == 0 and dest.read_text() == text
+    assert out.stderr.splitlines() == [
+        f"wrote {dest}", "udev reads it at once; for the daemon as a service: install "
+        "examples/systemd/dpdkeni.service as /etc/systemd/system/dpdkeni.service, then "
+        "'systemctl daemon-reload && systemctl enable --now dpdkeni'"]
 
 
 def test_restarted_daemon_reconciles_with_the_ledger_and_still_reclaims(

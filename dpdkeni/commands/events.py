@@ -8,6 +8,7 @@ import sys
 
 log = logging.getLogger("dpdkeni")
 STOP_CHECK_S = 0.2
+UNIT_PATH = "/etc/systemd/system/dpdkeni.service"
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -111,6 +112,8 @@ def cmd_udev_rules(args: argparse.Namespace) -> int:
     text = udev.rules_text()
     if args.install:
         print(f"wrote {udev.install_rules(text, args.path)}", file=sys.stderr)
+        print("udev reads it at once; for the daemon as a service: install examples/systemd/dpdkeni.service as "
+              f"{UNIT_PATH}, then 'systemctl daemon-reload && systemctl enable --now dpdkeni'", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

@@ -216,3 +216,41 @@ def test_a_dpdk_lease_ends_when_its_nic_is_unplugged(lab, plugged, lab_mac, cgro
         assert "release-failed" not in str(lab.poll(daemon)["output"])
     finally:
         lab.kill(daemon)
+
+
+def _driver(lab, pci):
+    return lab.sh(f"basename $(readlink /sys/bus/pci/devices/{pci}/driver) 2>/dev/null").stdout.strip() or None
+
+
+def test_bind_persist_survives_an_unplug_and_re_plug_by_the_udev_rule(lab, plugged, lab_mac):
+    """Issue 16: 'dpdkeni bind --persist', then the device is unplugged and plugged again (same slot, so the same
+    PCI address, same MAC): real udevd runs the installed rule and the device comes back on vfio-pci with nobody
+    typing anything. 'unbind --persist' gives it back and removes the override."""
+    mac = lab_mac()
+    lab.dpdkeni("udev", "rules", "--install", check=True)
+    lab.sh("udevadm control --reload && modprobe vfio-pci", check=True)
+    nic = plugged("virtio-net", mac=mac)
+    pci = nic.pci
+    try:
+        out = lab.dpdkeni("bind", pci, "--persist", timeout=300)
+        assert out.rc == 0, out.stderr
+        assert _driver(lab, pci) == "vfio-pci"
+        assert lab.sh(f"cat /etc/dpdkeni/overrides/pci-{pci}").stdout == "vfio-pci\n"
+        assert lab.dpdkeni("overrides", "--json").json() == [
+            {"pci": pci, "driver": "vfio-pci", "path": f"/etc/dpdkeni/overrides/pci-{pci}"}]
+        lab.unplug(nic.id)
+        assert lab.sh(f"test -e /sys/bus/pci/devices/{pci}").rc != 0
+        started = time.monotonic()
+        again = plugged("virtio-net", mac=mac, wait=False)
+        deadline = started + 180
+        while _driver(lab, pci) != "vfio-pci":
+            assert time.monotonic() < deadline, lab.sh(f"cat /run/dpdkeni/override-{pci}.log; "
+                                                       f"ls -l /sys/bus/pci/devices/{pci}/").stdout
+            time.sleep(0.5)
+        print(f"\nre-plugged {pci} back on vfio-pci by the udev rule after {time.monotonic() - started:.1f}s")
+        assert again.port == nic.port
+    finally:
+        back = lab.dpdkeni("unbind", pci, "--persist", timeout=300)
+        lab.sh(f"rm -f /etc/dpdkeni/overrides/pci-{pci}")
+    assert back.rc == 0, back.stderr
+    assert _driver(lab, pci) == "virtio-pci" and lab.dpdkeni("overrides", "--json").json() == []
