@@ -178,7 +178,7 @@ def hook_main(argv: Optional[List[str]] = None) -> int:
             print("dpdkeni-hook: error: --bind-override DIR BDF DPDKENI", file=sys.stderr)
             return 2
         try:
-            how, cmd = apply_override(*argv[1:])
+            how, cmd = apply_override(argv[1], argv[2], argv[3])
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             print(f"dpdkeni-hook: error: persistent binding of {argv[2]} not applied: {exc}", file=sys.stderr)
             return 1
