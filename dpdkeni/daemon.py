@@ -59,7 +59,7 @@ DECISIONS_KEPT = 1000  # the last decisions kept in memory (all are logged)
 HOOK_EVENTS_KEPT = 200  # the last hook events kept in memory
 DEAD_TTL_S = 600.0  # how long an exited target is remembered (not attached to again)
 DEAD_KEPT = 4096  # at most this many exited targets remembered
-WORKERS = 8  # handoffs running at once (each NIC's work in order, in its own lane)
+WORKERS = 32  # handoffs running at once (each NIC's work in order, in its own lane): 32 NICs' DHCP at once
 TARGET_COMMAND_TIMEOUT_S = 10.0  # a rule's target_command running longer is killed, and its NIC not retried
 METRICS_INTERVAL_S = 5.0  # how often the --metrics file is rewritten
 
