@@ -162,18 +162,6 @@ def test_daemon_hands_a_hot_plugged_nic_to_testpmd_and_takes_it_back(lab, plugge
         lab.runc_delete(name)
 
 
-# dpdkeni's device rules in the device programs of a cgroup (v1 lines; [] when none of its programs carries our block)
-OUR_CGROUP_RULES = """
-import json, os, sys
-from dpdkeni import devcgroup as dc
-fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
-rules = []
-for prog in dc.query(fd)[1]:
-    pfd = dc.prog_fd(prog)
-    rules += [r.v1() for r in dc.split_program(dc.prog_info(pfd).insns)[0]]
-    os.close(pfd)
-print(json.dumps(rules))
-"""
 DPDK_UNPLUG_POLICY = """
 [[rule]]
 name = "gone"
@@ -203,7 +191,7 @@ def test_a_dpdk_lease_ends_when_its_nic_is_unplugged(lab, plugged, lab_mac, cgro
         assert int(lab.sh(f"cat {POOL}").stdout) == int(before) + 32
         assert f"size={64 << 20}" in lab.sh(f"grep hugetlbfs /proc/{pid}/mounts").stdout
         assert "vfio" in lab.sh(f"nsenter -t {pid} -m ls /dev/vfio").stdout.split()
-        assert lab.run(["python3", "-c", OUR_CGROUP_RULES, cgroup]).json() != []
+        assert lab.device_rules(cgroup) != []
 
         lab.unplug(nic.id)
         lab.wait(daemon, timeout=120, until=f"released: nic={pci} why=unplugged outcome=gone")
@@ -211,7 +199,7 @@ def test_a_dpdk_lease_ends_when_its_nic_is_unplugged(lab, plugged, lab_mac, cgro
         assert lab.sh(f"cat {POOL}").stdout.strip() == before
         assert f"size={64 << 20}" not in lab.sh(f"grep hugetlbfs /proc/{pid}/mounts").stdout
         assert lab.sh(f"nsenter -t {pid} -m ls /dev/vfio").stdout.strip() == ""
-        assert lab.run(["python3", "-c", OUR_CGROUP_RULES, cgroup]).json() == []
+        assert lab.device_rules(cgroup) == []
         assert lab.sh(f"ls /run/dpdkeni/bound/{pci}.json").rc != 0
         assert "release-failed" not in str(lab.poll(daemon)["output"])
     finally:
