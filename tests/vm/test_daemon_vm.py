@@ -242,3 +242,45 @@ def test_bind_persist_survives_an_unplug_and_re_plug_by_the_udev_rule(lab, plugg
         lab.sh(f"rm -f /etc/dpdkeni/overrides/pci-{pci}")
     assert back.rc == 0, back.stderr
     assert _driver(lab, pci) == "virtio-pci" and lab.dpdkeni("overrides", "--json").json() == []
+
+
+DHCP_POLICY = """
+[[rule]]
+name = "slow"
+match = {{ mac = "{mac}" }}
+mode = "netdev"
+target = "pid:{pid}"
+ifname = "eth1"
+dhcp = true
+"""
+
+
+def test_an_unplug_wins_over_a_dhcp_exchange_in_progress(lab, plugged, lab_mac, guest_containers):
+    """Issue 16: the NIC is in the container and its DHCP client waits for a lease no server gives (20 s); the
+    NIC is unplugged: the daemon gives the attach up at once (attach-cancelled), stops the client, and leaves no
+    lease, instead of holding the NIC's lane until the DHCP timeout."""
+    mac, pid = lab_mac(), guest_containers()
+    lab.write("/tmp/dk-lab-dhcp.toml", DHCP_POLICY.format(mac=mac, pid=pid))
+    daemon = lab.spawn(["python3", "-m", "dpdkeni", "-v", "daemon", "--policy", "/tmp/dk-lab-dhcp.toml"])
+    try:
+        lab.wait(daemon, timeout=120, until="daemon ready")
+        nic = plugged("virtio-net", mac=mac, wait=False)
+        deadline = time.monotonic() + 120
+        while True:
+            client = lab.sh("pgrep -af 'dpdkeni[.]dhcp' || true").stdout
+            if "--key" in client:
+                break
+            assert time.monotonic() < deadline, str(lab.poll(daemon)["output"])[-3000:]
+            time.sleep(0.3)
+        pci = re.search(r"--key (\S+)", client).group(1)
+        started = time.monotonic()
+        lab.unplug(nic.id)
+        unplugged = time.monotonic()
+        out = str(lab.wait(daemon, timeout=60, until=f"nic={pci} ")["output"])
+        print(f"\nunplug took {unplugged - started:.1f}s; attach given up {time.monotonic() - unplugged:.1f}s after")
+        assert f"attach-cancelled: nic={pci} rule=slow why=removed" in out, out[-3000:]
+        assert "no DHCP lease" not in out
+        assert lab.sh("pgrep -af 'dpdkeni[.]dhcp' || true").stdout.strip() == ""
+        assert lab.python(LEASES).json() == []
+    finally:
+        lab.kill(daemon)
