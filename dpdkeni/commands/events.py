@@ -156,7 +156,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "format) every few seconds, atomically")
     _source_arg(p)
     p.set_defaults(func=cmd_daemon)
-    dsub = p.add_subparsers(dest="daemon_command", metavar="SUBCOMMAND")
+    dsub = p.add_subparsers(dest="daemon_command", metavar="[status]",
+                            help="without it: serve (needs --policy)")
     q = dsub.add_parser("status", help="ask the running daemon: uptime, rules, leases, waiting NICs, decisions, "
                         "counters")
     q.add_argument("--json", action="store_true", help="one JSON document")
