@@ -118,6 +118,8 @@ def soak(cycles: int, seconds: float, check_every: int, warmup: int) -> Dict[str
                     out["checks"].append({"after": i + 1, **_leaks(lab, dpdk_pid, cgroup, pool),
                                           **_rss_fds(lab, daemon_pid)})
             out["end"] = _rss_fds(lab, daemon_pid)
+            out["fd_kinds"] = lab.sh(f"ls -l /proc/{daemon_pid}/fd | awk 'NR > 1 {{print $NF}}' | "
+                                     "sed 's/[0-9][0-9]*/N/g' | sort | uniq -c").stdout.strip()
             out["leaks"] = _leaks(lab, dpdk_pid, cgroup, pool)
             out["released_lines"] = lab.sh(f"grep -- 'released: ' {LOG} | sed 's/.*outcome=//' | sort | uniq -c"
                                            ).stdout.strip()
@@ -149,6 +151,8 @@ def summary(data: Dict[str, Any]) -> str:
     for when in ("start", "warm", "end"):
         if when in data:
             lines.append(f"daemon {when}: RSS {data[when]['rss_kib']} KiB, {data[when]['fds']} fds")
+    lines.append("daemon fds by kind at the end: " + " | ".join(" ".join(x.split()) for x in
+                                                             data.get("fd_kinds", "").splitlines()))
     lines.append("released outcomes: " + " ".join(data.get("released_lines", "").split()))
     return "\n".join(lines)
 

@@ -350,14 +350,16 @@ def attach_netdev(lease: Lease, ledger: Ledger, target: "nsmod.Target", *, ifnam
     addresses = [] if callable(addresses) else list(addresses)   # the list from here on (filled later if late)
     nets = [] if later else validate.addresses(addresses)
     gw = validate.gateway(gateway)
-    with contextlib.ExitStack() as stack:
+    # two stacks: the undos (dropped on success) and what this attach opened (always closed; it used to go with
+    # the undos on success: a netns fd and a netlink socket leaked per attach, 300 fds in a 200-cycle soak)
+    with contextlib.ExitStack() as opened, contextlib.ExitStack() as stack:
         steps = Steps(ledger, lease, stack)
         if root is None:
-            root = stack.enter_context(IPRoute())
+            root = opened.enter_context(IPRoute())
         tfd = target.open()
-        stack.callback(os.close, tfd)
+        opened.callback(os.close, tfd)
         tip = nsmod.iproute_in(tfd)
-        stack.callback(tip.close)
+        opened.callback(tip.close)
         if index_in(tfd, ifname) is not None:
             raise InputError(f"target {target.spec} already has an interface named {ifname!r}",
                              "pick another --ifname; nothing was changed")
