@@ -32,7 +32,7 @@ class Parser(argparse.ArgumentParser):
 COMMAND_GROUPS = (
     ("inspect", ("list", "show", "doctor", "leases")),
     ("hand over", ("attach", "release", "recover")),
-    ("DPDK pieces", ("bind", "unbind", "hugepages", "cdi")),
+    ("DPDK pieces", ("bind", "unbind", "overrides", "hugepages", "cdi")),
     ("events and daemon", ("watch", "wait", "daemon", "udev")),
     ("measure", ("fwd", "pmdtest")),
     ("Kubernetes", ("cni", "k8s")),

@@ -41,14 +41,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from . import handoff, sdnotify, statedir, udev, unixsock
+from . import cancel, daemon_status, handoff, netdev, sdnotify, statedir, udev, unixsock
 from .errors import Error, GuardError, NotFoundError, PolicyError, StepError, TargetCommandTimeout
 from .events import NicEvent, Watcher
 from .inventory import Nic
 from .lanes import Lanes
 from .ledger import Lease, Ledger
-from .netns import resolve_target
-from .policy import Policy, Rule, attach_kwargs, load
+from .netns import iproute_in, resolve_target
+from .policy import Policy, Rule, attach_kwargs, describe, load
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ DECISIONS_KEPT = 1000  # the last decisions kept in memory (all are logged)
 HOOK_EVENTS_KEPT = 200  # the last hook events kept in memory
 DEAD_TTL_S = 600.0  # how long an exited target is remembered (not attached to again)
 DEAD_KEPT = 4096  # at most this many exited targets remembered
-WORKERS = 8  # handoffs running at once (each NIC's work in order, in its own lane)
+WORKERS = 32  # handoffs running at once (each NIC's work in order, in its own lane): 32 NICs' DHCP at once
 TARGET_COMMAND_TIMEOUT_S = 10.0  # a rule's target_command running longer is killed, and its NIC not retried
+METRICS_INTERVAL_S = 5.0  # how often the --metrics file is rewritten
 
 
 @dataclass
@@ -70,6 +71,7 @@ class _Waiting:
     nic: Nic
     rule: Rule
     due: float
+    why: str = ""
 
 
 @dataclass
@@ -86,8 +88,13 @@ class Daemon:
     """Apply ``policy`` to NICs as they appear. ``watcher`` defaults to ``Watcher(existing=True)``."""
 
     def __init__(self, policy: Policy, *, watcher: Optional[Watcher] = None, source: str = "auto",
-                 state: Optional[str] = None) -> None:
+                 state: Optional[str] = None, metrics: Optional[str] = None) -> None:
         self.policy = policy
+        self.metrics = metrics  # a node_exporter textfile, rewritten every METRICS_INTERVAL_S (None: none)
+        self.counters = daemon_status.Counters()
+        self._started = time.monotonic()
+        self._status: Optional[daemon_status.StatusServer] = None
+        self._metrics_due = 0.0
         self.state = state or statedir.path()
         self.watcher = watcher or Watcher(source, existing=True)
         self._hook_events: Deque[Dict[str, str]] = collections.deque(maxlen=HOOK_EVENTS_KEPT)
@@ -96,6 +103,9 @@ class Daemon:
         # pid:N of target processes that exited (not attached to again) -> when; oldest first
         self._dead: Dict[str, float] = collections.OrderedDict()
         self._waiting: Dict[str, _Waiting] = {}  # lease key -> a NIC waiting for its target
+        # lease key -> the cancel tokens of its attaches queued or running (an unplug cancels them)
+        self._tokens: Dict[str, List[cancel.Token]] = {}
+        self._tokens_lock = threading.Lock()
         self._sock: Optional[socket.socket] = None
         self._poller = select.poll()
         self._lock_fd = -1
@@ -122,8 +132,13 @@ class Daemon:
         """Open the socket, reconcile with the ledger, take the pending hook events, start watching."""
         statedir.ensure(self.state)
         os.chmod(self.state, 0o700)  # the socket's datagrams are taken from root only; nobody else may list it
+        if self.metrics:
+            daemon_status.check_metrics_path(self.metrics)  # bad input: refused before anything is started
         self._lock()
+        self._started = time.monotonic()
         self._open_socket()
+        self._status = daemon_status.StatusServer(daemon_status.socket_path(self.state), self.status)
+        self._status.start()
         self._lanes = Lanes(WORKERS, "dpdkeni-nic")
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._poller.register(self._wake, select.POLLIN)
@@ -137,6 +152,7 @@ class Daemon:
         log.info("daemon ready: %d rules, socket %s", len(self.policy.rules), udev.socket_path(self.state))
         sdnotify.notify(f"READY=1\nSTATUS=serving {len(self.policy.rules)} rules\nMAINPID={os.getpid()}")
         self._watchdog()
+        self._write_metrics()
 
     def _lock(self) -> None:
         """Hold ``<state>/daemon.lock`` (flock) for the daemon's life, or refuse: another daemon serves this
@@ -175,6 +191,10 @@ class Daemon:
         if self._lanes is not None:
             self._lanes.close()
             self._lanes = None
+        if self._status is not None:
+            self._status.close()
+            self._status = None
+        self._write_metrics(force=True)
         if self._wake >= 0:
             os.close(self._wake)
             self._wake = -1
@@ -220,6 +240,7 @@ class Daemon:
             self.reload.clear()
             self._reload()
         self._watchdog()
+        self._write_metrics()
 
     def _take_attached(self) -> None:
         """Watch the targets of the leases the workers made (the poller is this thread's only)."""
@@ -255,8 +276,39 @@ class Daemon:
         self.policy = policy
         self._decide("reloaded", policy=policy.path, rules=len(policy.rules))
 
+    # ----- status
+    def status(self, last: int = daemon_status.DEFAULT_LAST) -> Dict[str, Any]:
+        """The status document: uptime, rules, leases held, NICs waiting (and why) or at work, the ``last``
+        decisions, the counters. Safe to call from another thread."""
+        leases = Ledger(self.state).leases()
+        waiting = [{"nic": k, "rule": w.rule.name, "why": w.why} for k, w in list(self._waiting.items())]
+        return {"pid": os.getpid(), "state": self.state, "uptime_s": round(time.monotonic() - self._started, 1),
+                "policy": self.policy.path, "rules": describe(self.policy.rules),
+                "counters": self.counters.snapshot(),
+                "leases": [{"nic": k, "mode": v.mode, "target": v.target, "state": v.state}
+                           for k, v in sorted(leases.items())],
+                "waiting": waiting, "busy": self._lanes.keys() if self._lanes is not None else [],
+                "decisions": self.decisions[-last:] if last > 0 else []}
+
+    def _write_metrics(self, force: bool = False) -> None:
+        """Rewrite the metrics file when due (every METRICS_INTERVAL_S); a failed write is logged, not fatal."""
+        if not self.metrics or (not force and time.monotonic() < self._metrics_due):
+            return
+        self._metrics_due = time.monotonic() + METRICS_INTERVAL_S
+        try:
+            text = daemon_status.render_metrics(self.counters.snapshot(), len(Ledger(self.state).leases()),
+                                                len(self._waiting), time.monotonic() - self._started)
+            daemon_status.write_metrics(self.metrics, text)
+        except (Error, OSError) as exc:
+            log.error("metrics not written to %s: %s", self.metrics, exc)
+
     # ----- decisions
-    def _decide(self, what: str, **fields: Any) -> None:
+    def _decide(self, what: str, count: Optional[str] = None, **fields: Any) -> None:
+        """Record and log a decision; ``count`` names the counter it bumps when not its own name (a release
+        that is a reclaim)."""
+        counter = count or ("failed" if what.endswith("-failed") else what)
+        if counter in daemon_status.COUNTERS:
+            self.counters.add(counter)
         self._decisions.append({"decision": what, **fields})
         log.info("%s: %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
 
@@ -275,12 +327,14 @@ class Daemon:
         """A NIC appeared (or came back): apply the first rule that matches it. A leased NIC unplugged from
         the machine ends its lease. Guarded: a failure is this NIC's ``*-failed`` decision."""
         key = handoff.lease_key(event.nic)
+        self.counters.add("events")
         self._guarded("release" if event.action == "removed" else "attach", key, self._on_event, event, key)
 
     def _on_event(self, event: NicEvent, key: str) -> None:
         nic = event.nic
         if event.action == "removed":
             self._waiting.pop(key, None)
+            self._cancel(key, nic, "removed")  # the unplug wins over an attach in progress: it is undone first
             if self._unplugged(nic):
                 self._submit(key, "release", self._end_unplugged, nic, key)
             return
@@ -290,7 +344,64 @@ class Daemon:
         if rule is None:
             self._decide("ignore", nic=key, model=nic.model, why="no rule matches")
             return
-        self._submit(key, "attach", self._attach_unleased, nic, key, rule)
+        self._submit_attach(key, self._attach_unleased, nic, key, rule)
+
+    def _submit_attach(self, key: str, func: Callable[..., None], *args: Any) -> None:
+        """Queue an attach of NIC ``key`` in its lane, cancellable (:meth:`_cancel`) while queued or running."""
+        token = cancel.Token()
+        with self._tokens_lock:
+            self._tokens.setdefault(key, []).append(token)
+        self._submit(key, "attach", self._cancellable, key, token, func, *args)
+
+    def _cancellable(self, key: str, token: cancel.Token, func: Callable[..., None], *args: Any) -> None:
+        try:
+            with cancel.scope(token):
+                if token.cancelled():  # cancelled while queued: the NIC is gone, nothing was done
+                    self._decide("attach-cancelled", nic=key, why=token.why)
+                    return
+                func(*args)
+        finally:
+            with self._tokens_lock:
+                left = [t for t in self._tokens.get(key, []) if t is not token]
+                if left:
+                    self._tokens[key] = left
+                else:
+                    self._tokens.pop(key, None)
+
+    def _cancel(self, key: str, nic: Nic, why: str) -> None:
+        """Cancel the attaches of NIC ``key`` queued or running, when the NIC is really gone: each stops at its
+        next step or wait and is undone (``attach-cancelled``)."""
+        with self._tokens_lock:
+            tokens = list(self._tokens.get(key, []))
+        for token in tokens:
+            if self._gone(nic, token):
+                token.cancel(why)
+
+    def _gone(self, nic: Nic, token: cancel.Token) -> bool:
+        """Whether a NIC reported removed left the machine: a PCI device gone from sysfs; a virtual link that is
+        not in the netns its attach moves it to (there, it was our own move that took it from this netns)."""
+        if nic.pci:
+            return self._unplugged(nic)
+        if not token.target_path or not nic.mac:
+            return True
+        try:
+            fd = os.open(token.target_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return True
+        try:
+            with iproute_in(fd) as tip:
+                return netdev.find_by_mac(tip, nic.mac) is None
+        finally:
+            os.close(fd)
+
+    def _given_up(self, key: str, rule: Rule) -> bool:
+        """Whether this thread's attach was cancelled (said once, as ``attach-cancelled``)."""
+        token = cancel.current()
+        if token is None or not token.cancelled():
+            return False
+        self._waiting.pop(key, None)
+        self._decide("attach-cancelled", nic=key, rule=rule.name, why=token.why)
+        return True
 
     def _attach_unleased(self, nic: Nic, key: str, rule: Rule) -> None:
         """:meth:`_attach` unless the NIC is leased (checked in its lane: after its earlier handoffs)."""
@@ -306,16 +417,18 @@ class Daemon:
         return bool(nic.pci) and not os.path.exists(os.path.join("/sys/bus/pci/devices", nic.pci or ""))
 
     def _end_unplugged(self, nic: Nic, key: str) -> None:
+        """End the lease of a NIC that left the machine: netdev (its link is gone with it) or dpdk (its cgroup
+        rules revoked, hugepages share freed, the hugetlbfs mount shrunk or removed, its device nodes gone)."""
         lease = handoff.find_lease(nic, Ledger(self.state))
-        if lease is None or lease.mode != "netdev":
+        if lease is None:
             return
         try:
             done = handoff.release(lease.key, force=True)
         except Error as exc:
             self._decide("release-failed", nic=key, why="unplugged", error=str(exc))
             return
-        self._decide("released", nic=key, why="unplugged", outcome=(done.params.get("outcome") if done else None)
-                     or "released")
+        outcome = "gone" if lease.mode == "dpdk" else (done.params.get("outcome") if done else None) or "released"
+        self._decide("released", nic=key, why="unplugged", outcome=outcome)
 
     def _attach(self, nic: Nic, key: str, rule: Rule) -> None:
         """Resolve the rule's target and hand ``nic`` over; a target that may still come makes the NIC wait
@@ -328,6 +441,8 @@ class Daemon:
                 return
             target = resolve_target(spec)
         except Error as exc:
+            if self._given_up(key, rule):
+                return
             if self._may_come(rule, exc):
                 self._wait_for_target(nic, key, rule, exc)
                 return
@@ -335,10 +450,16 @@ class Daemon:
             self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
             return
         self._waiting.pop(key, None)
+        token = cancel.current()
+        if token is not None:
+            token.target_path = target.path
+            if target.pid:
+                token.watch_pid(target.pid)  # the container's death wins over its attach in progress
         try:
             lease = handoff.attach(nic, target, **attach_kwargs(rule))
         except Error as exc:  # a failed handoff is undone and said once, never retried in a loop
-            self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
+            if not self._given_up(key, rule):
+                self._decide("attach-failed", nic=key, rule=rule.name, error=str(exc))
             return
         self._decide("attached", nic=key, rule=rule.name, mode=rule.mode, target=spec)
         self._done.put(lease)
@@ -358,7 +479,7 @@ class Daemon:
     def _wait_for_target(self, nic: Nic, key: str, rule: Rule, exc: Error) -> None:
         if key not in self._waiting:
             self._decide("waiting", nic=key, rule=rule.name, why=str(exc))
-        self._waiting[key] = _Waiting(nic, rule, time.monotonic() + RETRY_S)
+        self._waiting[key] = _Waiting(nic, rule, time.monotonic() + RETRY_S, str(exc))
 
     def _retry_waiting(self) -> None:
         now = time.monotonic()
@@ -378,7 +499,7 @@ class Daemon:
         if handoff.find_lease(current, Ledger(self.state)) is not None:
             self._waiting.pop(key, None)
             return
-        self._submit(key, "attach", self._attach, current, key, waiting.rule)
+        self._submit_attach(key, self._attach, current, key, waiting.rule)
 
     def _mark_dead(self, spec: str) -> None:
         self._dead.pop(spec, None)
@@ -451,7 +572,7 @@ class Daemon:
             except Error as exc:
                 self._decide("release-failed", nic=key, why=why, error=str(exc))
                 continue
-            self._decide("released", nic=key, why=why, outcome=outcome)
+            self._decide("released", count="reclaimed", nic=key, why=why, outcome=outcome)
 
     def _reconcile(self) -> None:
         """Finish what a crash left half-done, reclaim NICs whose target died, watch the live ones."""

@@ -16,7 +16,6 @@ import ipaddress
 import logging
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import Any, Dict, Optional
 
 import psutil
 
-from . import statedir
+from . import cancel, statedir
 from .errors import Error
 from .ledger import Lease, Ledger
 
@@ -61,6 +60,11 @@ def start(lease: Lease, target: Any, ifname: str, timeout: Optional[float] = Non
     _remember(ledger, lease.key, info)  # before waiting: a crash from here on still knows what to stop
     try:
         line = _read_ready(rfd, timeout)
+    except BaseException:  # cancelled (the daemon's unplug or the target's death won): no client left behind
+        _terminate(proc.pid, None)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(1)
+        raise
     finally:
         os.close(rfd)
     if not line.startswith("bound"):
@@ -84,7 +88,7 @@ def _read_ready(fd: int, timeout: float) -> str:
     data = b""
     while b"\n" not in data:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not cancel.wait_readable(fd, left):  # Cancelled when the handoff is given up
             return ""
         chunk = os.read(fd, 256)
         if not chunk:

@@ -173,6 +173,9 @@ def _undo_bind(u: Unwinding, d: Dict[str, Any]) -> None:
     if d.get("partial") and not d.get("bound"):
         return  # driver.bind restores the original driver itself when it fails
     fs = sysfs_for(d.get("root"))
+    if not fs.exists(f"{drv.PCI_DEVICES}/{d['pci']}"):  # unplugged: there is no device to give back
+        drv.forget(d["pci"])
+        return
     drv.unbind(d["pci"], driver=d.get("driver"), ifname=d.get("ifname"), sysfs=fs)
 
 

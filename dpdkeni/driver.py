@@ -276,6 +276,14 @@ def _remember(result: BindResult) -> None:
         log.warning("could not record the original state of %s: %s", result.pci, exc)
 
 
+def forget(pci: str) -> None:
+    """Drop what a bind recorded about ``pci`` (the device left the machine: nothing to restore)."""
+    try:
+        os.unlink(_record_path(pci))
+    except OSError:
+        pass
+
+
 def remembered(pci: str) -> dict:
     """What a bind recorded about the NIC's original state ({} when nothing was recorded)."""
     try:
@@ -351,8 +359,5 @@ def unbind(nic: Nic | str, *, driver: Optional[str] = None, ifname: Optional[str
         raise StepError("unbind", f"{pci} did not return to {want} (driver now {got or 'none'})",
                         "see dmesg for the probe error")
     result.ifname = _restore_name(fs, pci, ifname, renamer)
-    try:
-        os.unlink(_record_path(pci))
-    except OSError:
-        pass
+    forget(pci)
     return result

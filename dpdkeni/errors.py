@@ -52,6 +52,15 @@ class StepError(Error):
         self.step = step
 
 
+class Cancelled(Error):
+    """A handoff in progress was given up: its NIC went, or its target died (the daemon's unplug, container death
+    and reclaim win over it); what it did is undone. ``why`` says which."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"cancelled: {why}")
+        self.why = why
+
+
 class TargetCommandTimeout(StepError):
     """A policy rule's ``target_command`` ran past its timeout (killed; the NIC is not retried)."""
 

@@ -10,7 +10,7 @@ import collections
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Deque, Dict, Tuple
+from typing import Any, Callable, Deque, Dict, List, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,11 @@ class Lanes:
         """Whether ``key`` has a job running or queued."""
         with self._lock:
             return key in self._lanes
+
+    def keys(self) -> List[str]:
+        """The keys with a job running or queued, sorted."""
+        with self._lock:
+            return sorted(self._lanes)
 
     def pending(self) -> int:
         """How many keys have work running or queued."""

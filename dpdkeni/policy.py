@@ -29,7 +29,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import models, specs, validate
+from . import cancel, models, specs, validate
 from .errors import InputError, PolicyError, StepError, TargetCommandTimeout
 from .inventory import Nic
 from .request import AttachRequest
@@ -65,9 +65,8 @@ class Rule:
             return self.target
         env = {**os.environ, "DPDKENI_PCI": nic.pci or "", "DPDKENI_MAC": nic.mac or "",
                "DPDKENI_IFNAME": nic.ifname or "", "DPDKENI_MODEL": nic.model}
-        try:
-            out = subprocess.run(shlex.split(self.target_command), capture_output=True, text=True, env=env,
-                                 timeout=timeout, check=True).stdout.strip().splitlines()
+        try:  # killed at once when the daemon gives the NIC's handoff up (dpdkeni.cancel)
+            out = cancel.run(shlex.split(self.target_command or ""), timeout, env).strip().splitlines()
         except subprocess.TimeoutExpired:
             raise TargetCommandTimeout("target command", f"{self.target_command!r} did not end within "
                                                          f"{timeout:g} s (killed)") from None

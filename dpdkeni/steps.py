@@ -31,6 +31,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
+from . import cancel
 from .errors import Error, GuardError, StepError, as_error
 from .ledger import Lease, Ledger, Step
 
@@ -254,7 +255,9 @@ class Steps:
             record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Run step ``name``: its record (``record``, else a note, else the plan's) is in the ledger before ``fn``
         runs; ``fn``'s dict result is what the step learned, kept with its undo data. A GuardError passes as it
-        is; another Error or a system error becomes a StepError naming the step."""
+        is; another Error or a system error becomes a StepError naming the step. A handoff cancelled meanwhile
+        (:mod:`dpdkeni.cancel`: its NIC unplugged, its target gone) stops here, and is undone."""
+        cancel.check()
         data = dict(record) if record is not None else self.notes.pop(name, self.recorded.get(name, {}))
         unchanged = name in self.recorded and self.recorded[name] == data and name not in self.planned
         begin = [] if unchanged else [Step(name, "started", data)]

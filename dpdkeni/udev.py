@@ -7,14 +7,19 @@ but the standard library and the rules run it as a script under ``python3 -I -S`
 starting Python costs (60-70 ms on a loaded 2-core VM; the ``dpdkeni`` command takes 0.6 s to start).
 
 Persistent bindings work the way driverctl's do: a file ``/etc/dpdkeni/overrides/pci-<bdf>`` holds a driver
-name, and a rule on the device's ``add`` starts ``dpdkeni bind`` for it outside udev (``systemd-run``).
+name (:mod:`dpdkeni.overrides`), and a rule on the device's ``add`` runs this hook with ``--bind-override``: it
+reads the file (``O_NOFOLLOW``, in a directory only root may write) and starts ``dpdkeni bind BDF --driver D``
+outside udev (udev kills slow RUN programs): with ``systemd-run`` where systemd runs, else as a process of its
+own session logging to ``<state>/override-<bdf>.log``.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import socket
+import subprocess
 import sys
 import time
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
@@ -24,6 +29,8 @@ QUEUE_DIR = "hook-queue"
 RULES_PATH = "/etc/udev/rules.d/90-dpdkeni.rules"
 OVERRIDES_DIR = "/etc/dpdkeni/overrides"
 # the udev variables worth forwarding (everything the kernel and udev's builtins add for a net or pci device)
+_BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+_DRIVER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _KEEP_PREFIXES = ("ACTION", "DEVPATH", "SUBSYSTEM", "INTERFACE", "IFINDEX", "SEQNUM", "DEVTYPE", "DRIVER",
                   "ID_", "PCI_", "MODALIAS", "USEC_INITIALIZED", "INTERFACE_OLD", "DEVPATH_OLD")
 
@@ -118,8 +125,65 @@ def _listdir(path: str) -> List[str]:
         return []
 
 
+def _override_driver(directory: str, bdf: str) -> str:
+    """The driver named by ``directory/pci-<bdf>``, read without following a symlink, from a directory that is
+    root's (or this user's) and writable by nobody else; ValueError for anything else."""
+    if not _BDF.match(bdf):
+        raise ValueError(f"not a PCI address: {bdf!r}")
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(dfd)
+        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+            raise ValueError(f"{directory} may be written by others (uid {st.st_uid}, mode {st.st_mode & 0o7777:04o})")
+        fd = os.open(f"pci-{bdf}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+        with os.fdopen(fd, "rb") as f:
+            driver = f.read(256).decode(errors="replace").strip()
+    finally:
+        os.close(dfd)
+    if not _DRIVER.match(driver):
+        raise ValueError(f"{directory}/pci-{bdf} holds no driver name")
+    return driver
+
+
+def apply_override(directory: str, bdf: str, dpdkeni: str, state: Optional[str] = None,
+                   systemd: Optional[bool] = None) -> Tuple[str, List[str]]:
+    """Start ``dpdkeni bind BDF --driver D`` for the persistent binding of ``bdf`` and return at once:
+    ``("systemd-run", argv)`` where systemd runs, else ``("started", argv)`` (its own session, its output in
+    ``<state>/override-<bdf>.log``). OSError or ValueError when the override cannot be read or the bind started.
+    ``systemd``: whether systemd runs (default: ``/run/systemd/system`` exists)."""
+    argv = [dpdkeni, "bind", bdf, "--driver", _override_driver(directory, bdf)]
+    if os.path.isdir("/run/systemd/system") if systemd is None else systemd:
+        argv = ["systemd-run", "--no-block", "--collect", "--quiet", f"--unit=dpdkeni-bind-{bdf}", *argv]
+        subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=20, check=True)
+        return "systemd-run", argv
+    sfd = _private_dir(state or _state_dir())
+    try:
+        log = os.open(f"override-{bdf}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600, dir_fd=sfd)
+    finally:
+        os.close(sfd)
+    try:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    finally:
+        os.close(log)
+    return "started", argv
+
+
 def hook_main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``dpdkeni-hook`` (and ``dpdkeni udev hook``): forward ``os.environ`` and exit."""
+    """Entry point of ``dpdkeni-hook`` (and ``dpdkeni udev hook``): forward ``os.environ`` and exit. With
+    ``--bind-override DIR BDF DPDKENI`` (the persistent-binding rule): start the device's bind and exit."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--bind-override"]:
+        if len(argv) != 4:
+            print("dpdkeni-hook: error: --bind-override DIR BDF DPDKENI", file=sys.stderr)
+            return 2
+        try:
+            how, cmd = apply_override(argv[1], argv[2], argv[3])
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            print(f"dpdkeni-hook: error: persistent binding of {argv[2]} not applied: {exc}", file=sys.stderr)
+            return 1
+        print(f"dpdkeni-hook: {how} {' '.join(cmd)}", file=sys.stderr)
+        return 0
     event = event_from_env(os.environ)
     if not event.get("ACTION"):
         print("dpdkeni-hook: error: no ACTION in the environment (run by udev, not by hand)", file=sys.stderr)
@@ -153,20 +217,27 @@ def hook_command() -> List[str]:
     return [sys.executable or "/usr/bin/python3", "-I", "-S", os.path.abspath(__file__)]
 
 
-def rules_text(models: Optional[Iterable] = None, hook: Optional[str] = None, dpdkeni: Optional[str] = None) -> str:
-    """The udev rules: (a) the hook for the managed models' events, (b) persistent driver overrides."""
+def rules_text(models: Optional[Iterable] = None, hook: Optional[str] = None, dpdkeni: Optional[str] = None,
+               overrides: Optional[str] = None) -> str:
+    """The udev rules: (a) the hook for the managed models' events, (b) persistent driver overrides (in
+    ``overrides``, default ``$DPDKENI_OVERRIDES_DIR`` or :data:`OVERRIDES_DIR`)."""
+    from .errors import InputError
     from .models import all_models
     hook = hook or " ".join(hook_command())
     dpdkeni = dpdkeni or _which("dpdkeni")
+    overrides = overrides or os.environ.get("DPDKENI_OVERRIDES_DIR") or OVERRIDES_DIR
+    for what, value in (("overrides directory", overrides), ("dpdkeni command", dpdkeni)):
+        if not value.startswith("/") or re.search(r'[\s"\\$%]', value):
+            raise InputError(f"{what} {value!r} cannot go into a udev rule (an absolute path without blanks, quotes, "
+                             "'\\', '$' or '%')")
     lines = ["# Generated by 'dpdkeni udev rules': hand NIC events to the dpdkeni daemon, and re-apply",
-             "# persistent driver bindings (" + OVERRIDES_DIR + "/pci-<bdf> holds the driver) like driverctl.",
+             "# persistent driver bindings (" + overrides + "/pci-<bdf> holds the driver) like driverctl.",
              "# ID_VENDOR_ID/ID_MODEL_ID come from 75-net-description.rules; PCI_ID from the kernel.", ""]
     lines += _model_lines(models if models is not None else all_models(), hook)
-    lines += ["", "# persistent bindings: the bind runs outside udev (udev kills slow RUN programs)",
-              f'ACTION=="add", SUBSYSTEM=="pci", TEST=="{OVERRIDES_DIR}/pci-$kernel", '
-              f'PROGRAM="/bin/cat {OVERRIDES_DIR}/pci-$kernel", '
-              f'RUN+="/usr/bin/systemd-run --no-block --collect --unit=dpdkeni-bind-$kernel '
-              f'{dpdkeni} bind $kernel --driver %c"', ""]
+    lines += ["", "# persistent bindings ('dpdkeni bind --persist'): the hook starts the bind outside udev (udev kills",
+              "# slow RUN programs): systemd-run where systemd runs, else a session of its own",
+              f'ACTION=="add", SUBSYSTEM=="pci", TEST=="{overrides}/pci-$kernel", '
+              f'RUN+="{hook} --bind-override {overrides} $kernel {dpdkeni}"', ""]
     return "\n".join(lines)
 
 

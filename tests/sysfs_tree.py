@@ -134,6 +134,21 @@ class SimKernel:
             self.tree.add_driver(drv)
         return self.tree.add_nic(bdf, model, ifname=ifname, mac=mac, **kw)
 
+    def unplug(self, bdf: str) -> None:
+        """The device leaves the machine (hot-unplug): its netdevs, driver links and device dir go."""
+        import shutil
+        dev = self.tree.p(self._dev(bdf))
+        self._drop_netdevs(bdf)
+        drv = self.driver(bdf)
+        if drv:
+            os.unlink(self.tree.p(f"sys/bus/pci/drivers/{drv}/{bdf}"))
+        for group in os.listdir(self.tree.p("sys/kernel/iommu_groups")):
+            link = self.tree.p(f"sys/kernel/iommu_groups/{group}/devices/{bdf}")
+            if os.path.lexists(link):
+                os.unlink(link)
+        os.unlink(self.tree.p(f"sys/bus/pci/devices/{bdf}"))
+        shutil.rmtree(dev)
+
     def driver(self, bdf: str):
         link = self.tree.p(f"sys/bus/pci/devices/{bdf}/driver")
         return os.path.basename(os.readlink(link)) if os.path.islink(link) else None

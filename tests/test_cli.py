@@ -117,7 +117,7 @@ def test_help_groups_the_commands_by_what_a_person_does(cli):
     shown = [line.strip().split("  ")[0] for line in listing if not line.startswith("                ")]
     assert shown == ["inspect:", "list", "show", "doctor", "leases",
                      "hand over:", "attach", "release", "recover",
-                     "DPDK pieces:", "bind", "unbind", "hugepages", "cdi",
+                     "DPDK pieces:", "bind", "unbind", "overrides", "hugepages", "cdi",
                      "events and daemon:", "watch", "wait", "daemon", "udev",
                      "measure:", "fwd", "pmdtest", "Kubernetes:", "cni", "k8s", "lab:", "lab"]
     assert lines[lines.index("    hand over:") + 1].startswith("      attach          hand a NIC to a container")

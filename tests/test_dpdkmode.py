@@ -388,3 +388,29 @@ def test_killed_after_the_last_step_the_lease_is_not_attached_yet(world, monkeyp
     finally:
         handoff.release(BDF3)
     assert Ledger().leases() == {} and k.driver(BDF3) == "virtio-pci"
+
+
+def test_an_unplugged_nics_dpdk_lease_ends_in_the_daemon_and_leaves_nothing(world, state_dir):
+    """The daemon's unplug of a DPDK NIC (the device gone from the simulated PCI core): the lease ends through the
+    public release path, the container's device nodes and cgroup rules go, the bind record goes, and there is
+    no driver to give the device back to (no error for it). No hugepages here (the host's pools stay as they
+    are); the lab's tests/vm/test_daemon_vm.py ends a lease with hugepages and a mount the same way."""
+    from dpdkeni.daemon import Daemon
+    from dpdkeni.driver import remembered
+    from dpdkeni.events import Watcher
+    from dpdkeni.policy import parse
+    k, c, cgs, target, lease, ledger, _, nic = begin(world)
+    dpdkmode.attach_dpdk(nic, target, lease, ledger, hugepages="0", driver="vfio-pci", noiommu=False,
+                         force=False, dry_run=False, sysfs=k.sysfs())
+    ledger.update(BDF, state="attached")
+    assert c.run("stat", "-c", "%t:%T", "/dev/vfio/vfio", "/dev/vfio/7").stdout.split() == ["1:5", "1:7"]
+    assert probe(cgs, ZERO, "/dev/full") == {ZERO: 0, "/dev/full": 0} and remembered(BDF)
+    k.unplug(BDF)
+    daemon = Daemon(parse('[[rule]]\nmatch = { pci = "0000:00:04.0" }\ntarget = "pid:1"\n', "t.toml"),
+                    watcher=Watcher(source="kernel"), state=state_dir)
+    daemon._end_unplugged(nic, BDF)  # what the daemon runs in the NIC's lane for its 'removed'
+    assert daemon.decisions == [{"decision": "released", "nic": BDF, "why": "unplugged", "outcome": "gone"}]
+    assert daemon.counters.snapshot()["released"] == 1
+    assert Ledger().leases() == {} and remembered(BDF) == {}
+    assert c.run("ls", "/dev/vfio").stdout.strip() == ""
+    assert probe(cgs, NULL, ZERO, "/dev/full") == {NULL: 0, ZERO: errno.EPERM, "/dev/full": errno.EPERM}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 from .. import models
@@ -26,22 +27,58 @@ def _emit(args: argparse.Namespace, obj: object) -> bool:
     return False
 
 
+def _check_persist(args: argparse.Namespace) -> None:
+    """--persist: the overrides directory must take the file before anything is bound (nothing half-done)."""
+    if args.persist:
+        from .. import overrides, safefile
+        from ..errors import InputError
+        if args.dry_run:
+            raise InputError("--persist and --dry-run exclude each other")
+        where = overrides.directory()
+        if os.path.lexists(where) or where != overrides.DEFAULT:  # the default one is made when missing
+            safefile.check_dir(where, "overrides directory")
+
+
 def cmd_bind(args: argparse.Namespace) -> int:
     from .. import driver
+    _check_persist(args)
     result = driver.bind(args.nic, args.driver, noiommu=args.noiommu, force=args.force, dry_run=args.dry_run)
-    if not _emit(args, result.to_dict()):
+    persisted = None
+    if args.persist:
+        from .. import overrides
+        persisted = overrides.write(result.pci, args.driver)
+    if not _emit(args, {**result.to_dict(), **({"override": persisted} if persisted else {})}):
         _print_writes(result) if args.dry_run else print(
-            f"{result.pci}: {result.original_driver or 'no driver'} -> {result.driver}")
+            f"{result.pci}: {result.original_driver or 'no driver'} -> {result.driver}"
+            + (f" (persistent: {persisted})" if persisted else ""))
     return 0
 
 
 def cmd_unbind(args: argparse.Namespace) -> int:
     from .. import driver
+    _check_persist(args)
     result = driver.unbind(args.nic, driver=args.driver, dry_run=args.dry_run)
-    if not _emit(args, result.to_dict()):
+    removed = False
+    if args.persist:
+        from .. import overrides
+        removed = overrides.remove(result.pci)
+    if not _emit(args, {**result.to_dict(), **({"override_removed": removed} if args.persist else {})}):
         _print_writes(result) if args.dry_run else print(
             f"{result.pci}: {result.original_driver or 'no driver'} -> {result.driver}"
-            + (f" (if={result.ifname})" if result.ifname else ""))
+            + (f" (if={result.ifname})" if result.ifname else "")
+            + ((" (persistent binding removed)" if removed else " (no persistent binding)") if args.persist else ""))
+    return 0
+
+
+def cmd_overrides(args: argparse.Namespace) -> int:
+    from .. import overrides
+    entries = overrides.listing()
+    if _emit(args, entries):
+        return 0
+    for e in entries:
+        print(f"{e['pci']} {e['driver'] or '?'}" + (f"  ({e['error']})" if e.get("error") else ""))
+    if not entries:
+        print(f"no persistent bindings in {overrides.directory()}")
     return 0
 
 
@@ -102,13 +139,19 @@ def _register_bind(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="override the guards")
     p.add_argument("--dry-run", action="store_true", help="print the exact writes, change nothing")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument("--persist", action="store_true", help="also at every boot and re-plug (writes "
+                   "/etc/dpdkeni/overrides/pci-<bdf>, applied by the udev rules)")
     p.set_defaults(func=cmd_bind)
     p = sub.add_parser("unbind", help="give a NIC back to its kernel driver under its original name")
     p.add_argument("nic", metavar="NIC", help="PCI address, MAC or interface name")
     p.add_argument("--driver", default=None, help="the kernel driver (default: the one it had, else the model's)")
     p.add_argument("--dry-run", action="store_true", help="print the exact writes, change nothing")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument("--persist", action="store_true", help="also remove its persistent binding")
     p.set_defaults(func=cmd_unbind)
+    p = sub.add_parser("overrides", help="list the persistent driver bindings (bind --persist)")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=cmd_overrides)
 
 
 def _register_hugepages(sub: argparse._SubParsersAction) -> None:

@@ -8,6 +8,7 @@ import sys
 
 log = logging.getLogger("dpdkeni")
 STOP_CHECK_S = 0.2
+UNIT_PATH = "/etc/systemd/system/dpdkeni.service"
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -48,16 +49,61 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     import signal
 
     from ..daemon import Daemon
+    from ..daemon_status import check_metrics_path
+    from ..errors import InputError
     from ..events import Watcher
     from ..policy import describe, load
+    if getattr(args, "daemon_command", None) == "status":
+        return cmd_daemon_status(args)
+    if not args.policy:
+        raise InputError("the daemon needs --policy FILE", "or 'dpdkeni daemon status' to ask the running one")
     policy = load(args.policy)  # an invalid policy: one line naming file:line, exit 2, nothing started
+    if args.metrics:
+        check_metrics_path(args.metrics)
     for line in describe(policy.rules):
         log.info("rule %s", line)
-    daemon = Daemon(policy, watcher=Watcher(args.source, all=args.all, existing=True))
+    daemon = Daemon(policy, watcher=Watcher(args.source, all=args.all, existing=True), metrics=args.metrics)
     for sig in (signal.SIGTERM, signal.SIGINT):  # stop; the NICs stay where they are
         signal.signal(sig, lambda *_: daemon.stop.set())
     signal.signal(signal.SIGHUP, lambda *_: daemon.reload.set())  # re-read the policy (a bad one is ignored)
     daemon.serve()  # another daemon on this state dir: GuardError, one line, exit 3
+    return 0
+
+
+def _ago(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 86400}d {s % 86400 // 3600}h" if s >= 86400 else f"{s // 3600}h {s % 3600 // 60}m" \
+        if s >= 3600 else f"{s // 60}m {s % 60}s" if s >= 60 else f"{seconds:.1f}s"
+
+
+def cmd_daemon_status(args: argparse.Namespace) -> int:
+    from .. import statedir
+    from ..daemon_status import query
+    from ..errors import InputError
+    if not 0 <= args.last <= 1000:
+        raise InputError(f"--last {args.last}: give 0 to 1000 decisions")
+    doc = query(statedir.path(), last=args.last)
+    if args.json:
+        from ..cli import emit_json
+        emit_json(doc)
+        return 0
+    c = doc["counters"]
+    print(f"daemon pid {doc['pid']}, up {_ago(doc['uptime_s'])}, state {doc['state']}, policy {doc['policy']}")
+    print("counters: " + " ".join(f"{k}={c[k]}" for k in ("events", "attached", "failed", "released", "reclaimed")))
+    print(f"rules ({len(doc['rules'])}):")
+    for line in doc["rules"]:
+        print(f"  {line}")
+    print(f"leases ({len(doc['leases'])}):")
+    for lease in doc["leases"]:
+        print(f"  {lease['nic']} {lease['mode']} -> {lease['target']} ({lease['state']})")
+    print(f"waiting ({len(doc['waiting'])}):")
+    for w in doc["waiting"]:
+        print(f"  {w['nic']} rule {w['rule']}: {w['why']}")
+    if doc["busy"]:
+        print("at work: " + " ".join(doc["busy"]))
+    print(f"last decisions ({len(doc['decisions'])}):")
+    for d in doc["decisions"]:
+        print("  " + d["decision"] + ": " + " ".join(f"{k}={v}" for k, v in d.items() if k != "decision"))
     return 0
 
 
@@ -66,6 +112,8 @@ def cmd_udev_rules(args: argparse.Namespace) -> int:
     text = udev.rules_text()
     if args.install:
         print(f"wrote {udev.install_rules(text, args.path)}", file=sys.stderr)
+        print("udev reads it at once; for the daemon as a service: install examples/systemd/dpdkeni.service as "
+              f"{UNIT_PATH}, then 'systemctl daemon-reload && systemctl enable --now dpdkeni'", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
@@ -102,10 +150,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_wait)
 
     p = sub.add_parser("daemon", help="apply a policy to NICs as they appear; reclaim them when containers die")
-    p.add_argument("--policy", required=True, help="rules file (TOML, or JSON by the .json extension)")
+    p.add_argument("--policy", help="rules file (TOML, or JSON by the .json extension); required to serve")
     p.add_argument("--all", action="store_true", help="let virtual devices match rules too (tests)")
+    p.add_argument("--metrics", metavar="FILE", help="write the counters to FILE (*.prom, node_exporter's textfile "
+                   "format) every few seconds, atomically")
     _source_arg(p)
     p.set_defaults(func=cmd_daemon)
+    dsub = p.add_subparsers(dest="daemon_command", metavar="[status]",
+                            help="without it: serve (needs --policy)")
+    q = dsub.add_parser("status", help="ask the running daemon: uptime, rules, leases, waiting NICs, decisions, "
+                        "counters")
+    q.add_argument("--json", action="store_true", help="one JSON document")
+    q.add_argument("--last", type=int, default=20, help="how many of the last decisions (default 20)")
+    q.set_defaults(func=cmd_daemon_status)
 
     p = sub.add_parser("udev", help="udev rules and the hook they run")
     usub = p.add_subparsers(dest="udev_command", metavar="SUBCOMMAND")

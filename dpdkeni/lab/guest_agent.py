@@ -25,7 +25,10 @@ MOUNTS = [  # (type, source, target, options)
     ("tmpfs", "tmpfs", "/dev/shm", ""), ("tmpfs", "tmpfs", "/run", "mode=755"),
     ("tmpfs", "tmpfs", "/tmp", ""), ("cgroup2", "cgroup2", "/sys/fs/cgroup", ""),
 ]  # no /dev/hugepages: dpdkeni mounts a capped hugetlbfs per container, and tests check that it is the only one
-WRAPPER = "#!/bin/sh\nexec python3 -m dpdkeni \"$@\"\n"
+# the checkout (the 9p share) is put on PYTHONPATH by the wrapper itself: udevd runs RUN programs (the persistent
+# binding's 'dpdkeni bind') with an environment of its own, not the agent's
+SHARE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WRAPPER = f"#!/bin/sh\nexport PYTHONPATH={SHARE}${{PYTHONPATH:+:$PYTHONPATH}}\nexec python3 -m dpdkeni \"$@\"\n"
 
 
 def log(msg: str) -> None:

@@ -39,6 +39,31 @@ DEVICES: Dict[str, tuple] = {
 }
 _ALIASES = {"virtio-net-pci": "virtio-net", "virtio": "virtio-net"}
 _macs = itertools.count(1)
+# a container's cgroup with the runtime's device program: allow everything (r0 = 1), attached with ALLOW_MULTI
+_CGROUP_SETUP = """
+import os, sys
+from dpdkeni import bpfsys, devcgroup as dc
+cg, pid = sys.argv[1], sys.argv[2]
+os.makedirs(cg, exist_ok=True)
+with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+    f.write(pid)
+cfd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
+fd = dc.load(bpfsys.return_const(1), "runtime_dev")
+dc.attach(cfd, fd, dc.BPF_F_ALLOW_MULTI)
+print(dc.query(cfd)[1])
+"""
+# dpdkeni's device rules in the device programs of a cgroup (v1 lines; [] when none of its programs carries our block)
+_OUR_RULES = """
+import json, os, sys
+from dpdkeni import devcgroup as dc
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+rules = []
+for prog in dc.query(fd)[1]:
+    pfd = dc.prog_fd(prog)
+    rules += [r.v1() for r in dc.split_program(dc.prog_info(pfd).insns)[0]]
+    os.close(pfd)
+print(json.dumps(rules))
+"""
 # a minimal OCI bundle over the guest's own root (runc spec's defaults: new pid, net, ipc, uts, mount ns)
 _RUNC_BUNDLE = """
 import json, os, subprocess
@@ -249,6 +274,20 @@ class Lab:
                 timeout=30, check=True)
         self.containers[pid] = handle
         return pid
+
+    def cgroup_container(self, name: str = "dkcg") -> tuple:
+        """(pid, cgroup) of a stand-in container (:meth:`container`) with its own tmpfs ``/dev``, moved into
+        cgroup ``/sys/fs/cgroup/<name><pid>`` carrying a runtime-style device program (allow all), as a DPDK
+        handoff finds a real container; vfio-pci is loaded. Kill it, then ``rmdir`` the cgroup."""
+        pid = self.container()
+        cgroup = f"/sys/fs/cgroup/{name}{pid}"
+        self.sh(f"nsenter -t {pid} -m mount -t tmpfs tmpfs /dev && modprobe vfio-pci", check=True)
+        self.run(["python3", "-c", _CGROUP_SETUP, cgroup, str(pid)], check=True)
+        return pid, cgroup
+
+    def device_rules(self, cgroup: str) -> list:
+        """dpdkeni's device rules (v1 lines) in the device programs of guest cgroup ``cgroup``."""
+        return self.run(["python3", "-c", _OUR_RULES, cgroup], check=True).json()
 
     def wait_text(self, path: str, text: str, timeout: float = 60.0, interval: float = 1.0) -> str:
         """The guest file at ``path`` once it contains ``text``; raises Error with its tail on timeout."""

@@ -174,6 +174,19 @@ def guest_containers(lab: Lab) -> Iterator[Callable[[], int]]:
         lab.kill(lab.containers[pid], signal=9)
 
 
+@pytest.fixture
+def cgroup_container(lab):
+    """(pid, cgroup) of a stand-in container with its own tmpfs /dev, in a cgroup of its own that carries a
+    runtime-style device program; the container is killed and its cgroup removed after."""
+    pid, cgroup = lab.cgroup_container("dkcrash")
+    try:
+        yield pid, cgroup
+    finally:
+        if lab.healthy():
+            lab.kill(lab.containers.pop(pid), signal=9)
+            lab.sh(f"rmdir {cgroup}")
+
+
 _lab_seconds: List[float] = []
 _LOADED = time.monotonic()   # this conftest is imported while the run collects: the run's start, near enough
 

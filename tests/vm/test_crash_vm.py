@@ -18,37 +18,6 @@ GUEST_SCRIPT = "/opt/dpdkeni/tests/vm/crashguest.py"
 POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
 BASE_PAGES = 3   # a pool that is not empty, so that shrinking it twice shows
 
-# a container's cgroup with the runtime's device program: allow everything (r0 = 1), attached with ALLOW_MULTI
-CGROUP_SETUP = """
-import os, sys
-from dpdkeni import bpfsys, devcgroup as dc
-cg, pid = sys.argv[1], sys.argv[2]
-os.makedirs(cg, exist_ok=True)
-with open(os.path.join(cg, "cgroup.procs"), "w") as f:
-    f.write(pid)
-cfd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
-fd = dc.load(bpfsys.return_const(1), "runtime_dev")
-dc.attach(cfd, fd, dc.BPF_F_ALLOW_MULTI)
-print(dc.query(cfd)[1])
-"""
-
-
-@pytest.fixture
-def cgroup_container(lab):
-    """(pid, cgroup) of a stand-in container with its own tmpfs /dev, in a cgroup of its own that carries a
-    runtime-style device program; the container is killed and its cgroup removed after."""
-    pid = lab.container()
-    cgroup = f"/sys/fs/cgroup/dkcrash{pid}"
-    try:
-        lab.sh(f"nsenter -t {pid} -m mount -t tmpfs tmpfs /dev && modprobe vfio-pci", check=True)
-        lab.run(["python3", "-c", CGROUP_SETUP, cgroup, str(pid)], check=True)
-        yield pid, cgroup
-    finally:
-        if lab.healthy():
-            lab.kill(lab.containers.pop(pid), signal=9)
-            lab.sh(f"rmdir {cgroup}")
-
-
 @pytest.fixture
 def hugepage_pool(lab):
     """The guest's 2M pool set to BASE_PAGES for the test, and put back as it was after."""

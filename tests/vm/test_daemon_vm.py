@@ -160,3 +160,127 @@ def test_daemon_hands_a_hot_plugged_nic_to_testpmd_and_takes_it_back(lab, plugge
     finally:
         lab.kill(daemon)
         lab.runc_delete(name)
+
+
+DPDK_UNPLUG_POLICY = """
+[[rule]]
+name = "gone"
+match = {{ mac = "{mac}" }}
+mode = "dpdk"
+target = "pid:{pid}"
+hugepages = "64M"
+"""
+POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+
+
+def test_a_dpdk_lease_ends_when_its_nic_is_unplugged(lab, plugged, lab_mac, cgroup_container):
+    """Issue 16: a NIC handed to a container in dpdk mode is unplugged; the daemon ends the lease and nothing is
+    left: no lease, the hugepage pool as before, no hugetlbfs mount and no device node in the container, no
+    rule of ours in its cgroup's device program, no bind record."""
+    mac = lab_mac()
+    pid, cgroup = cgroup_container
+    before = lab.sh(f"cat {POOL}", check=True).stdout.strip()
+    lab.write("/tmp/dk-lab-dpdk-unplug.toml", DPDK_UNPLUG_POLICY.format(mac=mac, pid=pid))
+    daemon = lab.spawn(["python3", "-m", "dpdkeni", "-v", "daemon", "--policy", "/tmp/dk-lab-dpdk-unplug.toml"])
+    try:
+        lab.wait(daemon, timeout=120, until="daemon ready")
+        nic = plugged("virtio-net", mac=mac, wait=False)
+        out = str(lab.wait(daemon, timeout=300, until=" rule=gone mode=dpdk ")["output"])
+        pci = re.search(r"attached: nic=(\S+) rule=gone mode=dpdk", out).group(1)
+        assert lab.sh(f"basename $(readlink /sys/bus/pci/devices/{pci}/driver)").stdout.strip() == "vfio-pci"
+        assert int(lab.sh(f"cat {POOL}").stdout) == int(before) + 32
+        assert f"size={64 << 20}" in lab.sh(f"grep hugetlbfs /proc/{pid}/mounts").stdout
+        assert "vfio" in lab.sh(f"nsenter -t {pid} -m ls /dev/vfio").stdout.split()
+        assert lab.device_rules(cgroup) != []
+
+        lab.unplug(nic.id)
+        lab.wait(daemon, timeout=120, until=f"released: nic={pci} why=unplugged outcome=gone")
+        assert lab.python(LEASES).json() == []
+        assert lab.sh(f"cat {POOL}").stdout.strip() == before
+        assert f"size={64 << 20}" not in lab.sh(f"grep hugetlbfs /proc/{pid}/mounts").stdout
+        assert lab.sh(f"nsenter -t {pid} -m ls /dev/vfio").stdout.strip() == ""
+        assert lab.device_rules(cgroup) == []
+        assert lab.sh(f"ls /run/dpdkeni/bound/{pci}.json").rc != 0
+        assert "release-failed" not in str(lab.poll(daemon)["output"])
+    finally:
+        lab.kill(daemon)
+
+
+def _driver(lab, pci):
+    return lab.sh(f"basename $(readlink /sys/bus/pci/devices/{pci}/driver) 2>/dev/null").stdout.strip() or None
+
+
+def test_bind_persist_survives_an_unplug_and_re_plug_by_the_udev_rule(lab, plugged, lab_mac):
+    """Issue 16: 'dpdkeni bind --persist', then the device is unplugged and plugged again (same slot, so the same
+    PCI address, same MAC): real udevd runs the installed rule and the device comes back on vfio-pci with nobody
+    typing anything. 'unbind --persist' gives it back and removes the override."""
+    mac = lab_mac()
+    lab.dpdkeni("udev", "rules", "--install", check=True)
+    lab.sh("udevadm control --reload && modprobe vfio-pci", check=True)
+    nic = plugged("virtio-net", mac=mac)
+    pci = nic.pci
+    try:
+        out = lab.dpdkeni("bind", pci, "--persist", timeout=300)
+        assert out.rc == 0, out.stderr
+        assert _driver(lab, pci) == "vfio-pci"
+        assert lab.sh(f"cat /etc/dpdkeni/overrides/pci-{pci}").stdout == "vfio-pci\n"
+        assert lab.dpdkeni("overrides", "--json").json() == [
+            {"pci": pci, "driver": "vfio-pci", "path": f"/etc/dpdkeni/overrides/pci-{pci}"}]
+        lab.unplug(nic.id)
+        assert lab.sh(f"test -e /sys/bus/pci/devices/{pci}").rc != 0
+        started = time.monotonic()
+        again = plugged("virtio-net", mac=mac, wait=False)
+        deadline = started + 180
+        while _driver(lab, pci) != "vfio-pci":
+            assert time.monotonic() < deadline, lab.sh(f"cat /run/dpdkeni/override-{pci}.log; "
+                                                       f"ls -l /sys/bus/pci/devices/{pci}/").stdout
+            time.sleep(0.5)
+        print(f"\nre-plugged {pci} back on vfio-pci by the udev rule after {time.monotonic() - started:.1f}s")
+        assert again.port == nic.port
+    finally:
+        back = lab.dpdkeni("unbind", pci, "--persist", timeout=300)
+        lab.sh(f"rm -f /etc/dpdkeni/overrides/pci-{pci}")
+    assert back.rc == 0, back.stderr
+    assert _driver(lab, pci) == "virtio-pci" and lab.dpdkeni("overrides", "--json").json() == []
+
+
+DHCP_POLICY = """
+[[rule]]
+name = "slow"
+match = {{ mac = "{mac}" }}
+mode = "netdev"
+target = "pid:{pid}"
+ifname = "eth1"
+dhcp = true
+"""
+
+
+def test_an_unplug_wins_over_a_dhcp_exchange_in_progress(lab, plugged, lab_mac, guest_containers):
+    """Issue 16: the NIC is in the container and its DHCP client waits for a lease no server gives (20 s); the
+    NIC is unplugged: the daemon gives the attach up at once (attach-cancelled), stops the client, and leaves no
+    lease, instead of holding the NIC's lane until the DHCP timeout."""
+    mac, pid = lab_mac(), guest_containers()
+    lab.write("/tmp/dk-lab-dhcp.toml", DHCP_POLICY.format(mac=mac, pid=pid))
+    daemon = lab.spawn(["python3", "-m", "dpdkeni", "-v", "daemon", "--policy", "/tmp/dk-lab-dhcp.toml"])
+    try:
+        lab.wait(daemon, timeout=120, until="daemon ready")
+        nic = plugged("virtio-net", mac=mac, wait=False)
+        deadline = time.monotonic() + 120
+        while True:
+            client = lab.sh("pgrep -af 'dpdkeni[.]dhcp' || true").stdout
+            if "--key" in client:
+                break
+            assert time.monotonic() < deadline, str(lab.poll(daemon)["output"])[-3000:]
+            time.sleep(0.3)
+        pci = re.search(r"--key (\S+)", client).group(1)
+        started = time.monotonic()
+        lab.unplug(nic.id)
+        unplugged = time.monotonic()
+        out = str(lab.wait(daemon, timeout=60, until=f"nic={pci} ")["output"])
+        print(f"\nunplug took {unplugged - started:.1f}s; attach given up {time.monotonic() - unplugged:.1f}s after")
+        assert f"attach-cancelled: nic={pci} rule=slow why=removed" in out, out[-3000:]
+        assert "no DHCP lease" not in out
+        assert lab.sh("pgrep -af 'dpdkeni[.]dhcp' || true").stdout.strip() == ""
+        assert lab.python(LEASES).json() == []
+    finally:
+        lab.kill(daemon)
