@@ -174,12 +174,7 @@ class Daemon:
         path = udev.socket_path(self.state)
         if unixsock.is_socket(path):
             os.unlink(path)  # a stale socket of a daemon that died
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
+        sock = unixsock.bound_private(socket.SOCK_DGRAM, path)
         os.chmod(path, 0o600)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._sock = sock

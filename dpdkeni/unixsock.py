@@ -48,14 +48,24 @@ def listen(path: str, busy: str, hint: Optional[str] = None, backlog: int = 16,
             raise Error(busy, hint)
         os.unlink(path)
     os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = bound_private(socket.SOCK_STREAM, path)
+    sock.listen(backlog)
+    sock.settimeout(accept_timeout)
+    return sock
+
+
+def bound_private(kind: int, path: str) -> socket.socket:
+    """A unix socket of ``kind`` (SOCK_STREAM, SOCK_DGRAM) bound at ``path`` with mode 0600 from the start (the
+    umask is narrowed around the bind, so there is no moment when others may connect)."""
+    sock = socket.socket(socket.AF_UNIX, kind)
     old = os.umask(0o177)
     try:
         sock.bind(path)
+    except BaseException:
+        sock.close()
+        raise
     finally:
         os.umask(old)
-    sock.listen(backlog)
-    sock.settimeout(accept_timeout)
     return sock
 
 
