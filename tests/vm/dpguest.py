@@ -131,7 +131,7 @@ def main() -> None:
                    "testpmd's port statistics")
         if "Port statistics" not in open(log).read():
             raise SystemExit(f"dpguest: the pod stopped before testpmd forwarded:\n{open(log).read()[-3000:]}")
-        time.sleep(5)
+        time.sleep(2)  # forwarding: the test asks for MIN_FORWARDED frames a port
         subprocess.run(["runc", "kill", name, "INT"], check=True, timeout=60)
         wait_until(lambda: "Bye" in open(log).read(), 120, "testpmd's exit")
     finally:

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.vm
 
 LOADS = ["min", "10%", "50%", "90%"]
 MAX_RATE = 3000
-ARGS = ["--sizes", "64", "--max-rate", str(MAX_RATE), "--min-rate", "200", "--duration", "1", "--initial", "0.5",
-        "--warmup", "0.2", "--drain", "0.5", "--precision", "0.1", "--max-trials", "8"]
+ARGS = ["--sizes", "64", "--max-rate", str(MAX_RATE), "--min-rate", "200", "--duration", "0.6", "--initial", "0.3",
+        "--warmup", "0.1", "--drain", "0.4", "--precision", "0.2", "--max-trials", "6"]
 
 
 def test_pmdtest_against_testpmd_on_vfio_e1000(lab, plugged):
