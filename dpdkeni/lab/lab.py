@@ -354,18 +354,17 @@ class Lab:
 
     # -- hot-plug ----------------------------------------------------------------------------------------
     def plug(self, model: str, mac: Optional[str] = None, id: Optional[str] = None,
-             timeout: float = 60.0, wait: bool = True, port: Optional[str] = None) -> PluggedNic:
+             timeout: float = 60.0, wait: bool = True) -> PluggedNic:
         """Hot-plug a NIC (``virtio-net``, ``e1000``, ``e1000e``) on the QEMU hub and wait until the guest has
         its netdev (udev done renaming it); ``wait=False`` returns after ``device_add`` (when something in the
-        guest, such as the daemon, takes the NIC away at once); ``port`` names a hot-plug slot of the lab's own
-        (``extra_args``) instead of the next free one."""
+        guest, such as the daemon, takes the NIC away at once)."""
         model = _ALIASES.get(model, model)
         if model not in DEVICES:
             raise InputError(f"lab: unknown NIC model {model!r}", f"one of {', '.join(DEVICES)}")
         driver, props = DEVICES[model]
         mac = (mac or f"52:54:00:aa:00:{next(_macs):02x}").lower()
         nic_id = id or f"nic{len(self.nics) + 1}-{mac[-2:]}"
-        port = port or self._free_port()
+        port = self._free_port()
         nic = PluggedNic(nic_id, model, mac, port, f"hub-{nic_id}")
         qmp = self._qmp()
         started = time.monotonic()
