@@ -11,7 +11,7 @@ $(VENV)/.installed: setup.py pyproject.toml scripts/apt-packages.txt scripts/boo
 	VENV=$(VENV) bash scripts/bootstrap.sh
 
 test: setup
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(PY) tests/suite.py $(PYTEST_ARGS)
 
 # Lint (ruff: rules in pyproject.toml, no formatting pass) and types (mypy) of the package.
 lint: setup

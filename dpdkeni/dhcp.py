@@ -224,9 +224,16 @@ async def _run(args: argparse.Namespace) -> int:
     async with AsyncDHCPClient(cfg) as client:
         watch = asyncio.create_task(_watch_link(args.ifname, stop_event))
         await client.bootstrap()
-        try:
-            await asyncio.wait_for(applied.wait(), timeout=args.timeout)
-        except TimeoutError:
+        # bound, stopped (SIGTERM while still selecting: the daemon gave the attach up) or out of time
+        bound, stopped = asyncio.create_task(applied.wait()), asyncio.create_task(stop_event.wait())
+        await asyncio.wait((bound, stopped), timeout=args.timeout, return_when=asyncio.FIRST_COMPLETED)
+        for task in (bound, stopped):
+            task.cancel()
+        if not applied.is_set():
+            watch.cancel()
+            if stop_event.is_set():
+                log.info("stopped before a lease was bound")
+                return 0
             os.write(args.ready_fd, f"error: no DHCP lease for {args.ifname} within {args.timeout:.0f} s\n".encode())
             return 1
         os.write(args.ready_fd, f"bound {client.lease.ip}/{client.lease.prefixlen}\n".encode())

@@ -180,3 +180,35 @@ def test_client_exits_when_its_nic_is_gone(env, dnsmasq, container_factory):
         "the client outlived its NIC"
     with open(dhcp._log_path(Ledger(), lease.key)) as f:
         assert "eth0 is gone; stopping" in f.read()
+
+
+def test_a_client_still_selecting_stops_at_once_on_sigterm(env, netns_factory, veth_factory, tmp_path):
+    """No server answers: the client is still sending DISCOVERs when it is told to stop (the daemon gives the
+    attach up because the container died). It exits at once with nothing to release, not after the caller's
+    5 s grace and a SIGKILL."""
+    import signal
+    import sys
+    ns = netns_factory()
+    _, peer = veth_factory(peer_netns=ns)
+    in_ns(ns, "ip", "link", "set", peer, "up")
+    rfd, wfd = os.pipe()
+    log_path = tmp_path / "client.log"
+    with open(log_path, "w") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "dpdkeni.dhcp", "--netns", f"/run/netns/{ns}", "--ifname",
+                                 peer, "--key", "k", "--state-dir", env, "--ready-fd", str(wfd)],
+                                pass_fds=(wfd,), stdout=logf, stderr=logf)
+    os.close(wfd)
+    try:
+        assert wait_for(lambda: "Sending DISCOVER" in log_path.read_text()), log_path.read_text()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0, log_path.read_text()
+        took = time.monotonic() - t0
+        assert took < 1.0, f"stopped after {took:.1f} s"
+        assert "stopped before a lease was bound" in log_path.read_text()
+        assert os.read(rfd, 100) == b""         # the caller reads no verdict: it gave up itself
+    finally:
+        os.close(rfd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -12,8 +12,11 @@ pytestmark = pytest.mark.vm
 
 LOADS = ["min", "10%", "50%", "90%"]
 MAX_RATE = 3000
+# Trials: a search here takes 6 when the guest is idle (3000 fails, then 1600 twice: the QEMU hub back-pressures
+# the generator after an overloaded trial, so the trial after it is starved and runs again) and 8-10 when the host
+# is busy and the DUT slower; 16 bounds it with room (6 stopped a CI run at ndr 1250, ndr_upper 1600).
 ARGS = ["--sizes", "64", "--max-rate", str(MAX_RATE), "--min-rate", "200", "--duration", "0.6", "--initial", "0.3",
-        "--warmup", "0.1", "--drain", "0.4", "--precision", "0.2", "--max-trials", "6"]
+        "--warmup", "0.1", "--drain", "0.4", "--precision", "0.2", "--max-trials", "16"]
 
 
 def test_pmdtest_against_testpmd_on_vfio_e1000(lab, plugged):
