@@ -23,6 +23,7 @@ from typing import Any, Dict, List
 MODELS = ("virtio-net", "e1000", "e1000e")
 POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
 LOG = "/tmp/dk-soak-daemon.log"
+TRACE = "/tmp/dk-soak-trace.txt"   # benchmarks/soak_tracemalloc.py writes it (--tracemalloc)
 POLICY = """
 [[rule]]
 name = "soak-netdev"
@@ -76,7 +77,7 @@ def _leaks(lab: Any, dpdk_pid: int, cgroup: str, pool: str) -> Dict[str, Any]:
             "failed": _count(lab, "-failed: ")}
 
 
-def soak(cycles: int, seconds: float, check_every: int, warmup: int) -> Dict[str, Any]:
+def soak(cycles: int, seconds: float, check_every: int, warmup: int, trace: bool = False) -> Dict[str, Any]:
     """Boot a lab, run the cycles (bounded by ``seconds`` after boot), return the figures."""
     from dpdkeni.lab import Lab
 
@@ -89,7 +90,8 @@ def soak(cycles: int, seconds: float, check_every: int, warmup: int) -> Dict[str
         lab.write("/tmp/dk-soak.toml", POLICY.format(
             netdev=", ".join(f'"{m}"' for m in netdev_macs), dpdk=", ".join(f'"{m}"' for m in dpdk_macs),
             netdev_pid=netdev_pid, dpdk_pid=dpdk_pid))
-        handle = lab.spawn(["sh", "-c", f"exec python3 -m dpdkeni -v daemon --policy /tmp/dk-soak.toml 2>{LOG}"])
+        daemon = "python3 /opt/dpdkeni/benchmarks/soak_tracemalloc.py" if trace else "python3 -m dpdkeni"
+        handle = lab.spawn(["sh", "-c", f"exec {daemon} -v daemon --policy /tmp/dk-soak.toml 2>{LOG}"])
         daemon_pid = lab.pid_of(handle)
         deadline = time.monotonic() + seconds
         try:
@@ -114,10 +116,15 @@ def soak(cycles: int, seconds: float, check_every: int, warmup: int) -> Dict[str
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 if i + 1 == warmup:
                     out["warm"] = _rss_fds(lab, daemon_pid)
+                    if trace:
+                        lab.sh(f"rm -f {TRACE}; kill -USR2 {daemon_pid}", check=True)
                 if check_every and (i + 1) % check_every == 0:
                     out["checks"].append({"after": i + 1, **_leaks(lab, dpdk_pid, cgroup, pool),
                                           **_rss_fds(lab, daemon_pid)})
             out["end"] = _rss_fds(lab, daemon_pid)
+            if trace:
+                lab.sh(f"kill -USR2 {daemon_pid}; sleep 3", check=True)
+                out["trace"] = lab.sh(f"cat {TRACE}").stdout
             out["fd_kinds"] = lab.sh(f"ls -l /proc/{daemon_pid}/fd | awk 'NR > 1 {{print $NF}}' | "
                                      "sed 's/[0-9][0-9]*/N/g' | sort | uniq -c").stdout.strip()
             out["leaks"] = _leaks(lab, dpdk_pid, cgroup, pool)
@@ -154,6 +161,9 @@ def summary(data: Dict[str, Any]) -> str:
     lines.append("daemon fds by kind at the end: " + " | ".join(" ".join(x.split()) for x in
                                                              data.get("fd_kinds", "").splitlines()))
     lines.append("released outcomes: " + " ".join(data.get("released_lines", "").split()))
+    if data.get("trace"):
+        lines.append("Python allocations grown between the warm reading and the end (tracemalloc):")
+        lines.append(data["trace"].rstrip())
     return "\n".join(lines)
 
 
@@ -164,11 +174,13 @@ def main() -> int:
     ap.add_argument("--check-every", type=int, default=25, help="look for leaks every N cycles (0: at the end only)")
     ap.add_argument("--warmup", type=int, default=10, help="cycles before the warm RSS reading")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="run the daemon under tracemalloc and show what grew between the warm reading and the end")
     args = ap.parse_args()
     if not 1 <= args.cycles <= 100000 or args.seconds <= 0:
         print("lab_soak: error: --cycles 1..100000 and --seconds > 0", file=sys.stderr)
         return 2
-    data = soak(args.cycles, args.seconds, args.check_every, args.warmup)
+    data = soak(args.cycles, args.seconds, args.check_every, args.warmup, args.tracemalloc)
     print(json.dumps(data, indent=2) if args.json else summary(data))
     leaks = data.get("leaks", {})
     return 1 if any(leaks.get(k) for k in ("leases", "pool_changed", "hugetlbfs", "dev_nodes", "cgroup_rules",

@@ -58,6 +58,16 @@ class NotRoot(Exception):
     """The process listening on the socket is not root: it gets no configuration."""
 
 
+def read_line(sock: socket.socket, limit: int) -> bytes:
+    """One reply line from ``sock`` (up to and with its newline, or what came before the peer closed), at most
+    ``limit`` bytes: ValueError when the peer sends more (a reply is never read without a bound)."""
+    with sock.makefile("rb") as f:
+        line = f.readline(limit + 1)
+    if len(line) > limit:
+        raise ValueError(f"reply longer than {limit} bytes")
+    return line
+
+
 def _ask(path: str, request: bytes) -> Optional[Dict[str, Any]]:
     """The server's reply, or None when no server listens (then the caller runs the plugin itself); NotRoot when
     the listener is not root (checked with SO_PEERCRED before anything is sent)."""
@@ -77,8 +87,7 @@ def _ask(path: str, request: bytes) -> Optional[Dict[str, Any]]:
         except OSError:  # the server stopped reading (a refused request): its reply may still be there
             pass
         try:
-            with sock.makefile("rb") as f:
-                line = f.readline(MAX_REPLY)
+            line = read_line(sock, MAX_REPLY)
             reply = json.loads(line) if line else {}
         except (OSError, ValueError):
             return {}

@@ -17,7 +17,7 @@ import threading
 from typing import Any, Callable, Dict, Optional
 
 from . import safefile, unixsock
-from .cni_client import peer_cred
+from .cni_client import MAX_REPLY, peer_cred, read_line
 from .errors import Error, InputError
 
 log = logging.getLogger(__name__)
@@ -128,12 +128,13 @@ def query(state: str, last: int = DEFAULT_LAST, timeout: float = 10.0) -> Dict[s
         if uid != 0:
             raise Error(f"the process answering on {path} runs as uid {uid}, not root: not asking it")
         sock.sendall(json.dumps({"request": "status", "last": last}).encode() + b"\n")
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        try:
+            data = read_line(sock, MAX_REPLY)
+        except ValueError:
+            raise Error(f"the daemon on {path} sent a status reply over {MAX_REPLY >> 20} MiB: not reading it"
+                        ) from None
+        except OSError as exc:
+            raise Error(f"the daemon on {path} sent no status ({exc.strerror or exc})") from None
     try:
         doc = json.loads(data)
     except ValueError:

@@ -134,3 +134,41 @@ def test_status_without_a_daemon_and_bad_metrics_paths_are_one_line(state_dir, t
         assert out.returncode == 2 and why in out.stderr and len(out.stderr.splitlines()) == 1, (path, out.stderr)
     assert not os.path.exists(os.path.join(state_dir, "daemon.lock"))  # refused before anything started
     assert os.listdir(real) == [] and os.listdir(loose) == []
+
+
+def test_a_status_reply_is_read_with_a_bound(state_dir, cli):
+    """Whatever answers on the status socket (root's, so it is asked), its reply is read up to MAX_REPLY: one
+    that goes on past it is refused with one line, and one that is not JSON too; neither is held in memory."""
+    import socket
+    import threading
+    path = daemon_status.socket_path(state_dir)
+    endless = 16 * daemon_status.MAX_REPLY       # bytes sent at most, unless the client closes first
+    for reply, why in ((b"x" * 65536, "sent a status reply over 16 MiB: not reading it"),
+                       (b"not json\n", "sent no status (connection closed)")):
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(path)
+        srv.listen(1)
+        sent = [0]
+
+        def answer(srv=srv, reply=reply, sent=sent):
+            conn, _ = srv.accept()
+            with conn:
+                conn.makefile("rb").readline()
+                try:
+                    while sent[0] < (endless if len(reply) > 9 else len(reply)):
+                        sent[0] += conn.send(reply)
+                except OSError:  # the client stopped reading at its bound and closed
+                    pass
+
+        th = threading.Thread(target=answer, daemon=True)
+        th.start()
+        try:
+            out = cli("daemon", "status")
+        finally:
+            th.join(30)
+            srv.close()
+            os.unlink(path)
+        assert out.returncode == 1 and len(out.stderr.splitlines()) == 1 and \
+            out.stderr.startswith(f"dpdkeni: error: the daemon on {path} {why}"), out.stderr
+        # the client stopped at its bound: what the server got out is the bound plus the sockets' buffers
+        assert sent[0] < daemon_status.MAX_REPLY + (8 << 20), sent[0]
