@@ -121,6 +121,8 @@ class SimKernel:
         self.names: dict = {}
         self._first: dict = {}
         self.probes = 0
+        self.uio_nodes = True   # False: uio_pci_generic binds without registering a uio device
+        self.next_uio = 0
 
     def sysfs(self, dry_run: bool = False):
         """A :class:`dpdkeni.sysfs.Sysfs` over the tree whose writes this kernel acts on."""
@@ -177,6 +179,12 @@ class SimKernel:
         os.unlink(self.tree.p(f"sys/bus/pci/devices/{bdf}/driver"))
         os.unlink(self.tree.p(f"sys/bus/pci/drivers/{drv}/{bdf}"))
         self._drop_netdevs(bdf)
+        uio = self.tree.p(f"{self._dev(bdf)}/uio")
+        if os.path.isdir(uio):  # uio_pci_generic's device goes with it
+            for name in os.listdir(uio):
+                os.unlink(self.tree.p(f"dev/{name}"))
+            import shutil
+            shutil.rmtree(uio)
 
     def _attach(self, drv: str, bdf: str) -> bool:
         self.probes += 1
@@ -189,6 +197,11 @@ class SimKernel:
         self.tree.link(f"{dev}/driver", f"sys/bus/pci/drivers/{drv}")
         self.tree.link(f"sys/bus/pci/drivers/{drv}/{bdf}", dev)
         model, ifname, mac = self._first[bdf]
+        if drv == "uio_pci_generic" and self.uio_nodes:  # uio registers /sys/.../uio/uioN and /dev/uioN
+            name = f"uio{self.next_uio}"
+            self.next_uio += 1
+            os.makedirs(self.tree.p(f"{dev}/uio/{name}"))
+            self.tree.write(f"dev/{name}", "")
         if drv == MODELS[model][2] and ifname:
             self.tree.add_netdev(bdf, model, self.names.get(bdf, ifname), mac)
         return True

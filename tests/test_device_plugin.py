@@ -105,7 +105,7 @@ pci = "0000:00:0[0-6].0"
 class Node:
     """A simulated node: the PCI tree, the plugin running in a thread, the kubelet stand-in."""
 
-    def __init__(self, tmp_path, sysfs_tree, active=None, grace=0.5) -> None:
+    def __init__(self, tmp_path, sysfs_tree, active=None, grace=0.5, extra="") -> None:
         self.kernel = SimKernel(sysfs_tree)
         self.tree = sysfs_tree
         self.dir = str(tmp_path / "device-plugins")
@@ -114,7 +114,7 @@ class Node:
         os.makedirs(self.hugetlbfs)
         path = str(tmp_path / "pools.toml")
         with open(path, "w") as f:
-            f.write(CONFIG.format(hugetlbfs=self.hugetlbfs, cdi=self.cdi, grace=grace))
+            f.write(CONFIG.format(hugetlbfs=self.hugetlbfs, cdi=self.cdi, grace=grace) + extra)
         self.config = pools.load(path)
         self.active = active
         self.kubelet = Kubelet(self.dir).start()
@@ -368,6 +368,77 @@ def test_allocate_of_an_active_nic_is_refused_with_the_guards_line(tmp_path, sys
         with pytest.raises(grpc.RpcError) as err:
             virtio.allocate("0000:00:09.0")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        n.close()
+
+
+UIO_POOL = """
+[[pool]]
+name = "uio"
+model = "e1000e"
+driver = "uio_pci_generic"
+"""
+
+
+def _uio_node(tmp_path, sysfs_tree):
+    """A node whose e1000e (X1) is in a pool bound to uio_pci_generic; started, its three pools registered."""
+    n = Node(tmp_path, sysfs_tree, extra=UIO_POOL)
+    n.plug(X1, model="e1000e", ifname="eth4", mac="52:54:00:aa:00:04", group=14, feed=False)
+    n.start()
+    n.kubelet.wait_registered(3)
+    uio = n.kubelet.plugin("dpdkeni.io/uio")
+    assert uio.wait_list(lambda d: True)[1] == [(X1, "Healthy", [0])]
+    return n, uio
+
+
+def test_a_uio_pool_answers_with_the_uio_node_and_frees_it_at_the_pods_end(tmp_path, sysfs_tree, state_dir):
+    n, uio = _uio_node(tmp_path, sysfs_tree)
+    try:
+        (c,) = uio.allocate(X1).container_responses
+        # the uio node only: no /dev/vfio/vfio, and no CDI name (the CDI spec describes vfio devices)
+        assert [(d.container_path, d.host_path, d.permissions) for d in c.devices] == [
+            ("/dev/uio0", "/dev/uio0", "rw")]
+        info = {X1: {"generic": {"deviceID": X1}, "uio": {"dev-mount": "/dev/uio0"}}}
+        assert dict(c.envs) == {"PCIDEVICE_DPDKENI_IO_UIO": X1,
+                                "PCIDEVICE_DPDKENI_IO_UIO_INFO": json.dumps(info, separators=(",", ":")),
+                                "DPDKENI_NIC_0000_00_07_0": X1}
+        assert [(m.container_path, m.host_path) for m in c.mounts] == [("/dev/hugepages", n.hugetlbfs)]
+        assert list(c.cdi_devices) == []
+        assert n.kernel.driver(X1) == "uio_pci_generic" and not os.path.exists(n.tree.p("sys/class/net/eth4"))
+        lease = Ledger().get(X1)
+        assert (lease.state, lease.params["driver"], lease.params["nodes"]) == (
+            "attached", "uio_pci_generic", ["/dev/uio0"])
+        pod = Pod(n.tree.p("dev/uio0"))   # the pod's DPDK process holds the uio node
+        deadline = time.monotonic() + 10
+        while Ledger().get(X1).params.get("holder") != f"sleep[{pod.proc.pid}]" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert Ledger().get(X1).params.get("holder") == f"sleep[{pod.proc.pid}]"
+        pod.end()
+        deadline = time.monotonic() + 10
+        while Ledger().get(X1) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert Ledger().get(X1) is None and n.kernel.driver(X1) == "e1000e"
+        assert os.path.islink(n.tree.p("sys/class/net/eth4")) and not os.path.exists(n.tree.p("dev/uio0"))
+    finally:
+        n.close()
+
+
+def test_a_failure_after_the_bind_is_one_line_and_undoes_the_bind(tmp_path, sysfs_tree, state_dir):
+    """uio_pci_generic takes the NIC but registers no uio device (the node the answer must name is missing): the
+    Allocate fails with one line, the NIC is back on its driver under its name, no lease."""
+    n, uio = _uio_node(tmp_path, sysfs_tree)
+    try:
+        n.kernel.uio_nodes = False
+        with pytest.raises(grpc.RpcError) as err:
+            uio.allocate(X1)
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert err.value.details() == (f"{X1} is on uio_pci_generic but has no uio device (nothing in "
+                                       f"/sys/bus/pci/devices/{X1}/uio)")
+        assert n.kernel.driver(X1) == "e1000e" and os.path.islink(n.tree.p("sys/class/net/eth4"))
+        assert dict(Ledger().leases()) == {}
+        n.kernel.uio_nodes = True     # the plugin still serves: the next Allocate works
+        (c,) = uio.allocate(X1).container_responses
+        assert [d.host_path for d in c.devices] == ["/dev/uio0"] and n.kernel.driver(X1) == "uio_pci_generic"
     finally:
         n.close()
 

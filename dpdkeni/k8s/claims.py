@@ -156,9 +156,15 @@ class Claims:
         except BaseException:
             ledger.remove(pci)  # driver.bind restored the original driver itself
             raise
-        bound = pci_nic(pci, self.fs)
-        nodes = self._nodes(bound, pool.driver)
-        ledger.advance(pci, done={"bind": {"bound": pool.driver}}, params={"nodes": nodes}, state="attached")
+        try:
+            bound = pci_nic(pci, self.fs)
+            nodes = self._nodes(bound, pool.driver)
+            ledger.advance(pci, done={"bind": {"bound": pool.driver}}, params={"nodes": nodes}, state="attached")
+        except BaseException:
+            # bound but not answerable (no group or uio node, a ledger write failed): back to its driver, and the
+            # lease ends (or stays for 'dpdkeni recover' when the unbind fails too: _free logs it)
+            self._free(Claim(pci, pool.name, []), "allocate failed after the bind")
+            raise
         self.items[pci] = Claim(pci, pool.name, nodes)
         log.info("allocated %s (%s) to %s: bound to %s", pci, nic.mac, pool.resource, pool.driver)
         return bound
@@ -177,7 +183,11 @@ class Claims:
                 raise Error(f"{nic.pci} is on vfio-pci but has no IOMMU group")
             paths = drv.vfio_group_paths(self.fs, group)
             return [next((p for p in paths if self.fs.exists(p)), paths[0])]
-        return [f"/dev/{u}" for u in self.fs.listdir(f"sys/bus/pci/devices/{nic.pci}/uio")]
+        nodes = [f"/dev/{u}" for u in self.fs.listdir(f"sys/bus/pci/devices/{nic.pci}/uio")]
+        if not nodes:  # an answer without the node would hand the container nothing it can open
+            raise Error(f"{nic.pci} is on {driver} but has no uio device (nothing in "
+                        f"/sys/bus/pci/devices/{nic.pci}/uio)")
+        return nodes
 
     def answer(self, pool: Pool, nics: List[Nic]) -> Answer:
         """The ContainerAllocateResponse for ``nics`` (bound): device nodes rw, the SR-IOV plugin's env, the
