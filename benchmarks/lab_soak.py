@@ -60,6 +60,14 @@ def _wait_count(lab: Any, text: str, want: int, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def _wait_file_has(lab: Any, path: str, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while lab.sh(f"grep -c -- '{text}' {path} || true").stdout.strip() in ("", "0"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{text!r} not in {path} after {timeout:.0f} s")
+        time.sleep(1)
+
+
 def _rss_fds(lab: Any, pid: int) -> Dict[str, int]:
     rss = lab.sh(f"awk '/^VmRSS/ {{print $2}}' /proc/{pid}/status").stdout.strip()
     fds = lab.sh(f"ls /proc/{pid}/fd | wc -l").stdout.strip()
@@ -123,7 +131,9 @@ def soak(cycles: int, seconds: float, check_every: int, warmup: int, trace: bool
                                           **_rss_fds(lab, daemon_pid)})
             out["end"] = _rss_fds(lab, daemon_pid)
             if trace:
-                lab.sh(f"kill -USR2 {daemon_pid}; sleep 3", check=True)
+                lab.sh(f"kill -USR2 {daemon_pid}", check=True)
+                # the snapshot and its comparison take a while on the emulated CPU
+                _wait_file_has(lab, TRACE, "since the baseline", 300)
                 out["trace"] = lab.sh(f"cat {TRACE}").stdout
             out["fd_kinds"] = lab.sh(f"ls -l /proc/{daemon_pid}/fd | awk 'NR > 1 {{print $NF}}' | "
                                      "sed 's/[0-9][0-9]*/N/g' | sort | uniq -c").stdout.strip()

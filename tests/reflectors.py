@@ -8,6 +8,8 @@ import subprocess
 from pyroute2 import NetNS
 
 from dpdkeni import bpfsys
+from dpdkeni.pmdstream import Stream
+from dpdkeni.pmdtest import KernelCounters, PmdTest
 
 BPF_PROG_TYPE_SCHED_CLS = 3
 CLSACT_INGRESS = 0xFFFFFFF2
@@ -48,3 +50,11 @@ def netem(topo, spec: str, role: str = "b", ifname: str = "b0") -> None:
     """``tc qdisc replace dev IF root netem SPEC`` (with a queue long enough for the test's rates)."""
     subprocess.run(topo.exec(role, "tc", "qdisc", "replace", "dev", ifname, "root", "netem", *spec.split(),
                              "limit", "100000"), check=True)
+
+
+def trial(topo, rate: int, seconds: float, **kw):
+    """One pmdtest trial of 64 B frames from a0 (namespace A) at ``rate`` for ``seconds`` against the reflector
+    on the other end, with the kernel's counters around it (``kw``: e.g. ``max_frames``)."""
+    with Stream(["a0"], target=topo.target("a")) as s:
+        pt = PmdTest(s, [], counters=KernelCounters(["a0"], topo.target("a")), warmup=0.2, drain=0.5)
+        return pt.trial(rate, seconds, [64], **kw)

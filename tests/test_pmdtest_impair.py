@@ -1,6 +1,7 @@
 """pmdtest's cross-checks with known impairments on the reflector's link (a kernel tc mirred reflector, so the
 reflecting side adds no user-space jitter): loss from a random drop, and netem's delay, loss and reorder where the
-kernel has sch_netem (this project's VM kernel does not: those skip there, allowlisted with fact:netem)."""
+kernel has sch_netem (this project's VM kernel does not: those skip there, allowlisted with fact:netem, and run
+in the lab's guest instead: tests/vm/test_pmdtest_netem_vm.py)."""
 from __future__ import annotations
 
 import os
@@ -10,9 +11,7 @@ import pytest
 
 import hostfacts
 from conftest import needs_root, unique
-from dpdkeni.pmdstream import Stream
-from dpdkeni.pmdtest import KernelCounters, PmdTest
-from reflectors import mirred, netem, random_drop
+from reflectors import mirred, netem, random_drop, trial
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 from topo import Topo  # noqa: E402
@@ -26,12 +25,6 @@ def reflected():
     with Topo("direct", unique("dki")) as t:
         mirred(t)
         yield t
-
-
-def trial(topo, rate: int, seconds: float, **kw):
-    with Stream(["a0"], target=topo.target("a")) as s:
-        pt = PmdTest(s, [], counters=KernelCounters(["a0"], topo.target("a")), warmup=0.2, drain=0.5)
-        return pt.trial(rate, seconds, [64], **kw)
 
 
 def test_random_drop_of_one_percent_reads_one_percent(reflected):

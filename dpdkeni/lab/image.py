@@ -49,6 +49,7 @@ MODULES = [
     "virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "virtio_rng", "e1000", "e1000e",
     "vfio", "vfio_pci", "vfio_iommu_type1", "uio_pci_generic", "9p", "9pnet_virtio", "ext4",
     "overlay", "veth", "bridge", "bonding", "macvlan", "dummy", "af_packet",
+    "sch_netem", "sch_ingress", "cls_u32", "act_mirred",  # pmdtest's netem cross-checks (tests/vm/netemguest.py)
 ]
 # what the initramfs loads to reach the root filesystem and the 9p share
 BOOT_MODULES = ["virtio_pci", "virtio_blk", "ext4", "9pnet_virtio", "9p"]
