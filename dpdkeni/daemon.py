@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from . import cancel, daemon_status, handoff, netdev, sdnotify, statedir, udev, unixsock
+from . import cancel, daemon_status, handoff, memtrim, netdev, sdnotify, statedir, udev, unixsock
 from .errors import Error, GuardError, NotFoundError, PolicyError, StepError, TargetCommandTimeout
 from .events import NicEvent, Watcher
 from .inventory import Nic
@@ -58,6 +58,7 @@ LOCK_NAME = "daemon.lock"  # in the state dir: flock'd by the running daemon, ho
 DECISIONS_KEPT = 1000  # the last decisions kept in memory (all are logged)
 HOOK_EVENTS_KEPT = 200  # the last hook events kept in memory
 DEAD_TTL_S = 600.0  # how long an exited target is remembered (not attached to again)
+TRIM_PERIOD_S = 30.0  # at most this often, when idle, the C heap's free pages go back to the kernel (memtrim)
 DEAD_KEPT = 4096  # at most this many exited targets remembered
 WORKERS = 32  # handoffs running at once (each NIC's work in order, in its own lane): 32 NICs' DHCP at once
 TARGET_COMMAND_TIMEOUT_S = 10.0  # a rule's target_command running longer is killed, and its NIC not retried
@@ -110,6 +111,7 @@ class Daemon:
         self._poller = select.poll()
         self._lock_fd = -1
         self._lanes: Optional[Lanes] = None
+        self._trimmer = memtrim.Trimmer(TRIM_PERIOD_S)  # freed heap back to the kernel when idle: RSS stays flat
         self._done: "queue.SimpleQueue[Lease]" = queue.SimpleQueue()  # attached by a worker, to watch
         self._wake = -1  # eventfd: a worker finished an attach
         self.stop = threading.Event()
@@ -236,6 +238,7 @@ class Daemon:
             self._reload()
         self._watchdog()
         self._write_metrics()
+        self._trimmer.maybe(idle=not ready and (self._lanes is None or self._lanes.pending() == 0))
 
     def _take_attached(self) -> None:
         """Watch the targets of the leases the workers made (the poller is this thread's only)."""
@@ -283,6 +286,7 @@ class Daemon:
                 "leases": [{"nic": k, "mode": v.mode, "target": v.target, "state": v.state}
                            for k, v in sorted(leases.items())],
                 "waiting": waiting, "busy": self._lanes.keys() if self._lanes is not None else [],
+                "memory": {"rss_kib": memtrim.rss_kib(), "trims": self._trimmer.trims},
                 "decisions": self.decisions[-last:] if last > 0 else []}
 
     def _write_metrics(self, force: bool = False) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from . import host, models, modes, netdev
 from .errors import Error, GuardError, InputError, NotFoundError, as_error, boundary
 from .guards import check_handoff
-from .inventory import Nic, find_nic
+from .inventory import Nic, find_nic, lease_key
 from .ledger import Lease, Ledger, peeker
 from .netns import Target, refuse_host, resolve_target
 from .request import AttachRequest
@@ -26,11 +26,6 @@ from .steps import Steps
 log = logging.getLogger(__name__)
 
 MODES = models.MODES
-
-
-def lease_key(nic: Nic) -> str:
-    """The ledger key of a NIC: its PCI address, or ``if:<ifname>`` for a virtual stand-in."""
-    return nic.pci or f"if:{nic.ifname}"
 
 
 def find_lease(spec: Union[str, Nic], ledger: Optional[Ledger] = None,
@@ -66,12 +61,6 @@ def allow_unmanaged(nic: Nic) -> bool:
 def check_spec(nic: Union[Nic, str]) -> None:
     """InputError for a malformed NIC spec (PCI address, MAC, interface name, or a lease key ``if:NAME``)."""
     AttachRequest(nic=nic)
-
-
-def check_request(nic: Union[Nic, str], target: Union[str, Target], mode: str = "netdev", **kwargs: Any) -> None:
-    """Check every value of an :func:`attach` request (same arguments) before anything is looked up or moved:
-    the checks of :class:`~dpdkeni.request.AttachRequest`."""
-    AttachRequest(nic=nic, target=target, mode=mode, **kwargs)
 
 
 def _refused(have: Lease) -> GuardError:

@@ -67,6 +67,11 @@ class Nic:
 ActiveFn = Callable[[], Set[str]]
 
 
+def lease_key(nic: Nic) -> str:
+    """The ledger key of a NIC: its PCI address, or ``if:<ifname>`` for a virtual stand-in."""
+    return nic.pci or f"if:{nic.ifname}"
+
+
 def netlink_active_ifnames() -> Set[str]:
     """Interface names in this netns with an IPv4 address, a global IPv6 address, or a route.
 

@@ -39,6 +39,7 @@ def test_status_and_metrics_say_what_happened(state_dir, stand_in_models, contai
                                                tmp_path, monkeypatch, cli):
     import dpdkeni.daemon as daemon_mod
     monkeypatch.setattr(daemon_mod, "METRICS_INTERVAL_S", 0.3)
+    monkeypatch.setattr(daemon_mod, "TRIM_PERIOD_S", 0.3)
     textfile = tmp_path / "textfile"
     textfile.mkdir(mode=0o755)
     metrics = str(textfile / "dpdkeni.prom")
@@ -76,6 +77,9 @@ def test_status_and_metrics_say_what_happened(state_dir, stand_in_models, contai
     doc = json.loads(out.stdout)
     assert doc["counters"] == {"events": events, "attached": 1, "failed": 1, "released": 0, "reclaimed": 1}
     assert doc["leases"] == [] and doc["decisions"] == daemon.decisions[-3:]
+    # idle between the events, at most once a period: the freed heap went back to the kernel
+    rss = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmRSS:"))
+    assert doc["memory"]["trims"] >= 1 and abs(doc["memory"]["rss_kib"] - rss) < rss // 5, (doc["memory"], rss)
     assert [(d["decision"], d["nic"]) for d in doc["decisions"][-2:]] == [("released", f"if:{prefix}a"),
                                                                            ("skip", f"if:{prefix}a")]
     got = _metrics(metrics)
@@ -91,6 +95,7 @@ def test_status_and_metrics_say_what_happened(state_dir, stand_in_models, contai
     lines = human.stdout.splitlines()
     assert lines[0].startswith(f"daemon pid {os.getpid()}, up ") and \
         lines[1] == f"counters: events={events} attached=1 failed=1 released=0 reclaimed=1", lines
+    assert lines[2].startswith("memory: RSS ") and " MiB, freed heap returned " in lines[2], lines
     assert f"  if:{prefix}w rule later: {why}" in lines and "leases (0):" in lines
 
 

@@ -90,6 +90,9 @@ def cmd_daemon_status(args: argparse.Namespace) -> int:
     c = doc["counters"]
     print(f"daemon pid {doc['pid']}, up {_ago(doc['uptime_s'])}, state {doc['state']}, policy {doc['policy']}")
     print("counters: " + " ".join(f"{k}={c[k]}" for k in ("events", "attached", "failed", "released", "reclaimed")))
+    mem = doc.get("memory") or {}
+    if mem:
+        print(f"memory: RSS {mem.get('rss_kib', 0) / 1024:.1f} MiB, freed heap returned {mem.get('trims', 0)} times")
     print(f"rules ({len(doc['rules'])}):")
     for line in doc["rules"]:
         print(f"  {line}")

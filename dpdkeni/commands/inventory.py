@@ -6,7 +6,7 @@ from typing import Dict, Iterable, List, Optional
 
 from .. import doctor
 from ..errors import Error
-from ..inventory import Nic, list_nics
+from ..inventory import Nic, lease_key, list_nics
 
 
 def _leased() -> Dict[str, str]:
@@ -34,7 +34,7 @@ def _nic_line(nic: Nic, leased: Optional[Dict[str, str]] = None) -> str:
         parts.append(f"state={nic.operstate}")
     if nic.active:
         parts.append("*Active*")
-    target = (leased or {}).get(nic.pci or f"if:{nic.ifname}")
+    target = (leased or {}).get(lease_key(nic))
     if target:
         parts.append(f"leased={target}")
     return " ".join(parts)
