@@ -49,6 +49,10 @@ UNBIND_SETTLE_S = 5.0
 # link appears before probe runs; e1000's probe reads its EEPROM, slow on a loaded guest): held back this long
 # from when it was first seen so, then reported as it is
 PROBE_SETTLE_S = 5.0
+# with the udev source, a new PCI NIC whose netdev udevd has not announced yet still has its kernel name (udevd
+# renames it before it passes the net event on): held back until that event, at most this long (udevd took over
+# 3 s on the lab guest while the host ran the rest of the suite; the event ends the hold at once otherwise)
+UDEV_NAME_SETTLE_S = 10.0
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _DRAIN_BATCH = 512
 RTM_NEWLINK_TYPE = 16
@@ -439,7 +443,7 @@ class Watcher:
         if nic is None or not self._admit(nic):
             self._drop(bdf, seqnum, resync)
         elif self._unnamed(bdf, nic) and self._pending.get(bdf, float("inf")) > time.monotonic():
-            self._pending.setdefault(bdf, time.monotonic() + max(self.settle, 3.0))
+            self._pending.setdefault(bdf, time.monotonic() + max(self.settle, UDEV_NAME_SETTLE_S))
         elif _probing(nic) and self._hold_probe(bdf, nic):
             pass
         elif final or _settled(nic):

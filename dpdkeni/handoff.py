@@ -10,6 +10,7 @@ leased NIC shows up in the host's namespace again (its container died).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -17,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from . import host, models, modes, netdev
 from .errors import Error, GuardError, InputError, NotFoundError, as_error, boundary
 from .guards import check_handoff
-from .inventory import Nic, find_nic, lease_key
+from .inventory import Nic, find_nic, lease_key, pci_nic
 from .ledger import Lease, Ledger, peeker
 from .netns import Target, refuse_host, resolve_target
 from .request import AttachRequest
@@ -224,11 +225,26 @@ def _leased_meanwhile(spec: Union[Nic, str], ledger: Ledger, exc: NotFoundError)
 
 def _find(nic: Union[Nic, str], ledger: Ledger, ipr: Any = None) -> Nic:
     if isinstance(nic, Nic):
-        return nic
+        return _current_name(nic)
     try:
         return find_nic(nic, active=set, ipr=ipr)  # activity is read with the snapshot (see _original)
     except NotFoundError as exc:
         raise _leased_meanwhile(nic, ledger, exc) from None
+
+
+def _current_name(nic: Nic) -> Nic:
+    """``nic`` under the name its netdev has now: a PCI NIC seen under its kernel name (``eth0``) may have been
+    renamed by udevd since (``enp1s0``); its PCI address is what stays."""
+    if not (nic.pci and nic.ifname):
+        return nic
+    try:
+        now = pci_nic(nic.pci).ifname
+    except (Error, OSError):
+        return nic
+    if now and now != nic.ifname:
+        log.info("%s is %s now (was %s when it was seen)", nic.pci, now, nic.ifname)
+        return dataclasses.replace(nic, ifname=now)
+    return nic
 
 
 @boundary

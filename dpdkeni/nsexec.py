@@ -55,11 +55,14 @@ def in_mount_ns(pid: int | None, fn: Callable[..., Any], *args: Any) -> Any:
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         os.close(rfd)
+        stage = "entering it"
         try:
             setns(nsfd, CLONE_NEWNS)
+            stage = ""
             out = {"ok": fn(*args)}
         except BaseException as exc:  # report everything, the child must not unwind into the caller's code
-            out = {"error": str(exc), "errno": getattr(exc, "errno", None)}
+            # which call failed (setns or the work), so an errno such as EINVAL says where it came from
+            out = {"error": f"{stage}: {exc}" if stage else str(exc), "errno": getattr(exc, "errno", None)}
         os.write(wfd, json.dumps(out, default=str).encode())
         os._exit(0)
     os.close(wfd)

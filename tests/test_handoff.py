@@ -473,3 +473,24 @@ def test_a_watcher_sees_no_intermediate_name_on_the_host(env, veth_factory, cont
                       and (m.get_attr("IFLA_ADDRESS") or "").lower() == mac.lower()]
     assert set(names) == {nic}, names
     assert host_state(nic)["mtu"] == 1400
+
+
+def test_a_pci_nic_seen_under_its_kernel_name_is_attached_under_the_name_it_has_now(sysfs_tree, monkeypatch):
+    """The daemon got the NIC's event while it still had its kernel name (eth0: udevd had not renamed it within
+    the watcher's hold); by the attach udevd has named it enp1s0. The attach follows the PCI address to the
+    netdev's name now, keeping what else the caller's Nic says; a NIC without a PCI address, or whose device is
+    gone, is left as given (the attach then says what is wrong)."""
+    import dataclasses
+
+    from dpdkeni.inventory import Nic, pci_nic
+    monkeypatch.setenv("DPDKENI_SYSFS_ROOT", sysfs_tree.root)
+    bdf = "0000:01:00.0"
+    sysfs_tree.add_nic(bdf, "virtio-net", ifname="enp1s0", mac="52:54:00:7e:00:31")
+    seen = dataclasses.replace(pci_nic(bdf), ifname="eth0", active=True)
+    now = handoff._current_name(seen)
+    assert now == dataclasses.replace(seen, ifname="enp1s0")      # only the name changed
+    assert handoff._current_name(now) is now
+    veth = Nic(pci=None, model="veth", driver="veth", ifname="dkv1", mac="aa:bb:cc:00:00:01")
+    assert handoff._current_name(veth) is veth
+    gone = dataclasses.replace(seen, pci="0000:02:00.0")
+    assert handoff._current_name(gone) is gone
