@@ -45,6 +45,22 @@ def umount(target: str, flags: int = 0) -> None:
     libc_call("umount2", target.encode(), flags)
 
 
+def _setns_retrying(fd: int, nstype: int, tries: int = 20, pause: float = 0.01) -> None:
+    """setns(2), tried again on EINVAL for up to ``tries * pause`` seconds: clean-clone CI runs saw joining a
+    container's mount namespace fail with EINVAL from a forked child holding a valid fd (cause not found: the
+    kernel refuses CLONE_NEWNS while the caller's fs_struct has another user)."""
+    import errno
+    import time
+    for attempt in range(tries):
+        try:
+            setns(fd, nstype)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or attempt == tries - 1:
+                raise
+            time.sleep(pause)
+
+
 def _fd_target(fd: int) -> str:
     """What fd ``fd`` of this process refers to (``mnt:[4026531841]`` for a mount namespace), or ``""``."""
     try:
@@ -74,7 +90,7 @@ def in_mount_ns(pid: int | None, fn: Callable[..., Any], *args: Any) -> Any:
                 # the fd number was closed and reused by another thread of the parent before the fork (a CI run
                 # saw setns fail with EINVAL here): open the namespace again, in this single-threaded child
                 nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-            setns(nsfd, CLONE_NEWNS)
+            _setns_retrying(nsfd, CLONE_NEWNS)
             stage = ""
             out = {"ok": fn(*args)}
         except BaseException as exc:  # report everything, the child must not unwind into the caller's code
