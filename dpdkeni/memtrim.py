@@ -10,12 +10,8 @@ heap). :class:`Trimmer` calls it when the service is idle, at most once a period
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import logging
 import time
 from typing import Any, Callable, Optional
-
-log = logging.getLogger(__name__)
 
 _UNSET: Any = object()
 _malloc_trim: Any = _UNSET
@@ -25,12 +21,8 @@ def _function() -> Optional[Callable[[int], int]]:
     global _malloc_trim
     if _malloc_trim is _UNSET:
         _malloc_trim = None
-        name = ctypes.util.find_library("c")
-        try:
-            libc = ctypes.CDLL(name) if name else None
-            _malloc_trim = getattr(libc, "malloc_trim", None) if libc is not None else None
-        except OSError:
-            _malloc_trim = None
+        # the C library already loaded in this process (no find_library: it runs ldconfig, on the daemon's loop)
+        _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
         if _malloc_trim is not None:
             _malloc_trim.argtypes = [ctypes.c_size_t]
             _malloc_trim.restype = ctypes.c_int
