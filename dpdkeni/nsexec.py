@@ -1,7 +1,12 @@
 """Run a small function inside another process's mount namespace: fork, ``setns`` in the child, report back.
 
-Only the child changes namespace (a mount-namespace ``setns`` needs a single-threaded caller, and the parent
-must stay where it is). Errors in the child come back as one line and are raised as :class:`~dpdkeni.errors.Error`.
+Only the child changes namespace (a mount-namespace ``setns`` needs a caller that shares its filesystem
+attributes with no other thread, and the parent must stay where it is). Errors in the child come back as one line and
+are raised as :class:`~dpdkeni.errors.Error`.
+
+A forked child is not always single-threaded: a library's fork handlers may start threads in it (gRPC's do, which
+made ``setns`` fail with EINVAL after the device plugin had run in the same process). The child therefore takes its
+own copy of the filesystem attributes (``unshare(CLONE_FS)``) before it enters the namespace.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Any, Callable
 from .errors import Error, NotFoundError
 
 CLONE_NEWNS = 0x00020000
+CLONE_FS = 0x00000200
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -29,6 +35,11 @@ def libc_call(name: str, *args: Any) -> int:
 def setns(fd: int, nstype: int) -> None:
     """setns(2) (``os.setns`` exists only from Python 3.12)."""
     libc_call("setns", fd, nstype)
+
+
+def unshare(flags: int) -> None:
+    """unshare(2)."""
+    libc_call("unshare", flags)
 
 
 def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
@@ -57,6 +68,9 @@ def in_mount_ns(pid: int | None, fn: Callable[..., Any], *args: Any) -> Any:
         os.close(rfd)
         stage = "entering it"
         try:
+            # threads started by fork handlers share this process's fs_struct, and the kernel refuses a mount
+            # namespace to a caller whose fs_struct is shared (EINVAL): take a private copy first
+            unshare(CLONE_FS)
             setns(nsfd, CLONE_NEWNS)
             stage = ""
             out = {"ok": fn(*args)}
