@@ -529,7 +529,11 @@ class Watcher:
             if not self._admit(nic):
                 continue
             seen.add(bdf)
-            if emit and not _settled(nic) and bdf not in self._known:
+            if emit and self._unnamed(bdf, nic):
+                # a resync (the daemon runs one per hook message) must not report a new NIC under the kernel
+                # name udevd is about to replace: held for udevd's net event, as a uevent would be
+                self._pending.setdefault(bdf, time.monotonic() + max(self.settle, UDEV_NAME_SETTLE_S))
+            elif emit and not _settled(nic) and bdf not in self._known:
                 self._pending.setdefault(bdf, time.monotonic() + self.settle)
             elif emit:
                 self._set(bdf, nic, resync=True)

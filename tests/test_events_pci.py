@@ -204,6 +204,33 @@ def test_udev_naming_late_under_load_is_still_waited_for(sysfs_tree):
     assert [(e.action, e.nic.ifname) for e in feed(w, net("add", "enp1s0"))] == [("added", "enp1s0")]
 
 
+def test_a_resync_before_udevds_net_event_waits_for_the_name_too(sysfs_tree):
+    """Seen in a clean-clone CI run: the udev hook's message for the pci add made the daemon resync, which reported
+    the new NIC as eth0 (its kernel name) and the attach failed as udevd renamed it (``eth0 is not in the host's
+    namespace``). A resync holds an unnamed new NIC for udevd's net event as a uevent does."""
+    w = Watcher(source="udev", sysfs=Sysfs(sysfs_tree.root), settle=0.05)
+    w.resync(emit=False)
+    sysfs_tree.add_nic(BDF, "virtio-net", ifname="eth0")
+    w.resync()
+    assert list(w._out) == [] and w._pending[BDF] > time.monotonic() + 9  # held for udevd, up to 10 s
+    import os
+    os.unlink(sysfs_tree.p("sys/class/net/eth0"))
+    shutil.rmtree(sysfs_tree.p(f"sys/devices/pci0000:00/{BDF}"))
+    sysfs_tree.add_nic(BDF, "virtio-net", ifname="enp1s0")
+    assert [(e.action, e.nic.ifname) for e in feed(w, net("add", "enp1s0"))] == [("added", "enp1s0")]
+    w.resync()  # named and known: a resync reports nothing new
+    assert list(w._out) == []
+
+
+def test_a_kernel_source_resync_reports_a_new_nic_at_once(sysfs_tree):
+    """Without udevd no one renames the netdev: the kernel source's resync does not hold a new NIC."""
+    w = Watcher(source="kernel", sysfs=Sysfs(sysfs_tree.root), settle=0.05)
+    w.resync(emit=False)
+    sysfs_tree.add_nic(BDF, "virtio-net", ifname="eth0")
+    w.resync()
+    assert [(e.action, e.nic.ifname) for e in w.poll(0)] == [("added", "eth0")]
+
+
 def test_an_unplug_whose_remove_uevent_comes_late_is_still_one_removed(watcher, sysfs_tree):
     """Seen in the lab under load: the driver let go (net remove + pci unbind), and udevd passed the pci remove on
     after the settle time. That is one ``removed`` with what the NIC was, not a ``bound`` to nothing first."""
