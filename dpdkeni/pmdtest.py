@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, cast
 
@@ -28,6 +29,11 @@ log = logging.getLogger(__name__)
 LATENCY_LOADS = (("min", 0.0), ("10%", 0.10), ("50%", 0.50), ("90%", 0.90))
 PDR_RATIO = 0.005
 BROADCAST = "ff:ff:ff:ff:ff:ff"
+# After a trial that lost frames or could not offer its rate, the path may hold a backlog (an emulated link such
+# as QEMU's hub queues thousands of frames for a slow DUT and blocks the sender until they are through): the next
+# trial first waits, at most this long, until a short probe goes out unblocked and comes back
+SETTLE_S = 15.0
+PROBE_SECONDS, PROBE_DRAIN = 0.05, 0.3
 
 
 def parse_sizes(text: str) -> List[Tuple[str, List[int]]]:
@@ -170,6 +176,7 @@ class PmdTest:
         self.repeat, self.max_trials, self.counters, self.on_line = repeat, max_trials, counters, on_line
         self.dut_mac = dut_mac
         self._n = 0
+        self._dirty = False  # the last trial lost frames or was starved: the path may still be busy
 
     def _trial_of(self, cycle: List[int], rate: int, seconds: float) -> TrialResult:
         """:meth:`trial` with ``cycle`` first (what the search calls, bound to one frame-size cycle)."""
@@ -177,7 +184,11 @@ class PmdTest:
 
     def trial(self, rate: int, seconds: float, cycle: List[int], max_frames: int = 0) -> TrialResult:
         """Warm-up at ``rate`` (not counted), then the counted trial with the kernel's counters around it
-        (``max_frames``: stop sending after that many, e.g. an exact count within a generous ``seconds``)."""
+        (``max_frames``: stop sending after that many, e.g. an exact count within a generous ``seconds``).
+        After a trial that lost frames or was starved, it first waits for the path to drain (:meth:`settle`)."""
+        waited = self.settle(cycle) if self._dirty else None
+        if waited is not None and waited.interrupted:
+            return waited
         if self.warmup > 0:
             # drained, so its frames are in the kernel's counters before ours are read (none turns up stale)
             w = self.stream.trial(rate, self.warmup, cycle, drain=min(self.drain, 0.2))
@@ -187,9 +198,34 @@ class PmdTest:
         t = self.stream.trial(rate, seconds, cycle, drain=self.drain, max_frames=max_frames)
         if before is not None and self.counters is not None and not t.interrupted:
             kernel_check(before, self.counters.read(), t)
+        self._dirty = bool(t.lost or t.tx_dropped or not t.rate_ok)
+        if waited is not None:
+            t.note = "; ".join(filter(None, [t.note, waited.note]))
         self._n += 1
         self.on_line(trial_line(t, self._n))
         return t
+
+    def settle(self, cycle: List[int], limit: Optional[float] = None) -> TrialResult:
+        """Send short probes at the minimal rate until one goes out unblocked and frames of it come back, at most
+        ``limit`` seconds (:data:`SETTLE_S`); returns the last probe, its ``note`` saying how long it took."""
+        limit = SETTLE_S if limit is None else limit
+        start = time.monotonic()
+        probes = 0
+        while True:
+            p = self.stream.trial(max(1, self.min_rate), PROBE_SECONDS, cycle, drain=PROBE_DRAIN)
+            probes += 1
+            took = time.monotonic() - start
+            if p.interrupted:
+                return p
+            if p.rx_packets > 0 and not p.tx_dropped:
+                if probes > 1:
+                    p.note = f"waited {took:.1f} s for the path to drain ({probes} probes)"
+                    self.on_line(f"  (path busy after the last trial: {p.note})")
+                return p
+            if took >= limit:
+                p.note = f"the path did not drain in {limit:g} s ({probes} probes): trial run anyway"
+                self.on_line(f"  ({p.note})")
+                return p
 
     def check_reflection(self, cycle: List[int]) -> TrialResult:
         """A short low-rate trial: frames must come back before any search. When none does, the same frames to

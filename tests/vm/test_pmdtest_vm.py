@@ -45,7 +45,7 @@ def test_pmdtest_against_testpmd_on_vfio_e1000(lab, plugged):
     (size,) = doc["results"]
     (search,) = size["searches"]
     assert search["complete"], search
-    assert 0 < search["ndr"] <= search["pdr"] <= MAX_RATE, search  # the trial list says how the search went
+    assert 0 < search["ndr"] <= search["pdr"] <= MAX_RATE, json.dumps(search)  # the trials: how the search went
     assert size["ndr"]["median"] == search["ndr"] and size["pdr"]["median"] == search["pdr"]
     # latency at the minimal load and at 10/50/90 % of PDR, each with samples
     assert sorted(size["latency"]) == sorted(LOADS)
