@@ -33,11 +33,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topo import Topo  # noqa: E402
-from xdpgen import xdp_pass  # noqa: E402
-
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout's dpdkeni
 from dpdkeni.fastpath import Forwarder  # noqa: E402
+from dpdkeni.testbed.topo import Topo  # noqa: E402
+from dpdkeni.testbed.xdpgen import xdp_pass  # noqa: E402
 
 GEN_CPU, SINK_CPU = 0, 1
 
@@ -197,7 +196,7 @@ def pair_testpmd(topo: Topo, backend: str, seconds: float) -> float:
     return steady(testpmd_rates(out))
 
 
-XDPGEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdpgen.py")
+XDPGEN = ["-m", "dpdkeni.testbed.xdpgen"]
 OFFERED: Dict[str, List[float]] = {}     # per io line, the generator's rate (frames/s handed to a0)
 
 
@@ -232,7 +231,7 @@ def io_run(topo: Topo, seconds: float, line: str, forwarder: Callable[[], Callab
         sampler = Sampler(sink) if setup.sink == "rxonly" else CounterSampler(topo, "b", "b0")
         try:
             if setup.generator == "kernel":
-                out = subprocess.run(topo.exec("a", "taskset", "-c", str(GEN_CPU), sys.executable, XDPGEN,
+                out = subprocess.run(topo.exec("a", "taskset", "-c", str(GEN_CPU), sys.executable, *XDPGEN,
                                                "--ifname", "a0", "--seconds", str(seconds)),
                                      capture_output=True, text=True, timeout=seconds + 60)
                 if out.returncode:

@@ -16,13 +16,12 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topo import Topo  # noqa: E402
-
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout's dpdkeni
 from dpdkeni.pmddut import TestpmdDut  # noqa: E402
 from dpdkeni.pmdsearch import search  # noqa: E402
 from dpdkeni.pmdstream import Stream  # noqa: E402
 from dpdkeni.pmdtest import KernelCounters, PmdTest, parse_sizes, table  # noqa: E402
+from dpdkeni.testbed.topo import Topo  # noqa: E402
 
 
 def loop_ns(name: str) -> None:

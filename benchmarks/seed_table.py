@@ -27,11 +27,11 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout's dpdkeni
 from fastpath import Sampler  # noqa: E402
-from topo import Topo  # noqa: E402
 
 from dpdkeni.fastpath import Forwarder  # noqa: E402
+from dpdkeni.testbed.topo import Topo  # noqa: E402
 
 KINDS = {"direct": "direct", "bridge": "bridge", "bridge+nf": "bridge-ipt"}
 ARTICLE = {"single-flow Mbps": 56.35, "single-flow pps": 58.7, "multi-flow pps": 64.49}

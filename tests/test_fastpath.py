@@ -13,17 +13,15 @@ import threading
 import time
 from typing import Callable
 
+import hostfacts
 import psutil
 import pytest
+from conftest import needs_root, unique
 from pyroute2 import netns
 
-import hostfacts
-from conftest import needs_root, unique
 from dpdkeni.errors import InputError, NotFoundError
 from dpdkeni.fastpath import Forwarder, have_af_xdp
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from topo import Topo, sysctl_in  # noqa: E402
+from dpdkeni.testbed.topo import Topo, sysctl_in
 
 pytestmark = needs_root
 BACKENDS = ["af_packet", "af_xdp"]

@@ -9,16 +9,14 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from conftest import dpdkeni_cli, needs_root, unique
+from reflectors import mirred
+
 from dpdkeni.pmdplot import plot
 from dpdkeni.pmdsearch import SearchResult
 from dpdkeni.pmdstream import Histogram
 from dpdkeni.pmdtest import Report, SizeReport, parse_sizes
-from reflectors import mirred
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from topo import Topo  # noqa: E402
+from dpdkeni.testbed.topo import Topo
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -14,17 +14,14 @@ import time
 from dataclasses import dataclass
 
 import pytest
-
 from conftest import dpdkeni_cli, needs_root, unique
+from reflectors import mirred
+
 from dpdkeni.errors import InputError
 from dpdkeni.pmdsearch import search
 from dpdkeni.pmdstream import Stream
 from dpdkeni.pmdtest import KernelCounters, PmdTest, parse_sizes
-from reflectors import mirred
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from topo import Topo  # noqa: E402
-
+from dpdkeni.testbed.topo import Topo
 
 # -- the search, on a synthetic DUT -----------------------------------------------------------------------------
 

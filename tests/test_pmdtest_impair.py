@@ -7,14 +7,12 @@ from __future__ import annotations
 import os
 import sys
 
-import pytest
-
 import hostfacts
+import pytest
 from conftest import needs_root, unique
 from reflectors import mirred, netem, random_drop, trial
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from topo import Topo  # noqa: E402
+from dpdkeni.testbed.topo import Topo
 
 pytestmark = needs_root
 needs_netem = pytest.mark.skipif(not hostfacts.netem(), reason="this kernel has no sch_netem (CONFIG_NET_SCH_NETEM)")

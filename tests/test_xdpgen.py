@@ -1,4 +1,4 @@
-"""benchmarks/xdpgen.py, the in-kernel generator behind the io forwarding benchmark: its frames reach the peer
+"""dpdkeni.testbed.xdpgen, the in-kernel generator behind the io forwarding benchmark: its frames reach the peer
 byte for byte, it stops at the count or the time it is given, and bad input is one line."""
 from __future__ import annotations
 
@@ -7,18 +7,15 @@ import subprocess
 import sys
 
 import pytest
-from pyroute2 import netns
-
 from conftest import needs_root, unique
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from topo import Topo  # noqa: E402
-from xdpgen import generate, link_mac, udp_frame, xdp_pass  # noqa: E402
-
+from pyroute2 import netns
 from test_fastpath import collect, raw_socket  # noqa: E402
 
+from dpdkeni.testbed.topo import Topo
+from dpdkeni.testbed.xdpgen import generate, link_mac, udp_frame, xdp_pass
+
 pytestmark = needs_root
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "xdpgen.py")
+SCRIPT = ["-m", "dpdkeni.testbed.xdpgen"]
 
 
 def test_frames_arrive_intact_and_count_is_exact():
@@ -46,9 +43,10 @@ def test_time_bound_and_json_line():
     """--seconds 0.5: it runs that long and stops within one more call (each is sized to the time left, at most
     CALL_SECONDS; the bound below is generous for a loaded machine, a generator that ignores the time misses it)."""
     import json
-    from xdpgen import CALL_SECONDS
+
+    from dpdkeni.testbed.xdpgen import CALL_SECONDS
     with Topo("direct", unique("dkg")) as t, xdp_pass(t.ns["b"], "b0"):
-        out = subprocess.run(t.exec("a", sys.executable, SCRIPT, "--ifname", "a0", "--seconds", "0.5"),
+        out = subprocess.run(t.exec("a", sys.executable, *SCRIPT, "--ifname", "a0", "--seconds", "0.5"),
                              capture_output=True, text=True, timeout=60)
         counted = t.rx_packets("b", "b0")
     assert out.returncode == 0, out.stderr
@@ -63,7 +61,7 @@ def test_time_bound_and_json_line():
     (["--ifname", "nosuch0", "--seconds", "1"], 1, "nosuch0"),
 ])
 def test_bad_input_is_one_line(args, code, text):
-    out = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, *SCRIPT, *args], capture_output=True, text=True, timeout=30)
     assert out.returncode == code and text in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 

@@ -13,7 +13,7 @@ import json
 import sys
 
 from reflectors import mirred, netem, trial
-from topo import Topo
+from dpdkeni.testbed.topo import Topo
 
 DELAY_RATE, LOSS_RATE, REORDER_RATE = 500, 2000, 1000
 LOSS_FRAMES = 40000     # 1 % of 40,000: the binomial spread is 0.05 %, so +-0.2 % is 4 sigma

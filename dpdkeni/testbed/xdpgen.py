@@ -9,8 +9,9 @@ On a veth the frames land in the peer's XDP receive ring, which exists only whil
 AF_XDP forwarder brings its own; :func:`xdp_pass` attaches a ``return XDP_PASS`` for the others, so that they
 receive what the stack would).
 
-Run in the sender's network namespace: ``xdpgen.py --ifname a0 --seconds 4`` prints ``{"frames": N,
-"seconds": S}`` (frames the generator handed to the interface, including those the peer's ring had no room for).
+Run in the sender's network namespace: ``python -m dpdkeni.testbed.xdpgen --ifname a0 --seconds 4`` prints
+``{"frames": N, "seconds": S}`` (frames the generator handed to the interface, including those the peer's ring had
+no room for).
 """
 from __future__ import annotations
 
@@ -25,9 +26,8 @@ import sys
 import time
 from typing import Iterator, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dpdkeni import bpfsys  # noqa: E402
-from dpdkeni.fastpath import DEFAULT_PEER, inet_checksum  # noqa: E402
+from .. import bpfsys
+from ..fastpath import DEFAULT_PEER, inet_checksum
 
 XDP_PASS, XDP_TX = 2, 3
 XDP_FLAGS_DRV_MODE = 4
