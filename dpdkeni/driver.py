@@ -294,8 +294,8 @@ def remembered(pci: str) -> dict:
 
 
 def _netdev_name(fs: Sysfs, pci: str) -> Optional[str]:
-    from .inventory import _ifname_of  # the one place that knows virtio's netdev layout
-    return _ifname_of(fs, _dev(pci))
+    from .inventory import netdev_name  # the one place that knows virtio's netdev layout
+    return netdev_name(pci, fs)
 
 
 def netlink_rename(old: str, new: str) -> None:

@@ -443,7 +443,7 @@ class Watcher:
         if nic is None or not self._admit(nic):
             self._drop(bdf, seqnum, resync)
         elif self._unnamed(bdf, nic) and self._pending.get(bdf, float("inf")) > time.monotonic():
-            self._pending.setdefault(bdf, time.monotonic() + max(self.settle, UDEV_NAME_SETTLE_S))
+            self._hold_for_udev(bdf)
         elif _probing(nic) and self._hold_probe(bdf, nic):
             pass
         elif final or _settled(nic):
@@ -452,6 +452,11 @@ class Watcher:
             self._pending.setdefault(bdf, time.monotonic() + max(self.settle, UNBIND_SETTLE_S))
         else:
             self._pending[bdf] = time.monotonic() + self.settle
+
+    def _hold_for_udev(self, bdf: str) -> None:
+        """Hold an unnamed new NIC back until udevd's net event, at most :data:`UDEV_NAME_SETTLE_S` from when it
+        was first held."""
+        self._pending.setdefault(bdf, time.monotonic() + max(self.settle, UDEV_NAME_SETTLE_S))
 
     def _hold_probe(self, bdf: str, nic: Nic) -> bool:
         """Hold back a NIC its kernel driver is still probing, up to :data:`PROBE_SETTLE_S` from when it was first
@@ -532,7 +537,7 @@ class Watcher:
             if emit and self._unnamed(bdf, nic):
                 # a resync (the daemon runs one per hook message) must not report a new NIC under the kernel
                 # name udevd is about to replace: held for udevd's net event, as a uevent would be
-                self._pending.setdefault(bdf, time.monotonic() + max(self.settle, UDEV_NAME_SETTLE_S))
+                self._hold_for_udev(bdf)
             elif emit and not _settled(nic) and bdf not in self._known:
                 self._pending.setdefault(bdf, time.monotonic() + self.settle)
             elif emit:

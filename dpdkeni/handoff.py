@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from . import host, models, modes, netdev
 from .errors import Error, GuardError, InputError, NotFoundError, as_error, boundary
 from .guards import check_handoff
-from .inventory import Nic, find_nic, lease_key, pci_nic
+from .inventory import Nic, find_nic, lease_key, netdev_name
 from .ledger import Lease, Ledger, peeker
 from .netns import Target, refuse_host, resolve_target
 from .request import AttachRequest
@@ -238,7 +238,7 @@ def _current_name(nic: Nic) -> Nic:
     if not (nic.pci and nic.ifname):
         return nic
     try:
-        now = pci_nic(nic.pci).ifname
+        now = netdev_name(nic.pci)  # one listdir: not the whole NIC, nor the ledger's MACs
     except (Error, OSError):
         return nic
     if now and now != nic.ifname:

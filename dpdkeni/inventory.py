@@ -124,6 +124,11 @@ def _ifname_of(fs: Sysfs, dev: str) -> Optional[str]:
     return names[0] if names else None
 
 
+def netdev_name(bdf: str, sysfs: Optional[Sysfs] = None) -> Optional[str]:
+    """The name of the netdev of the PCI device at ``bdf`` now (None: it has none, or the device is gone)."""
+    return _ifname_of(sysfs or Sysfs(), f"{PCI_DEVICES}/{bdf}")
+
+
 def pci_nic(bdf: str, sysfs: Optional[Sysfs] = None) -> Nic:
     """The NIC at one PCI address, read from sysfs (``active`` is not computed: see :func:`list_nics`)."""
     return _pci_nic(sysfs or Sysfs(), bdf, _ledger_macs())

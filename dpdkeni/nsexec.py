@@ -11,7 +11,6 @@ own copy of the filesystem attributes (``unshare(CLONE_FS)``) before it enters t
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import os
 from typing import Any, Callable
@@ -20,7 +19,8 @@ from .errors import Error, NotFoundError
 
 CLONE_NEWNS = 0x00020000
 CLONE_FS = 0x00000200
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# the C library already in the process (find_library would run ldconfig, ~3 ms, on every import: a CNI call's)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def libc_call(name: str, *args: Any) -> int:
